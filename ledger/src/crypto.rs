@@ -1,0 +1,395 @@
+//! Hashes, addresses, signatures and keys.
+//!
+//! An [`Address`] is an ed25519 public key. Its text form is `gv` + 64 lowercase hex digits
+//! of the key + 8 hex digits of checksum (the first 4 bytes of SHA-256 of the key), so a
+//! mistyped address is refused instead of sending funds nowhere. [`Keypair`] owns a secret
+//! key that is zeroized on drop and never printed by `Debug`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeTuple, Serializer};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Why a text form (hex, address) could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// Wrong number of characters.
+    #[error("expected {expected} characters, got {got}")]
+    Length {
+        /// Characters expected.
+        expected: usize,
+        /// Characters received.
+        got: usize,
+    },
+    /// A character that is not a hex digit.
+    #[error("not hex: {0}")]
+    Hex(String),
+    /// An address without the `gv` prefix.
+    #[error("an address starts with \"gv\"")]
+    Prefix,
+    /// The address's checksum does not match its key: most likely a typo.
+    #[error("address checksum mismatch (typo?)")]
+    Checksum,
+}
+
+/// SHA-256 over the concatenation of `parts`.
+pub fn sha256(parts: &[&[u8]]) -> Hash {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    Hash(h.finalize().into())
+}
+
+fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseError> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if s.len() != 2 * N {
+        return Err(ParseError::Length {
+            expected: 2 * N,
+            got: s.len(),
+        });
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).map_err(|e| ParseError::Hex(e.to_string()))?;
+    Ok(out)
+}
+
+/// Serde for fixed-size byte newtypes: the text form in human-readable formats (JSON),
+/// raw bytes (a tuple, no length prefix) in the binary codec.
+macro_rules! byte_newtype_serde {
+    ($ty:ident, $n:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    let mut t = s.serialize_tuple($n)?;
+                    for b in &self.0 {
+                        t.serialize_element(b)?;
+                    }
+                    t.end()
+                }
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "{} ({} bytes)", stringify!($ty), $n)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<$ty, A::Error> {
+                        let mut out = [0u8; $n];
+                        for (i, b) in out.iter_mut().enumerate() {
+                            *b = seq
+                                .next_element()?
+                                .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                        }
+                        Ok($ty(out))
+                    }
+                }
+                if d.is_human_readable() {
+                    d.deserialize_str(V)
+                } else {
+                    d.deserialize_tuple($n, V)
+                }
+            }
+        }
+    };
+}
+
+/// A SHA-256 digest. Text form: 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The all-zero hash, used where no parent exists.
+    pub const ZERO: Hash = Hash([0; 32]);
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", &hex::encode(self.0)[..16])
+    }
+}
+
+impl FromStr for Hash {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_hex(s).map(Hash)
+    }
+}
+
+byte_newtype_serde!(Hash, 32);
+
+/// An account address: the account's ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Address(pub [u8; 32]);
+
+impl Address {
+    /// The 4-byte checksum that the text form carries.
+    fn checksum(&self) -> [u8; 4] {
+        let h = sha256(&[&self.0]);
+        [h.0[0], h.0[1], h.0[2], h.0[3]]
+    }
+
+    /// Parses 64 hex digits of a raw public key (no prefix, no checksum).
+    pub fn from_public_key_hex(s: &str) -> Result<Self, ParseError> {
+        parse_hex(s).map(Address)
+    }
+
+    /// The raw public key as 64 lowercase hex digits.
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "gv{}{}",
+            hex::encode(self.0),
+            hex::encode(self.checksum())
+        )
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Address({})", self)
+    }
+}
+
+impl FromStr for Address {
+    type Err = ParseError;
+    /// Accepts only the checksummed text form `gv<64 hex><8 hex>` (hex in any case).
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let rest = s.strip_prefix("gv").ok_or(ParseError::Prefix)?;
+        if rest.len() != 72 {
+            return Err(ParseError::Length {
+                expected: 74,
+                got: s.len(),
+            });
+        }
+        let key: [u8; 32] = parse_hex(&rest[..64])?;
+        let sum: [u8; 4] = parse_hex(&rest[64..])?;
+        let addr = Address(key);
+        if addr.checksum() != sum {
+            return Err(ParseError::Checksum);
+        }
+        Ok(addr)
+    }
+}
+
+byte_newtype_serde!(Address, 32);
+
+/// An ed25519 signature (R || S). Text form: 128 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({}..)", &hex::encode(self.0)[..16])
+    }
+}
+
+impl FromStr for Signature {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_hex(s).map(Signature)
+    }
+}
+
+byte_newtype_serde!(Signature, 64);
+
+/// Verifies `sig` over `msg` by `signer` under RFC 8032 with the strict rules of
+/// ed25519-dalek's `verify_strict` (canonical S, no small-order key or R).
+pub fn verify(signer: &Address, msg: &[u8], sig: &Signature) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&signer.0) else {
+        return false;
+    };
+    let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+    key.verify_strict(msg, &sig).is_ok()
+}
+
+/// Verifies many signatures at once with ed25519-dalek's batch equation, whose random
+/// coefficients are derived from the inputs, so the verdict is the same on every node.
+/// Every input that [`verify`] accepts passes; `false` means at least one is invalid.
+pub fn verify_batch(msgs: &[&[u8]], signers: &[Address], sigs: &[Signature]) -> bool {
+    if msgs.len() != signers.len() || msgs.len() != sigs.len() {
+        return false;
+    }
+    if msgs.is_empty() {
+        return true;
+    }
+    let mut keys = Vec::with_capacity(signers.len());
+    for a in signers {
+        match VerifyingKey::from_bytes(&a.0) {
+            Ok(k) if !k.is_weak() => keys.push(k),
+            _ => return false,
+        }
+    }
+    let sigs: Vec<ed25519_dalek::Signature> = sigs
+        .iter()
+        .map(|s| ed25519_dalek::Signature::from_bytes(&s.0))
+        .collect();
+    ed25519_dalek::verify_batch(msgs, &sigs, &keys).is_ok()
+}
+
+/// An ed25519 key pair. The secret half is zeroized when dropped and never printed.
+pub struct Keypair {
+    signing: SigningKey,
+}
+
+impl Keypair {
+    /// A fresh key pair from the operating system's random source.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        getrandom::fill(seed.as_mut())?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// The key pair whose 32-byte RFC 8032 secret key is `seed`.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Keypair {
+            signing: SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// Parses a secret key written as 64 hex digits.
+    pub fn from_secret_hex(s: &str) -> Result<Self, ParseError> {
+        let seed = Zeroizing::new(parse_hex::<32>(s.trim())?);
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// The secret key as 64 hex digits: for key files only.
+    pub fn secret_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.signing.as_bytes()))
+    }
+
+    /// The address (public key) of this key pair.
+    pub fn address(&self) -> Address {
+        Address(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `msg` (RFC 8032 Ed25519, deterministic).
+    pub fn sign(&self, msg: &[u8]) -> Signature {
+        Signature(self.signing.sign(msg).to_bytes())
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keypair({}, secret: <redacted>)", self.address())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8032 section 7.1, tests 1 to 3: (secret, public, message, signature).
+    const RFC8032: [(&str, &str, &str, &str); 3] = [
+        (
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+            "",
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+        ),
+        (
+            "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+            "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+            "72",
+            "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+        ),
+        (
+            "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+            "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+            "af82",
+            "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a",
+        ),
+    ];
+
+    #[test]
+    fn rfc8032_vectors() {
+        for (sk, pk, msg, sig) in RFC8032 {
+            let kp = Keypair::from_secret_hex(sk).unwrap();
+            assert_eq!(kp.address().public_key_hex(), pk);
+            let msg = hex::decode(msg).unwrap();
+            let s = kp.sign(&msg);
+            assert_eq!(s.to_string(), sig);
+            assert!(verify(&kp.address(), &msg, &s));
+            let mut bad = s;
+            bad.0[5] ^= 1;
+            assert!(!verify(&kp.address(), &msg, &bad));
+        }
+    }
+
+    #[test]
+    fn batch_agrees_with_single_verification() {
+        let kps: Vec<Keypair> = (0..5u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+        let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        let mut sigs: Vec<Signature> = kps.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
+        let addrs: Vec<Address> = kps.iter().map(Keypair::address).collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        assert!(verify_batch(&refs, &addrs, &sigs));
+        sigs[3].0[0] ^= 1;
+        assert!(!verify_batch(&refs, &addrs, &sigs));
+    }
+
+    #[test]
+    fn address_text_form_round_trips_and_catches_typos() {
+        let a = Keypair::from_seed(&[7; 32]).address();
+        let text = a.to_string();
+        assert_eq!(text.len(), 74);
+        assert!(text.starts_with("gv"));
+        assert_eq!(text.parse::<Address>(), Ok(a));
+        assert_eq!(text.to_uppercase().replacen("GV", "gv", 1).parse(), Ok(a));
+        let mut typo = text.clone().into_bytes();
+        typo[10] = if typo[10] == b'0' { b'1' } else { b'0' };
+        let typo = String::from_utf8(typo).unwrap();
+        assert_eq!(typo.parse::<Address>(), Err(ParseError::Checksum));
+        assert_eq!(text[2..].parse::<Address>(), Err(ParseError::Prefix));
+        assert!(text[..70].parse::<Address>().is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let kp = Keypair::from_seed(&[9; 32]);
+        let secret = kp.secret_hex();
+        let dbg = format!("{kp:?}");
+        assert!(!dbg.contains(secret.as_str()));
+        assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn json_uses_text_forms() {
+        let a = Keypair::from_seed(&[1; 32]).address();
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, format!("\"{a}\""));
+        assert_eq!(serde_json::from_str::<Address>(&json).unwrap(), a);
+        assert_eq!(crate::codec::encode(&a), a.0.to_vec());
+    }
+}

@@ -1,0 +1,255 @@
+//! Property tests of the state transition over random blocks of valid and invalid
+//! transactions, on the in-memory and the RocksDB store side by side.
+
+use std::collections::HashMap;
+
+use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
+use grapevine_ledger::state::{BlockError, build_block, execute, validate_block};
+use grapevine_ledger::{
+    Account, Address, Genesis, Keypair, Ledger, MemoryStore, Receipt, RocksStore, StateView,
+    Transaction,
+};
+use proptest::prelude::*;
+
+const CHAIN: u32 = 42;
+
+fn keys(n: usize) -> Vec<Keypair> {
+    (0..n)
+        .map(|i| Keypair::from_seed(&[i as u8 + 1; 32]))
+        .collect()
+}
+
+fn genesis(balances: &[u64], validator: Address) -> Genesis {
+    Genesis {
+        chain_id: CHAIN,
+        genesis_time_ms: 0,
+        accounts: keys(balances.len())
+            .iter()
+            .zip(balances)
+            .map(|(k, b)| GenesisAccount {
+                address: k.address(),
+                balance: *b,
+            })
+            .collect(),
+        validators: vec![GenesisValidator {
+            public_key: validator,
+            network_address: None,
+        }],
+    }
+}
+
+/// One generated transaction: who sends to whom, how much, and how it is spoiled.
+#[derive(Debug, Clone)]
+struct TxSpec {
+    from: usize,
+    to: usize,
+    amount: u64,
+    fee: u64,
+    nonce_offset: i8,
+    spoil: Spoil,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Spoil {
+    None,
+    BadSignature,
+    WrongChain,
+}
+
+fn tx_spec(accounts: usize) -> impl Strategy<Value = TxSpec> {
+    (
+        0..accounts,
+        0..accounts + 2, // the last two are fresh accounts
+        prop_oneof![4 => 0u64..2_000, 1 => Just(u64::MAX), 1 => (u64::MAX - 10)..=u64::MAX],
+        prop_oneof![4 => 0u64..50, 1 => Just(u64::MAX)],
+        prop_oneof![8 => Just(0i8), 1 => -1i8..=2],
+        prop_oneof![40 => Just(Spoil::None), 1 => Just(Spoil::BadSignature), 1 => Just(Spoil::WrongChain)],
+    )
+        .prop_map(|(from, to, amount, fee, nonce_offset, spoil)| TxSpec {
+            from,
+            to,
+            amount,
+            fee,
+            nonce_offset,
+            spoil,
+        })
+}
+
+fn supply(ledger: &Ledger) -> u128 {
+    ledger
+        .accounts()
+        .unwrap()
+        .iter()
+        .map(|(_, a)| u128::from(a.balance))
+        .sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn blocks_conserve_supply_and_both_stores_agree(
+        balances in proptest::collection::vec(0u64..10_000, 2..6),
+        blocks in proptest::collection::vec(proptest::collection::vec(tx_spec(5), 0..12), 1..5),
+    ) {
+        let n = balances.len();
+        let ks = keys(n + 2);
+        let proposer = Keypair::from_seed(&[200; 32]).address();
+        let g = genesis(&balances, proposer);
+        let mem = Ledger::open(Box::new(MemoryStore::new()), &g).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap();
+        let total = supply(&mem);
+        prop_assert_eq!(total, u128::from(g.total_supply()));
+
+        // Nonces we believe each sender is at, to make most transactions valid.
+        let mut expected_nonce: HashMap<Address, u64> = HashMap::new();
+        for (bi, specs) in blocks.iter().enumerate() {
+            let mut txs = Vec::new();
+            let mut spoiled = false;
+            for s in specs.iter().filter(|s| s.from < n) {
+                let from = &ks[s.from];
+                let base = *expected_nonce.get(&from.address()).unwrap_or(&0);
+                let nonce = base.saturating_add_signed(i64::from(s.nonce_offset));
+                let mut st = Transaction {
+                    chain_id: if s.spoil == Spoil::WrongChain { CHAIN + 1 } else { CHAIN },
+                    from: from.address(),
+                    to: ks[s.to % ks.len()].address(),
+                    amount: s.amount,
+                    fee: s.fee,
+                    nonce,
+                }
+                .sign(from);
+                if s.spoil == Spoil::BadSignature {
+                    st.signature.0[40] ^= 0x10;
+                }
+                spoiled |= s.spoil != Spoil::None;
+                if s.nonce_offset == 0 {
+                    expected_nonce.insert(from.address(), base + 1);
+                }
+                txs.push(st);
+            }
+            // Identical transactions within a block make it invalid; keep the first.
+            let mut seen = std::collections::HashSet::new();
+            txs.retain(|t| seen.insert(t.hash()));
+
+            let before: HashMap<Address, Account> = mem.accounts().unwrap().into_iter().collect();
+            let built = build_block(&mem, CHAIN, &mem.head(), proposer, bi as u64, bi as u64, txs.clone());
+            if spoiled {
+                let invalid = matches!(built, Err(BlockError::BadSignature { .. } | BlockError::WrongChain { .. }));
+                prop_assert!(invalid, "a block with a spoiled transaction must be invalid: {:?}", built.err());
+                // And a validator given that block refuses it.
+                prop_assert!(execute(&rocks, CHAIN, &proposer, &txs).is_err());
+                continue;
+            }
+            let (block, exec) = built.unwrap();
+            let exec_rocks = validate_block(&rocks, CHAIN, &rocks.head(), &block).unwrap();
+            prop_assert_eq!(exec.state_root(), exec_rocks.state_root());
+            mem.commit(&block, &[], &exec).unwrap();
+            rocks.commit(&block, &[], &exec_rocks).unwrap();
+            prop_assert_eq!(mem.head(), rocks.head());
+            prop_assert_eq!(supply(&mem), total);
+            prop_assert_eq!(supply(&rocks), total);
+            mem.verify_state().unwrap();
+            rocks.verify_state().unwrap();
+
+            // Nonces go up by exactly the number of successful transactions sent.
+            let mut sent_ok: HashMap<Address, u64> = HashMap::new();
+            for (t, r) in block.txs.iter().zip(&exec.receipts) {
+                let failed_state = mem.tx_location(&t.hash()).unwrap().unwrap().receipt;
+                prop_assert_eq!(failed_state, *r);
+                if *r == Receipt::Success {
+                    *sent_ok.entry(t.tx.from).or_default() += 1;
+                }
+            }
+            for k in &ks {
+                let a = k.address();
+                let old = before.get(&a).map_or(0, |x| x.nonce);
+                let new = mem.account(&a).unwrap().unwrap_or_default().nonce;
+                prop_assert_eq!(new, old + sent_ok.get(&a).copied().unwrap_or(0));
+                // Resync our belief with the chain for the next block.
+                expected_nonce.insert(a, new);
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = grapevine_ledger::SignedTx::from_bytes(&bytes);
+        let _ = grapevine_ledger::Block::from_bytes(&bytes);
+        let _ = grapevine_ledger::codec::decode::<grapevine_ledger::store::StoredBlock>(&bytes, 1 << 20);
+        let _ = grapevine_ledger::Genesis::from_json(&bytes);
+    }
+
+    #[test]
+    fn truncated_blocks_are_errors(cut in 0usize..1000) {
+        let k = Keypair::from_seed(&[1; 32]);
+        let g = genesis(&[1000], Address([9; 32]));
+        let mem = Ledger::open(Box::new(MemoryStore::new()), &g).unwrap();
+        let txs = (0..5).map(|n| Transaction { chain_id: CHAIN, from: k.address(), to: Address([3; 32]), amount: 1, fee: 1, nonce: n }.sign(&k)).collect();
+        let (block, _) = build_block(&mem, CHAIN, &mem.head(), Address([9; 32]), 0, 0, txs).unwrap();
+        let bytes = block.to_bytes();
+        let cut = cut % bytes.len();
+        prop_assert!(grapevine_ledger::Block::from_bytes(&bytes[..cut]).is_err());
+    }
+}
+
+#[test]
+fn failed_transactions_change_nothing_and_fees_go_to_the_proposer() {
+    let ks = keys(2);
+    let proposer = Keypair::from_seed(&[99; 32]).address();
+    let g = genesis(&[100, 0], proposer);
+    let l = Ledger::open(Box::new(MemoryStore::new()), &g).unwrap();
+    let tx = |amount, fee, nonce| {
+        Transaction {
+            chain_id: CHAIN,
+            from: ks[0].address(),
+            to: ks[1].address(),
+            amount,
+            fee,
+            nonce,
+        }
+        .sign(&ks[0])
+    };
+    let txs = vec![tx(50, 5, 0), tx(50, 5, 1), tx(1, 1, 5), tx(u64::MAX, 1, 1)];
+    let (block, exec) = build_block(&l, CHAIN, &l.head(), proposer, 1, 1, txs).unwrap();
+    assert_eq!(exec.receipts[0], Receipt::Success);
+    assert!(
+        matches!(exec.receipts[1], Receipt::Failed { .. }),
+        "45 left, 55 needed"
+    );
+    assert!(
+        matches!(exec.receipts[2], Receipt::Failed { .. }),
+        "nonce gap"
+    );
+    assert!(
+        matches!(exec.receipts[3], Receipt::Failed { .. }),
+        "overflow"
+    );
+    l.commit(&block, &[], &exec).unwrap();
+    assert_eq!(
+        l.account(&ks[0].address()).unwrap().unwrap(),
+        Account {
+            balance: 45,
+            nonce: 1
+        }
+    );
+    assert_eq!(l.account(&ks[1].address()).unwrap().unwrap().balance, 50);
+    assert_eq!(l.account(&proposer).unwrap().unwrap().balance, 5);
+
+    // Replaying the same transaction in a later block makes that block invalid.
+    let again = execute(&l, CHAIN, &proposer, &block.txs[..1]);
+    assert!(matches!(again, Err(BlockError::DuplicateTx { .. })));
+}
+
+#[test]
+fn reopening_for_another_genesis_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let g1 = genesis(&[5], Address([1; 32]));
+    let g2 = genesis(&[6], Address([1; 32]));
+    drop(Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g1).unwrap());
+    let err = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g2).unwrap_err();
+    assert!(err.to_string().contains("created for genesis"), "{err}");
+    // The right genesis still opens.
+    Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g1).unwrap();
+}

@@ -1,0 +1,21 @@
+//! The `grapevine` binary: parses the command line and hands over to the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod bench_ledger;
+mod cli;
+mod keyfile;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line a person can act on, not a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: format check, clippy with warnings as errors, every test.
+# Everything runs in the release profile so RocksDB's C++ is compiled once and shared
+# by the build, clippy and the tests (a dev-profile command would compile it again).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+ensure_build_deps lint
+
+start=$(date +%s)
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo build --release (target dir: $CARGO_TARGET_DIR)"
+build_release --all-targets
+echo "== cargo clippy --release -D warnings"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+echo "== cargo test --release"
+cargo test --release --locked --workspace
+echo "== all checks passed in $(( $(date +%s) - start ))s"
