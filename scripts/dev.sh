@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# Builds the node in release mode and runs it.
-#
-# The single-node dev chain (`grapevine dev`) arrives with the dev-node issue; until
-# then this builds the binary and shows what it can do.
+# Builds the node in release mode and runs a single-validator dev chain with funded
+# accounts. The chain lives in ./.dev (gitignored) and persists across runs; remove the
+# directory for a fresh chain. Extra arguments go to `grapevine dev` (see --help), e.g.
+#   scripts/dev.sh --rpc-addr 127.0.0.1:8545 --accounts 20
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 ensure_build_deps
 build_release
-echo "built $GRAPEVINE_BIN"
-echo "note: 'grapevine dev' (a single-node chain with funded accounts) is not implemented yet;"
-echo "      here is what the binary does today:"
-echo
-exec "$GRAPEVINE_BIN" --help
+exec "$GRAPEVINE_BIN" dev --home "$REPO_ROOT/.dev" "$@"

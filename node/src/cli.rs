@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use grapevine_ledger::{Address, Hash};
+use serde_json::json;
 
-use crate::{bench_ledger, keyfile};
+use crate::{bench_ledger, dev, keyfile, wallet};
 
 /// Grapevine: a validating node for a gossip ledger.
 ///
-/// Implemented so far: key generation and the ledger benchmark. The node itself
-/// (`dev`, `run`, `testnet`) and the wallet commands arrive with the issues that build
-/// them; see README.md.
+/// Start a local chain with `grapevine dev`, then use the wallet commands against it.
+/// Networked validators (`run`, `testnet`) arrive with the consensus issue.
 #[derive(Debug, Parser)]
 #[command(name = "grapevine", version, about, long_about)]
 pub struct Cli {
@@ -20,12 +21,47 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a single-validator dev chain with funded accounts (like anvil).
+    Dev(dev::Args),
     /// Generate an account key pair and write it as a key file (JSON, mode 0600).
     Keygen {
         /// Where to write the key file. Refuses to overwrite an existing file. Without
         /// it the key is printed to standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Print an account's balance.
+    Balance {
+        #[command(flatten)]
+        rpc: wallet::Rpc,
+        /// The account's address (gv…).
+        address: Address,
+    },
+    /// Sign and send a transfer; prints its hash (and its receipt with --wait).
+    Transfer(wallet::TransferArgs),
+    /// Sign a transfer offline and print its hex encoding (for sendTransaction).
+    Sign(wallet::SignArgs),
+    /// Show a transaction's lifecycle state.
+    Tx {
+        #[command(flatten)]
+        rpc: wallet::Rpc,
+        /// The transaction hash.
+        hash: Hash,
+    },
+    /// Show a block (default: the latest).
+    Block {
+        #[command(flatten)]
+        rpc: wallet::Rpc,
+        /// Height or block hash.
+        block: Option<String>,
+        /// Include the full transactions.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Show the node's status.
+    Status {
+        #[command(flatten)]
+        rpc: wallet::Rpc,
     },
     /// Benchmarks (throughput and latency; never pass/fail).
     Bench {
@@ -41,10 +77,35 @@ enum BenchCommand {
     Ledger(bench_ledger::Args),
 }
 
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GRAPEVINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Dev(args) => {
+            init_logging();
+            dev::run(&args)
+        }
         Command::Keygen { out } => keyfile::keygen(out.as_deref()),
+        Command::Balance { rpc, address } => wallet::balance(&rpc, &address),
+        Command::Transfer(args) => wallet::transfer(&args),
+        Command::Sign(args) => wallet::sign(&args),
+        Command::Tx { rpc, hash } => {
+            wallet::show(&rpc, "getTransaction", json!([hash.to_string()]))
+        }
+        Command::Block { rpc, block, full } => {
+            let which = block.unwrap_or_else(|| "latest".into());
+            wallet::show(&rpc, "getBlock", json!([which, full]))
+        }
+        Command::Status { rpc } => wallet::show(&rpc, "getStatus", json!([])),
         Command::Bench {
             what: BenchCommand::Ledger(args),
         } => bench_ledger::run(&args),

@@ -48,7 +48,6 @@ pub fn write(path: &Path, kp: &Keypair) -> anyhow::Result<()> {
 }
 
 /// Reads a key file and checks that its address matches its secret key.
-#[allow(dead_code)] // used by the wallet commands of the dev-node issue
 pub fn read(path: &Path) -> anyhow::Result<Keypair> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;

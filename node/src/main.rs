@@ -6,7 +6,14 @@ use clap::Parser;
 
 mod bench_ledger;
 mod cli;
+mod dev;
 mod keyfile;
+mod mempool;
+mod node;
+mod producer;
+mod recent;
+mod runtime;
+mod wallet;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

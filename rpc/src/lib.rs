@@ -1,6 +1,22 @@
 //! The Grapevine JSON-RPC 2.0 server (axum): balances, accounts, transaction submission
 //! and status, blocks, node status, WebSocket subscriptions, `/health` and `/metrics`.
 //!
+//! The server reaches the node only through the [`NodeApi`] trait, which `grapevine-node`
+//! implements, so every handler is testable without a network (see the tests, which
+//! drive [`app`] with `oneshot`).
+//!
 //! # Layout
-//! Empty for now: the dev-node issue builds this crate. It reaches the node through a
-//! trait that `grapevine-node` implements, so handlers are testable without a network.
+//! - [`api`]: [`NodeApi`], the JSON response shapes, and [`ApiError`].
+//! - [`jsonrpc`]: request parsing, batches, notifications, the method table, error codes.
+//! - [`server`]: the router with its limits, `/health`, `/metrics`, graceful [`serve`].
+//! - `ws`: WebSocket subscriptions.
+//!
+//! Methods and error codes are documented in `docs/RPC.md`.
+
+pub mod api;
+pub mod jsonrpc;
+pub mod server;
+mod ws;
+
+pub use api::{ApiError, NodeApi};
+pub use server::{RpcConfig, RpcMetrics, app, serve};

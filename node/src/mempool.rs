@@ -1,0 +1,786 @@
+//! The transaction pool: admission, ordering for block building, replacement, eviction
+//! and expiry.
+//!
+//! Admission checks run cheapest first: size, decoding, chain id, duplicates (in the pool
+//! or already final), signature, nonce, balance, then the pool's limits. Each refusal is a
+//! distinct [`Refusal`]. A transaction whose nonce is the sender's next (counting the
+//! sender's pooled transactions) is *pending*; one after a gap is *queued* until the gap
+//! closes. Blocks take pending transactions by fee, each sender's in nonce order.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use grapevine_ledger::state::StateView;
+use grapevine_ledger::tx::SIGNED_TX_LEN;
+use grapevine_ledger::{Address, Hash, SignedTx};
+
+/// Limits of the pool.
+#[derive(Clone, Debug)]
+pub struct MempoolConfig {
+    /// Most transactions held.
+    pub max_txs: usize,
+    /// Most bytes (full encodings) held.
+    pub max_bytes: usize,
+    /// Most transactions held per sender; also how far past the sender's next nonce a
+    /// transaction may be.
+    pub max_per_sender: usize,
+    /// A transaction not included within this long is dropped as expired.
+    pub ttl: Duration,
+}
+
+impl Default for MempoolConfig {
+    fn default() -> Self {
+        MempoolConfig {
+            max_txs: 200_000,
+            max_bytes: 200_000 * SIGNED_TX_LEN,
+            max_per_sender: 1_000,
+            ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why the pool refused a transaction. Each maps to its own JSON-RPC error code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not hex, or not exactly one encoded transaction.
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+    /// For another chain.
+    #[error("transaction is for chain {got}, this node runs chain {expected}")]
+    WrongChain {
+        /// This chain.
+        expected: u32,
+        /// The transaction's.
+        got: u32,
+    },
+    /// Already in the pool.
+    #[error("transaction {0} is already in the mempool")]
+    AlreadyKnown(Hash),
+    /// Already in a final block.
+    #[error("transaction {0} is already final")]
+    AlreadyFinal(Hash),
+    /// The signature does not verify for `from`.
+    #[error("invalid signature: the transaction is not signed by its sender's key")]
+    BadSignature,
+    /// The nonce was already used.
+    #[error("nonce {got} is too low: the account's next nonce is {expected}")]
+    NonceTooLow {
+        /// The sender's next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The nonce is too far ahead of the sender's next nonce.
+    #[error(
+        "nonce {got} is too far ahead: the account's next nonce is {expected}, at most {max_ahead} ahead are held"
+    )]
+    NonceTooHigh {
+        /// The sender's next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+        /// The window.
+        max_ahead: u64,
+    },
+    /// The sender cannot pay for this and its earlier pooled transactions.
+    #[error(
+        "insufficient balance: {balance} available, {needed} needed for this and the sender's pending transactions"
+    )]
+    InsufficientBalance {
+        /// The sender's balance.
+        balance: u64,
+        /// What the sender's pooled transactions with this one cost.
+        needed: u128,
+    },
+    /// A transaction with the same sender and nonce is pooled and this one's fee is not
+    /// at least 10% higher.
+    #[error(
+        "replacement fee too low: nonce {nonce} is taken by a transaction with fee {old_fee}; a replacement needs a fee of at least {min_fee}"
+    )]
+    Underpriced {
+        /// The contested nonce.
+        nonce: u64,
+        /// The pooled transaction's fee.
+        old_fee: u64,
+        /// The least fee that replaces it.
+        min_fee: u64,
+    },
+    /// The sender has the maximum number of pooled transactions.
+    #[error("the sender already has {0} transactions in the mempool, the limit per sender")]
+    SenderLimit(usize),
+    /// The pool is full and this transaction's fee does not beat the cheapest one.
+    #[error("the mempool is full and the fee {fee} is not above the lowest evictable fee {lowest}")]
+    Full {
+        /// This transaction's fee.
+        fee: u64,
+        /// The cheapest evictable fee in the pool.
+        lowest: u64,
+    },
+    /// Reading the ledger failed.
+    #[error("internal error reading the ledger")]
+    Internal,
+}
+
+/// Where a pooled transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolState {
+    /// Executable now: every earlier nonce of its sender is final or pooled.
+    Pending,
+    /// Waiting for the sender's transaction with this nonce.
+    Queued {
+        /// The first missing nonce.
+        waiting_for: u64,
+    },
+}
+
+/// Why a transaction left the pool without being included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Replaced by a transaction with the same sender and nonce and a higher fee.
+    Replaced {
+        /// The replacement.
+        by: Hash,
+    },
+    /// Pushed out of a full pool by a higher-fee transaction.
+    EvictedFull,
+    /// No longer valid after a block (its nonce was used, or the balance no longer
+    /// covers it).
+    Invalidated(String),
+    /// Not included within the pool's time to live.
+    Expired,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    tx: SignedTx,
+    inserted: Instant,
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Sender {
+    /// The sender's next nonce in the ledger.
+    base_nonce: u64,
+    /// The sender's balance in the ledger.
+    balance: u64,
+    /// Pooled transactions by nonce.
+    txs: BTreeMap<u64, Hash>,
+}
+
+impl Sender {
+    /// The first nonce from `base_nonce` on that is not pooled.
+    fn first_gap(&self) -> u64 {
+        let mut n = self.base_nonce;
+        for (&nonce, _) in self.txs.range(self.base_nonce..) {
+            if nonce != n {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+}
+
+/// The pool. Not thread-safe by itself: the node keeps it behind a mutex.
+#[derive(Debug)]
+pub struct Mempool {
+    cfg: MempoolConfig,
+    chain_id: u32,
+    entries: HashMap<Hash, Entry>,
+    senders: HashMap<Address, Sender>,
+    /// (fee, sequence, hash) of every entry, for eviction.
+    by_fee: BTreeSet<(u64, u64, Hash)>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+/// The result of an accepted submission.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The transaction's hash.
+    pub hash: Hash,
+    /// Pending or queued.
+    pub state: PoolState,
+    /// Transactions that left the pool to make room (replaced or evicted).
+    pub dropped: Vec<(Hash, Dropped)>,
+    /// Queued transactions of the same sender that became pending.
+    pub promoted: Vec<Hash>,
+}
+
+impl Mempool {
+    /// An empty pool for `chain_id`.
+    pub fn new(chain_id: u32, cfg: MempoolConfig) -> Self {
+        Mempool {
+            cfg,
+            chain_id,
+            entries: HashMap::new(),
+            senders: HashMap::new(),
+            by_fee: BTreeSet::new(),
+            bytes: 0,
+            next_seq: 0,
+        }
+    }
+
+    /// Number of pooled transactions.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes of pooled transactions.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Counts of pending and queued transactions.
+    pub fn counts(&self) -> (usize, usize) {
+        let mut pending = 0;
+        for s in self.senders.values() {
+            let gap = s.first_gap();
+            pending += s.txs.range(..gap).count();
+        }
+        (pending, self.entries.len() - pending)
+    }
+
+    /// Hashes of every pooled transaction.
+    pub fn hashes(&self) -> Vec<Hash> {
+        self.entries.keys().copied().collect()
+    }
+
+    /// The pooled transaction with this hash and its state.
+    pub fn get(&self, hash: &Hash) -> Option<(SignedTx, PoolState)> {
+        let e = self.entries.get(hash)?;
+        let s = self.senders.get(&e.tx.tx.from)?;
+        let gap = s.first_gap();
+        let state = if e.tx.tx.nonce < gap {
+            PoolState::Pending
+        } else {
+            PoolState::Queued { waiting_for: gap }
+        };
+        Some((e.tx, state))
+    }
+
+    /// The sender's next nonce counting pooled transactions (`pendingNonce`), or `None`
+    /// if the pool holds nothing of this sender.
+    pub fn pending_nonce(&self, sender: &Address) -> Option<u64> {
+        self.senders.get(sender).map(Sender::first_gap)
+    }
+
+    /// Decodes and admits a transaction given as raw bytes (see [`Mempool::submit`]).
+    pub fn submit_bytes(
+        &mut self,
+        bytes: &[u8],
+        view: &dyn StateView,
+        now: Instant,
+    ) -> Result<Admitted, (Option<Hash>, Refusal)> {
+        if bytes.len() != SIGNED_TX_LEN {
+            return Err((
+                None,
+                Refusal::Malformed(format!(
+                    "a signed transaction is {SIGNED_TX_LEN} bytes, got {}",
+                    bytes.len()
+                )),
+            ));
+        }
+        let tx =
+            SignedTx::from_bytes(bytes).map_err(|e| (None, Refusal::Malformed(e.to_string())))?;
+        let hash = tx.hash();
+        self.submit(tx, hash, view, now)
+            .map_err(|r| (Some(hash), r))
+    }
+
+    /// Admits a decoded transaction (see the module documentation for the checks).
+    pub fn submit(
+        &mut self,
+        tx: SignedTx,
+        hash: Hash,
+        view: &dyn StateView,
+        now: Instant,
+    ) -> Result<Admitted, Refusal> {
+        let t = &tx.tx;
+        if t.chain_id != self.chain_id {
+            return Err(Refusal::WrongChain {
+                expected: self.chain_id,
+                got: t.chain_id,
+            });
+        }
+        if self.entries.contains_key(&hash) {
+            return Err(Refusal::AlreadyKnown(hash));
+        }
+        if view.contains_tx(&hash).map_err(|_| Refusal::Internal)? {
+            return Err(Refusal::AlreadyFinal(hash));
+        }
+        if !tx.verify() {
+            return Err(Refusal::BadSignature);
+        }
+        self.refresh_sender(&t.from, view)?;
+        let max_ahead = self.cfg.max_per_sender as u64;
+        let sender = self.senders.get(&t.from).ok_or(Refusal::Internal)?;
+        if t.nonce < sender.base_nonce {
+            return Err(Refusal::NonceTooLow {
+                expected: sender.base_nonce,
+                got: t.nonce,
+            });
+        }
+        if t.nonce - sender.base_nonce >= max_ahead {
+            return Err(Refusal::NonceTooHigh {
+                expected: sender.base_nonce,
+                got: t.nonce,
+                max_ahead,
+            });
+        }
+        let replacing = sender.txs.get(&t.nonce).copied();
+        if let Some(old) = replacing {
+            let old_fee = self.entries[&old].tx.tx.fee;
+            // At least 10% more, rounded up, and at least one more.
+            let min_fee = old_fee
+                .saturating_add(old_fee.div_ceil(10))
+                .max(old_fee.saturating_add(1));
+            if t.fee < min_fee {
+                return Err(Refusal::Underpriced {
+                    nonce: t.nonce,
+                    old_fee,
+                    min_fee,
+                });
+            }
+        } else if sender.txs.len() >= self.cfg.max_per_sender {
+            return Err(Refusal::SenderLimit(self.cfg.max_per_sender));
+        }
+        // The sender must afford every pooled transaction with this one in place.
+        let mut needed: u128 = u128::from(t.amount) + u128::from(t.fee);
+        for (&n, h) in &sender.txs {
+            if n != t.nonce {
+                let o = &self.entries[h].tx.tx;
+                needed += u128::from(o.amount) + u128::from(o.fee);
+            }
+        }
+        if needed > u128::from(sender.balance) {
+            return Err(Refusal::InsufficientBalance {
+                balance: sender.balance,
+                needed,
+            });
+        }
+
+        let mut dropped = Vec::new();
+        if replacing.is_none() {
+            while self.entries.len() + 1 > self.cfg.max_txs
+                || self.bytes + SIGNED_TX_LEN > self.cfg.max_bytes
+            {
+                match self.cheapest_evictable(&t.from) {
+                    Some((fee, victim)) if fee < t.fee => {
+                        self.remove(&victim);
+                        dropped.push((victim, Dropped::EvictedFull));
+                    }
+                    Some((lowest, _)) => return Err(Refusal::Full { fee: t.fee, lowest }),
+                    None => {
+                        return Err(Refusal::Full {
+                            fee: t.fee,
+                            lowest: 0,
+                        });
+                    }
+                }
+            }
+        }
+
+        let before = self.sender_pending(&t.from);
+        if let Some(old) = replacing {
+            self.remove(&old);
+            dropped.push((old, Dropped::Replaced { by: hash }));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.insert(
+            hash,
+            Entry {
+                tx,
+                inserted: now,
+                seq,
+            },
+        );
+        self.by_fee.insert((t.fee, seq, hash));
+        self.bytes += SIGNED_TX_LEN;
+        self.senders
+            .entry(t.from)
+            .or_default()
+            .txs
+            .insert(t.nonce, hash);
+        let after = self.sender_pending(&t.from);
+        let promoted = after
+            .iter()
+            .filter(|h| **h != hash && !before.contains(h))
+            .copied()
+            .collect();
+        let state = self.get(&hash).map(|(_, s)| s).ok_or(Refusal::Internal)?;
+        Ok(Admitted {
+            hash,
+            state,
+            dropped,
+            promoted,
+        })
+    }
+
+    /// Re-reads the sender's nonce and balance from the ledger.
+    fn refresh_sender(&mut self, addr: &Address, view: &dyn StateView) -> Result<(), Refusal> {
+        let acct = view
+            .account(addr)
+            .map_err(|_| Refusal::Internal)?
+            .unwrap_or_default();
+        let s = self.senders.entry(*addr).or_default();
+        s.base_nonce = acct.nonce;
+        s.balance = acct.balance;
+        Ok(())
+    }
+
+    /// Hashes of the sender's pending transactions.
+    fn sender_pending(&self, addr: &Address) -> Vec<Hash> {
+        self.senders.get(addr).map_or_else(Vec::new, |s| {
+            let gap = s.first_gap();
+            s.txs.range(..gap).map(|(_, h)| *h).collect()
+        })
+    }
+
+    /// The lowest-fee transaction that is its sender's last (so evicting it opens no
+    /// gap), not counting `except`'s transactions.
+    fn cheapest_evictable(&self, except: &Address) -> Option<(u64, Hash)> {
+        self.by_fee.iter().find_map(|(fee, _, h)| {
+            let e = &self.entries[h];
+            let from = &e.tx.tx.from;
+            let last = self.senders.get(from)?.txs.keys().next_back()?;
+            (from != except && *last == e.tx.tx.nonce).then_some((*fee, *h))
+        })
+    }
+
+    fn remove(&mut self, hash: &Hash) -> Option<Entry> {
+        let e = self.entries.remove(hash)?;
+        self.by_fee.remove(&(e.tx.tx.fee, e.seq, *hash));
+        self.bytes -= SIGNED_TX_LEN;
+        if let Some(s) = self.senders.get_mut(&e.tx.tx.from) {
+            s.txs.remove(&e.tx.tx.nonce);
+            if s.txs.is_empty() {
+                self.senders.remove(&e.tx.tx.from);
+            }
+        }
+        Some(e)
+    }
+
+    /// Up to `max` pending transactions for a block: highest fee first, each sender's in
+    /// nonce order. Leaves them in the pool until [`Mempool::on_commit`].
+    pub fn select(&self, max: usize) -> Vec<SignedTx> {
+        // Heap of each sender's next executable transaction, by fee then age.
+        let mut heap: BinaryHeap<(u64, Reverse<u64>, Address, u64)> = BinaryHeap::new();
+        for (addr, s) in &self.senders {
+            if let Some(h) = s.txs.get(&s.base_nonce) {
+                let e = &self.entries[h];
+                heap.push((e.tx.tx.fee, Reverse(e.seq), *addr, s.base_nonce));
+            }
+        }
+        let mut out = Vec::with_capacity(max.min(self.entries.len()));
+        while out.len() < max {
+            let Some((_, _, addr, nonce)) = heap.pop() else {
+                break;
+            };
+            let s = &self.senders[&addr];
+            out.push(self.entries[&s.txs[&nonce]].tx);
+            if let Some(h) = s.txs.get(&(nonce + 1)) {
+                let e = &self.entries[h];
+                heap.push((e.tx.tx.fee, Reverse(e.seq), addr, nonce + 1));
+            }
+        }
+        out
+    }
+
+    /// After a block is final: removes its transactions, re-reads the state of their
+    /// senders, and drops what no longer fits. Returns the dropped transactions and the
+    /// queued ones that became pending.
+    pub fn on_commit(
+        &mut self,
+        included: &[SignedTx],
+        view: &dyn StateView,
+    ) -> (Vec<(Hash, Dropped)>, Vec<Hash>) {
+        let mut senders: Vec<Address> = included.iter().map(|t| t.tx.from).collect();
+        senders.sort();
+        senders.dedup();
+        for t in included {
+            self.remove(&t.hash());
+        }
+        let mut dropped = Vec::new();
+        let mut promoted = Vec::new();
+        for addr in senders {
+            let before = self.sender_pending(&addr);
+            let Ok(acct) = view.account(&addr) else {
+                continue;
+            };
+            let acct = acct.unwrap_or_default();
+            let Some(s) = self.senders.get_mut(&addr) else {
+                continue;
+            };
+            s.base_nonce = acct.nonce;
+            s.balance = acct.balance;
+            let stale: Vec<Hash> = s.txs.range(..acct.nonce).map(|(_, h)| *h).collect();
+            let mut spent: u128 = 0;
+            let mut unaffordable = Vec::new();
+            for h in s.txs.range(acct.nonce..).map(|(_, h)| *h) {
+                let t = &self.entries[&h].tx.tx;
+                let cost = u128::from(t.amount) + u128::from(t.fee);
+                if spent + cost > u128::from(acct.balance) {
+                    unaffordable.push(h);
+                } else {
+                    spent += cost;
+                }
+            }
+            for h in stale {
+                self.remove(&h);
+                dropped.push((
+                    h,
+                    Dropped::Invalidated(format!(
+                        "nonce already used: the account's next nonce is {}",
+                        acct.nonce
+                    )),
+                ));
+            }
+            for h in unaffordable {
+                self.remove(&h);
+                dropped.push((
+                    h,
+                    Dropped::Invalidated(format!(
+                        "insufficient balance after the last block: {} available",
+                        acct.balance
+                    )),
+                ));
+            }
+            let after = self.sender_pending(&addr);
+            promoted.extend(after.into_iter().filter(|h| !before.contains(h)));
+        }
+        (dropped, promoted)
+    }
+
+    /// Drops transactions older than the time to live.
+    pub fn expire(&mut self, now: Instant) -> Vec<(Hash, Dropped)> {
+        let ttl = self.cfg.ttl;
+        let old: Vec<Hash> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.inserted) >= ttl)
+            .map(|(h, _)| *h)
+            .collect();
+        old.into_iter()
+            .filter_map(|h| self.remove(&h).map(|_| (h, Dropped::Expired)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
+    use grapevine_ledger::state::build_block;
+    use grapevine_ledger::{Genesis, Keypair, Ledger, MemoryStore, Transaction};
+
+    const CHAIN: u32 = 5;
+
+    struct Fixture {
+        ledger: Ledger,
+        keys: Vec<Keypair>,
+        pool: Mempool,
+        now: Instant,
+    }
+
+    fn fixture(cfg: MempoolConfig) -> Fixture {
+        let keys: Vec<Keypair> = (1..=4u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+        let g = Genesis {
+            chain_id: CHAIN,
+            genesis_time_ms: 0,
+            accounts: keys
+                .iter()
+                .map(|k| GenesisAccount {
+                    address: k.address(),
+                    balance: 1_000,
+                })
+                .collect(),
+            validators: vec![GenesisValidator {
+                public_key: Address([9; 32]),
+                network_address: None,
+            }],
+        };
+        Fixture {
+            ledger: Ledger::open(Box::new(MemoryStore::new()), &g).unwrap(),
+            keys,
+            pool: Mempool::new(CHAIN, cfg),
+            now: Instant::now(),
+        }
+    }
+
+    fn tx(k: &Keypair, nonce: u64, amount: u64, fee: u64) -> SignedTx {
+        Transaction {
+            chain_id: CHAIN,
+            from: k.address(),
+            to: Address([7; 32]),
+            amount,
+            fee,
+            nonce,
+        }
+        .sign(k)
+    }
+
+    impl Fixture {
+        fn submit(&mut self, t: SignedTx) -> Result<Admitted, Refusal> {
+            self.pool.submit(t, t.hash(), &self.ledger, self.now)
+        }
+    }
+
+    #[test]
+    fn refusals_are_distinct() {
+        let mut f = fixture(MempoolConfig::default());
+        let good = tx(&f.keys[0], 0, 10, 1);
+        assert!(matches!(
+            f.pool
+                .submit_bytes(&good.to_bytes()[..100], &f.ledger, f.now),
+            Err((None, Refusal::Malformed(_)))
+        ));
+        let mut other_chain = good;
+        other_chain.tx.chain_id = 6;
+        assert!(matches!(
+            f.submit(other_chain),
+            Err(Refusal::WrongChain { .. })
+        ));
+        let mut bad_sig = good;
+        bad_sig.tx.amount = 11;
+        assert_eq!(f.submit(bad_sig).unwrap_err(), Refusal::BadSignature);
+        assert!(matches!(
+            f.submit(tx(&f.keys[0], 0, 1000, 1)),
+            Err(Refusal::InsufficientBalance { .. })
+        ));
+        assert!(matches!(
+            f.submit(tx(&f.keys[0], 5000, 1, 1)),
+            Err(Refusal::NonceTooHigh { .. })
+        ));
+        f.submit(good).unwrap();
+        assert!(matches!(f.submit(good), Err(Refusal::AlreadyKnown(_))));
+        assert!(matches!(
+            f.submit(tx(&f.keys[0], 0, 10, 1)),
+            Err(Refusal::AlreadyKnown(_)) | Err(Refusal::Underpriced { .. })
+        ));
+    }
+
+    #[test]
+    fn gap_queues_and_filling_it_promotes() {
+        let mut f = fixture(MempoolConfig::default());
+        let t1 = tx(&f.keys[0], 1, 10, 1);
+        let a = f.submit(t1).unwrap();
+        assert_eq!(a.state, PoolState::Queued { waiting_for: 0 });
+        assert_eq!(f.pool.select(10).len(), 0);
+        let a = f.submit(tx(&f.keys[0], 0, 10, 1)).unwrap();
+        assert_eq!(a.state, PoolState::Pending);
+        assert_eq!(a.promoted, vec![t1.hash()]);
+        assert_eq!(f.pool.pending_nonce(&f.keys[0].address()), Some(2));
+        assert_eq!(f.pool.counts(), (2, 0));
+    }
+
+    #[test]
+    fn replacement_needs_ten_percent_more() {
+        let mut f = fixture(MempoolConfig::default());
+        let first = tx(&f.keys[0], 0, 10, 100);
+        f.submit(first).unwrap();
+        let cheap = tx(&f.keys[0], 0, 11, 109);
+        assert_eq!(
+            f.submit(cheap).unwrap_err(),
+            Refusal::Underpriced {
+                nonce: 0,
+                old_fee: 100,
+                min_fee: 110
+            }
+        );
+        let better = tx(&f.keys[0], 0, 11, 110);
+        let a = f.submit(better).unwrap();
+        assert_eq!(
+            a.dropped,
+            vec![(first.hash(), Dropped::Replaced { by: better.hash() })]
+        );
+        assert!(f.pool.get(&first.hash()).is_none());
+        assert_eq!(f.pool.len(), 1);
+    }
+
+    #[test]
+    fn selection_orders_by_fee_but_keeps_nonce_order() {
+        let mut f = fixture(MempoolConfig::default());
+        let (a, b) = (f.keys[0].address(), f.keys[1].address());
+        f.submit(tx(&f.keys[0], 0, 1, 1)).unwrap();
+        f.submit(tx(&f.keys[0], 1, 1, 50)).unwrap();
+        f.submit(tx(&f.keys[1], 0, 1, 10)).unwrap();
+        let order: Vec<(Address, u64)> = f
+            .pool
+            .select(10)
+            .iter()
+            .map(|t| (t.tx.from, t.tx.nonce))
+            .collect();
+        assert_eq!(order, vec![(b, 0), (a, 0), (a, 1)]);
+        assert_eq!(f.pool.select(1).len(), 1);
+    }
+
+    #[test]
+    fn full_pool_evicts_the_cheapest_or_refuses() {
+        let mut f = fixture(MempoolConfig {
+            max_txs: 2,
+            ..MempoolConfig::default()
+        });
+        let cheap = tx(&f.keys[0], 0, 1, 1);
+        f.submit(cheap).unwrap();
+        f.submit(tx(&f.keys[1], 0, 1, 5)).unwrap();
+        assert!(matches!(
+            f.submit(tx(&f.keys[2], 0, 1, 1)),
+            Err(Refusal::Full { fee: 1, lowest: 1 })
+        ));
+        let rich = tx(&f.keys[2], 0, 1, 9);
+        let a = f.submit(rich).unwrap();
+        assert_eq!(a.dropped, vec![(cheap.hash(), Dropped::EvictedFull)]);
+        assert_eq!(f.pool.len(), 2);
+    }
+
+    #[test]
+    fn per_sender_limit_and_expiry() {
+        let mut f = fixture(MempoolConfig {
+            max_per_sender: 2,
+            ttl: Duration::from_secs(10),
+            ..MempoolConfig::default()
+        });
+        f.submit(tx(&f.keys[0], 0, 1, 1)).unwrap();
+        f.submit(tx(&f.keys[0], 1, 1, 1)).unwrap();
+        assert!(matches!(
+            f.submit(tx(&f.keys[0], 2, 1, 1)),
+            Err(Refusal::NonceTooHigh { .. }) | Err(Refusal::SenderLimit(2))
+        ));
+        assert!(f.pool.expire(f.now + Duration::from_secs(9)).is_empty());
+        assert_eq!(f.pool.expire(f.now + Duration::from_secs(10)).len(), 2);
+        assert_eq!(f.pool.len(), 0);
+        assert_eq!(f.pool.bytes(), 0);
+    }
+
+    #[test]
+    fn commit_removes_included_and_drops_what_no_longer_fits() {
+        let mut f = fixture(MempoolConfig::default());
+        let included = tx(&f.keys[0], 0, 500, 0);
+        let later = tx(&f.keys[0], 1, 400, 0);
+        // A conflicting spend of the same nonce, final through another node's block.
+        let conflicting = tx(&f.keys[0], 0, 900, 0);
+        f.submit(included).unwrap();
+        f.submit(later).unwrap();
+        let head = f.ledger.head();
+        let (block, exec) = build_block(
+            &f.ledger,
+            CHAIN,
+            &head,
+            Address([9; 32]),
+            1,
+            1,
+            vec![conflicting],
+        )
+        .unwrap();
+        f.ledger.commit(&block, &[], &exec).unwrap();
+        let (dropped, _) = f.pool.on_commit(&block.txs, &f.ledger);
+        let hashes: Vec<Hash> = dropped.iter().map(|(h, _)| *h).collect();
+        assert!(hashes.contains(&included.hash()), "nonce 0 was used");
+        assert!(hashes.contains(&later.hash()), "100 left cannot pay 400");
+        assert_eq!(f.pool.len(), 0);
+    }
+}

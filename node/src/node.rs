@@ -1,0 +1,602 @@
+//! [`Node`]: the ledger, the mempool and the event streams behind the RPC server, and
+//! block production for a single-validator chain.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use grapevine_ledger::state::build_block;
+use grapevine_ledger::{Address, Hash, Ledger, SignedTx, StateView};
+use grapevine_rpc::api::{
+    AccountInfo, ApiError, BlockInfo, HeadEvent, MempoolInfo, NodeApi, PeerInfo, Reason,
+    ReceiptView, Status, TxInfo, TxState, TxView,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{Notify, broadcast};
+
+use crate::mempool::{Dropped, Mempool, MempoolConfig, PoolState, Refusal};
+use crate::recent::RecentOutcomes;
+
+/// Capacity of the head and transaction event channels; a subscriber that falls this
+/// far behind skips ahead (and is told so by the WebSocket layer).
+const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// How many rejected/evicted/expired outcomes are remembered, and for how long.
+const RECENT_CAPACITY: usize = 100_000;
+const RECENT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Default)]
+struct Metrics {
+    height: Gauge,
+    blocks: Counter,
+    txs_finalized: Counter,
+    txs_rejected: Counter,
+    mempool_pending: Gauge,
+    mempool_queued: Gauge,
+    mempool_bytes: Gauge,
+    peers: Gauge,
+}
+
+impl Metrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "grapevine_height",
+            "Height of the latest final block",
+            self.height.clone(),
+        );
+        r.register(
+            "grapevine_blocks",
+            "Blocks committed by this node",
+            self.blocks.clone(),
+        );
+        r.register(
+            "grapevine_txs_finalized",
+            "Transactions in committed blocks",
+            self.txs_finalized.clone(),
+        );
+        r.register(
+            "grapevine_txs_rejected",
+            "Transactions refused at submission",
+            self.txs_rejected.clone(),
+        );
+        r.register(
+            "grapevine_mempool_pending",
+            "Executable transactions in the mempool",
+            self.mempool_pending.clone(),
+        );
+        r.register(
+            "grapevine_mempool_queued",
+            "Transactions waiting for an earlier nonce",
+            self.mempool_queued.clone(),
+        );
+        r.register(
+            "grapevine_mempool_bytes",
+            "Bytes of transactions in the mempool",
+            self.mempool_bytes.clone(),
+        );
+        r.register("grapevine_peers", "Connected peers", self.peers.clone());
+    }
+}
+
+/// The node's state shared by the RPC server and the block producer.
+#[derive(Debug)]
+pub struct Node {
+    ledger: Arc<Ledger>,
+    mempool: Mutex<Mempool>,
+    recent: Mutex<RecentOutcomes>,
+    heads: broadcast::Sender<HeadEvent>,
+    txs: broadcast::Sender<TxInfo>,
+    /// Wakes the block producer when a transaction becomes pending.
+    pub new_work: Notify,
+    metrics: Metrics,
+    registry: Registry,
+    /// Receives the fees of the blocks this node produces.
+    proposer: Address,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn tx_view(t: &SignedTx) -> TxView {
+    TxView {
+        tx: t.tx,
+        signature: t.signature,
+    }
+}
+
+fn refusal_error(r: &Refusal, hash: Option<Hash>) -> ApiError {
+    let (code, reason) = match r {
+        Refusal::Malformed(_) => (-32010, "malformed"),
+        Refusal::WrongChain { .. } => (-32011, "wrongChain"),
+        Refusal::BadSignature => (-32012, "badSignature"),
+        Refusal::NonceTooLow { .. } => (-32013, "nonceTooLow"),
+        Refusal::InsufficientBalance { .. } => (-32014, "insufficientBalance"),
+        Refusal::AlreadyKnown(_) => (-32015, "alreadyKnown"),
+        Refusal::AlreadyFinal(_) => (-32016, "alreadyFinal"),
+        Refusal::Underpriced { .. } => (-32017, "underpriced"),
+        Refusal::Full { .. } => (-32018, "mempoolFull"),
+        Refusal::SenderLimit(_) => (-32019, "senderLimit"),
+        Refusal::NonceTooHigh { .. } => (-32020, "nonceTooHigh"),
+        Refusal::Internal => return ApiError::Internal,
+    };
+    ApiError::Rejected {
+        code,
+        reason,
+        message: r.to_string(),
+        hash,
+    }
+}
+
+fn dropped_state(d: &Dropped) -> TxState {
+    match d {
+        Dropped::Replaced { by } => TxState::Evicted {
+            reason: Reason {
+                code: "replaced".into(),
+                message: format!("replaced by transaction {by} with a higher fee"),
+            },
+        },
+        Dropped::EvictedFull => TxState::Evicted {
+            reason: Reason {
+                code: "mempoolFull".into(),
+                message: "pushed out of the full mempool by higher-fee transactions".into(),
+            },
+        },
+        Dropped::Invalidated(why) => TxState::Evicted {
+            reason: Reason {
+                code: "invalidated".into(),
+                message: why.clone(),
+            },
+        },
+        Dropped::Expired => TxState::Expired {
+            reason: Reason {
+                code: "expired".into(),
+                message: "not included in a block within the mempool's time to live".into(),
+            },
+        },
+    }
+}
+
+impl Node {
+    /// A node over `ledger`, producing blocks as `proposer`. Registers its metrics (and
+    /// the RPC server's) in one registry; returns the RPC metrics for the server.
+    pub fn new(
+        ledger: Arc<Ledger>,
+        pool: MempoolConfig,
+        proposer: Address,
+    ) -> (Arc<Node>, grapevine_rpc::RpcMetrics) {
+        let mut registry = Registry::default();
+        let metrics = Metrics::default();
+        metrics.register(&mut registry);
+        let rpc_metrics = grapevine_rpc::RpcMetrics::register(&mut registry);
+        metrics
+            .height
+            .set(i64::try_from(ledger.head().height).unwrap_or(i64::MAX));
+        let node = Node {
+            mempool: Mutex::new(Mempool::new(ledger.chain_id(), pool)),
+            ledger,
+            recent: Mutex::new(RecentOutcomes::new(RECENT_CAPACITY, RECENT_MAX_AGE)),
+            heads: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+            txs: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+            new_work: Notify::new(),
+            metrics,
+            registry,
+            proposer,
+        };
+        (Arc::new(node), rpc_metrics)
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Mempool> {
+        // A panic while holding the pool lock leaves it consistent enough to serve:
+        // every mutation completes its bookkeeping before it can fail.
+        self.mempool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentOutcomes> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update_pool_metrics(&self, pool: &Mempool) {
+        let (pending, queued) = pool.counts();
+        self.metrics.mempool_pending.set(pending as i64);
+        self.metrics.mempool_queued.set(queued as i64);
+        self.metrics.mempool_bytes.set(pool.bytes() as i64);
+    }
+
+    /// Publishes a lifecycle change, and remembers it if it is an end without finality.
+    fn publish(&self, info: TxInfo) {
+        if matches!(
+            info.state,
+            TxState::Rejected { .. } | TxState::Evicted { .. } | TxState::Expired { .. }
+        ) {
+            self.recent().record(info.clone(), Instant::now());
+        }
+        // No subscriber is not an error.
+        let _ = self.txs.send(info);
+    }
+
+    fn publish_dropped(&self, dropped: Vec<(Hash, Dropped, Option<SignedTx>)>) {
+        for (hash, d, tx) in dropped {
+            self.publish(TxInfo {
+                hash,
+                state: dropped_state(&d),
+                transaction: tx.as_ref().map(tx_view),
+            });
+        }
+    }
+
+    fn pooled_info(&self, hash: Hash, tx: SignedTx, state: PoolState) -> TxInfo {
+        TxInfo {
+            hash,
+            state: match state {
+                PoolState::Pending => TxState::Pending,
+                PoolState::Queued { waiting_for } => TxState::Queued {
+                    waiting_for_nonce: waiting_for,
+                },
+            },
+            transaction: Some(tx_view(&tx)),
+        }
+    }
+
+    /// Drops transactions past the mempool's time to live.
+    pub fn expire(&self) {
+        let mut pool = self.pool();
+        let expired = pool.expire(Instant::now());
+        self.update_pool_metrics(&pool);
+        drop(pool);
+        self.publish_dropped(expired.into_iter().map(|(h, d)| (h, d, None)).collect());
+    }
+
+    /// Takes up to `max_txs` pending transactions, executes them into a block on top of
+    /// the head, commits it durably, and publishes the results. Returns the number of
+    /// transactions included (0: nothing to do).
+    pub fn produce_block(
+        &self,
+        max_txs: usize,
+    ) -> Result<usize, grapevine_ledger::state::BlockError> {
+        let txs = self.pool().select(max_txs);
+        if txs.is_empty() {
+            return Ok(0);
+        }
+        let head = self.ledger.head();
+        let built = build_block(
+            &*self.ledger,
+            self.ledger.chain_id(),
+            &head,
+            self.proposer,
+            0,
+            now_ms().max(head.timestamp_ms),
+            txs.clone(),
+        );
+        let (block, exec) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                // The pool admitted something a block cannot hold: drop the selection
+                // rather than fail the same way forever.
+                tracing::error!(error = %e, "building a block failed; dropping its transactions from the mempool");
+                let mut pool = self.pool();
+                let (dropped, _) = pool.on_commit(&txs, &*self.ledger);
+                drop(pool);
+                let why = Dropped::Invalidated(format!("could not be included in a block: {e}"));
+                let mut all: Vec<_> = txs
+                    .iter()
+                    .map(|t| (t.hash(), why.clone(), Some(*t)))
+                    .collect();
+                all.extend(dropped.into_iter().map(|(h, d)| (h, d, None)));
+                self.publish_dropped(all);
+                return Err(e);
+            }
+        };
+        self.ledger.commit(&block, &[], &exec)?;
+        // From here the transactions are final in the ledger; only now leave the pool,
+        // so a reader sees them in one place or the other, never in neither.
+        let mut pool = self.pool();
+        let (dropped, promoted) = pool.on_commit(&block.txs, &*self.ledger);
+        let promoted: Vec<TxInfo> = promoted
+            .into_iter()
+            .filter_map(|h| pool.get(&h).map(|(t, s)| self.pooled_info(h, t, s)))
+            .collect();
+        self.update_pool_metrics(&pool);
+        drop(pool);
+
+        let hash = block.hash();
+        let n = block.txs.len();
+        self.metrics
+            .height
+            .set(i64::try_from(block.header.height).unwrap_or(i64::MAX));
+        self.metrics.blocks.inc();
+        self.metrics.txs_finalized.inc_by(n as u64);
+        if self.txs.receiver_count() > 0 {
+            for (index, (t, r)) in block.txs.iter().zip(&exec.receipts).enumerate() {
+                let _ = self.txs.send(TxInfo {
+                    hash: exec.tx_hashes[index],
+                    state: TxState::Finalized {
+                        height: block.header.height,
+                        block_hash: hash,
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        receipt: ReceiptView::from(*r),
+                    },
+                    transaction: Some(tx_view(t)),
+                });
+            }
+        }
+        self.publish_dropped(dropped.into_iter().map(|(h, d)| (h, d, None)).collect());
+        for p in promoted {
+            self.publish(p);
+        }
+        let _ = self.heads.send(HeadEvent {
+            hash,
+            header: block.header,
+        });
+        tracing::info!(height = block.header.height, txs = n, hash = %hash, "block committed");
+        Ok(n)
+    }
+
+    fn finalized_info(&self, hash: &Hash) -> Result<Option<TxInfo>, ApiError> {
+        let Some((tx, loc)) = self.ledger.transaction(hash).map_err(internal)? else {
+            return Ok(None);
+        };
+        let block_hash = self
+            .ledger
+            .block(loc.height)
+            .map_err(internal)?
+            .map(|b| b.block.hash())
+            .ok_or(ApiError::Internal)?;
+        Ok(Some(TxInfo {
+            hash: *hash,
+            state: TxState::Finalized {
+                height: loc.height,
+                block_hash,
+                index: loc.index,
+                receipt: ReceiptView::from(loc.receipt),
+            },
+            transaction: Some(tx_view(&tx)),
+        }))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "storage error while serving RPC");
+    ApiError::Internal
+}
+
+impl NodeApi for Node {
+    fn status(&self) -> Result<Status, ApiError> {
+        let head = self.ledger.head();
+        Ok(Status {
+            chain_id: self.ledger.chain_id(),
+            genesis_hash: self.ledger.genesis_hash(),
+            height: head.height,
+            head_hash: head.hash(),
+            state_root: head.state_root,
+            peer_count: 0,
+            syncing: false,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+
+    fn account(&self, addr: &Address) -> Result<AccountInfo, ApiError> {
+        let acct = self
+            .ledger
+            .account(addr)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let pending = self.pool().pending_nonce(addr).unwrap_or(acct.nonce);
+        Ok(AccountInfo {
+            address: *addr,
+            balance: acct.balance,
+            nonce: acct.nonce,
+            pending_nonce: pending.max(acct.nonce),
+        })
+    }
+
+    fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
+        let mut pool = self.pool();
+        let result = pool.submit_bytes(bytes, &*self.ledger, Instant::now());
+        match result {
+            Ok(admitted) => {
+                let info = pool
+                    .get(&admitted.hash)
+                    .map(|(t, s)| self.pooled_info(admitted.hash, t, s));
+                let promoted: Vec<TxInfo> = admitted
+                    .promoted
+                    .iter()
+                    .filter_map(|h| pool.get(h).map(|(t, s)| self.pooled_info(*h, t, s)))
+                    .collect();
+                self.update_pool_metrics(&pool);
+                drop(pool);
+                let wake = admitted.state == PoolState::Pending || !promoted.is_empty();
+                self.publish_dropped(
+                    admitted
+                        .dropped
+                        .into_iter()
+                        .map(|(h, d)| (h, d, None))
+                        .collect(),
+                );
+                if let Some(info) = info {
+                    self.publish(info);
+                }
+                for p in promoted {
+                    self.publish(p);
+                }
+                if wake {
+                    self.new_work.notify_one();
+                }
+                Ok(admitted.hash)
+            }
+            Err((hash, refusal)) => {
+                drop(pool);
+                self.metrics.txs_rejected.inc();
+                let err = refusal_error(&refusal, hash);
+                // Remember refusals of decodable transactions, except those that say the
+                // transaction is alive elsewhere (pooled or final).
+                if let (Some(h), false) = (
+                    hash,
+                    matches!(refusal, Refusal::AlreadyKnown(_) | Refusal::AlreadyFinal(_)),
+                ) {
+                    let code = match &err {
+                        ApiError::Rejected { reason, .. } => (*reason).to_string(),
+                        _ => "internal".into(),
+                    };
+                    let tx = grapevine_ledger::SignedTx::from_bytes(bytes).ok();
+                    self.publish(TxInfo {
+                        hash: h,
+                        state: TxState::Rejected {
+                            reason: Reason {
+                                code,
+                                message: refusal.to_string(),
+                            },
+                        },
+                        transaction: tx.as_ref().map(tx_view),
+                    });
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError> {
+        // Order matters: a committed transaction leaves the pool only after the ledger
+        // has it, so looking in the pool first and the ledger second never misses it.
+        if let Some(info) = self
+            .pool()
+            .get(hash)
+            .map(|(t, s)| self.pooled_info(*hash, t, s))
+        {
+            return Ok(info);
+        }
+        if let Some(info) = self.finalized_info(hash)? {
+            return Ok(info);
+        }
+        if let Some(info) = self.recent().get(hash, Instant::now()) {
+            return Ok(info);
+        }
+        Ok(TxInfo {
+            hash: *hash,
+            state: TxState::Unknown,
+            transaction: None,
+        })
+    }
+
+    fn block_by_height(&self, height: u64) -> Result<Option<BlockInfo>, ApiError> {
+        let Some(stored) = self.ledger.block(height).map_err(internal)? else {
+            return Ok(None);
+        };
+        let b = stored.block;
+        Ok(Some(BlockInfo {
+            hash: b.hash(),
+            header: b.header,
+            tx_hashes: b.txs.iter().map(SignedTx::hash).collect(),
+            transactions: Some(b.txs.iter().map(tx_view).collect()),
+            certificate: hex::encode(&stored.certificate),
+        }))
+    }
+
+    fn height_of(&self, hash: &Hash) -> Result<Option<u64>, ApiError> {
+        self.ledger.height_of(hash).map_err(internal)
+    }
+
+    fn head_height(&self) -> u64 {
+        self.ledger.head().height
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+
+    fn mempool(&self, with_hashes: bool) -> MempoolInfo {
+        let pool = self.pool();
+        let (pending, queued) = pool.counts();
+        MempoolInfo {
+            pending,
+            queued,
+            bytes: pool.bytes(),
+            hashes: with_hashes.then(|| pool.hashes()),
+        }
+    }
+
+    fn not_ready_reason(&self) -> Option<String> {
+        // A single-validator chain is always caught up and needs no peers.
+        None
+    }
+
+    fn subscribe_heads(&self) -> broadcast::Receiver<HeadEvent> {
+        self.heads.subscribe()
+    }
+
+    fn subscribe_transactions(&self) -> broadcast::Receiver<TxInfo> {
+        self.txs.subscribe()
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// RPC error codes of transaction refusals, for docs and tests: (code, reason).
+#[cfg(test)]
+pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
+    let samples = [
+        Refusal::Malformed(String::new()),
+        Refusal::WrongChain {
+            expected: 0,
+            got: 1,
+        },
+        Refusal::BadSignature,
+        Refusal::NonceTooLow {
+            expected: 1,
+            got: 0,
+        },
+        Refusal::InsufficientBalance {
+            balance: 0,
+            needed: 1,
+        },
+        Refusal::AlreadyKnown(Hash::ZERO),
+        Refusal::AlreadyFinal(Hash::ZERO),
+        Refusal::Underpriced {
+            nonce: 0,
+            old_fee: 1,
+            min_fee: 2,
+        },
+        Refusal::Full { fee: 0, lowest: 1 },
+        Refusal::SenderLimit(1),
+        Refusal::NonceTooHigh {
+            expected: 0,
+            got: 9,
+            max_ahead: 1,
+        },
+    ];
+    samples
+        .iter()
+        .filter_map(|r| match refusal_error(r, None) {
+            ApiError::Rejected { code, reason, .. } => Some((code, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grapevine_rpc::jsonrpc::codes;
+
+    #[test]
+    fn refusal_codes_are_distinct_and_outside_the_reserved_range() {
+        let codes = refusal_codes();
+        let mut seen = std::collections::HashSet::new();
+        for (code, reason) in &codes {
+            assert!(seen.insert(*code), "duplicate code {code} ({reason})");
+            // JSON-RPC 2.0 leaves -32000..=-32099 to implementation-defined server errors.
+            assert!((-32099..=-32000).contains(code), "{code}");
+            assert_ne!(*code, codes::INTERNAL_ERROR);
+        }
+        assert_eq!(codes.len(), 11);
+    }
+}

@@ -1,0 +1,279 @@
+//! What the RPC server needs from a node ([`NodeApi`]), the JSON shapes it answers with,
+//! and the domain errors it maps to JSON-RPC error objects.
+
+use grapevine_ledger::json_u64;
+use grapevine_ledger::state::FailureReason;
+use grapevine_ledger::{Address, BlockHeader, Hash, Receipt, Transaction};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// The node as the RPC server sees it. Methods may touch the disk: the server calls them
+/// off the async runtime's worker threads.
+pub trait NodeApi: Send + Sync + 'static {
+    /// Chain and node status.
+    fn status(&self) -> Result<Status, ApiError>;
+    /// An account's committed state and its next nonce counting pooled transactions.
+    fn account(&self, addr: &Address) -> Result<AccountInfo, ApiError>;
+    /// Admits a transaction (its full encoding) to the mempool; returns its hash.
+    fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError>;
+    /// A transaction's lifecycle state.
+    fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError>;
+    /// A final block by height, with its hash and certificate.
+    fn block_by_height(&self, height: u64) -> Result<Option<BlockInfo>, ApiError>;
+    /// Height of the final block with this hash.
+    fn height_of(&self, hash: &Hash) -> Result<Option<u64>, ApiError>;
+    /// Height of the latest final block.
+    fn head_height(&self) -> u64;
+    /// Connected peers.
+    fn peers(&self) -> Vec<PeerInfo>;
+    /// Mempool counts (and hashes if asked).
+    fn mempool(&self, with_hashes: bool) -> MempoolInfo;
+    /// `None` when the node is ready to serve (caught up, enough peers), else why not.
+    fn not_ready_reason(&self) -> Option<String>;
+    /// Each new final block's header.
+    fn subscribe_heads(&self) -> broadcast::Receiver<HeadEvent>;
+    /// Every transaction lifecycle change.
+    fn subscribe_transactions(&self) -> broadcast::Receiver<TxInfo>;
+    /// Prometheus text exposition of the node's metrics.
+    fn metrics_text(&self) -> String;
+}
+
+/// `getStatus`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The chain id.
+    pub chain_id: u32,
+    /// The genesis hash.
+    pub genesis_hash: Hash,
+    /// Height of the latest final block.
+    #[serde(with = "json_u64")]
+    pub height: u64,
+    /// Its hash.
+    pub head_hash: Hash,
+    /// Its state root.
+    pub state_root: Hash,
+    /// Connected peers.
+    pub peer_count: usize,
+    /// Whether the node is catching up.
+    pub syncing: bool,
+    /// The node's software version.
+    pub version: String,
+}
+
+/// `getAccount`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountInfo {
+    /// The account.
+    pub address: Address,
+    /// Committed balance.
+    #[serde(with = "json_u64")]
+    pub balance: u64,
+    /// Next nonce in the ledger.
+    #[serde(with = "json_u64")]
+    pub nonce: u64,
+    /// Next nonce counting the account's pending transactions in the mempool.
+    #[serde(with = "json_u64")]
+    pub pending_nonce: u64,
+}
+
+/// A transaction's lifecycle state, as `getTransaction` and `subscribeTransaction`
+/// report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum TxState {
+    /// In the mempool, executable.
+    Pending,
+    /// In the mempool, waiting for an earlier nonce.
+    #[serde(rename_all = "camelCase")]
+    Queued {
+        /// The sender's nonce it waits for.
+        #[serde(with = "json_u64")]
+        waiting_for_nonce: u64,
+    },
+    /// In a final block.
+    #[serde(rename_all = "camelCase")]
+    Finalized {
+        /// The block's height.
+        #[serde(with = "json_u64")]
+        height: u64,
+        /// The block's hash.
+        block_hash: Hash,
+        /// Position in the block.
+        index: u32,
+        /// Outcome.
+        receipt: ReceiptView,
+    },
+    /// Refused at submission.
+    Rejected {
+        /// Why.
+        reason: Reason,
+    },
+    /// Left the mempool without being included (replaced, pushed out, invalidated).
+    Evicted {
+        /// Why.
+        reason: Reason,
+    },
+    /// Not included within the mempool's time to live.
+    Expired {
+        /// Why.
+        reason: Reason,
+    },
+    /// Never seen, or forgotten since.
+    Unknown,
+}
+
+/// A machine-readable code and a message for a person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    /// Stable identifier, e.g. `nonceTooLow`.
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+/// A receipt in JSON: `{"status": "success"}` or `{"status": "failed", "reason": …}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReceiptView {
+    /// `success` or `failed`.
+    pub status: &'static str,
+    /// For a failure, why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+impl From<Receipt> for ReceiptView {
+    fn from(r: Receipt) -> Self {
+        match r {
+            Receipt::Success => ReceiptView {
+                status: "success",
+                reason: None,
+            },
+            Receipt::Failed { reason } => ReceiptView {
+                status: "failed",
+                reason: Some(Reason {
+                    code: match reason {
+                        FailureReason::BadNonce { .. } => "badNonce",
+                        FailureReason::InsufficientBalance { .. } => "insufficientBalance",
+                        FailureReason::Overflow => "overflow",
+                    }
+                    .into(),
+                    message: reason.to_string(),
+                }),
+            },
+        }
+    }
+}
+
+/// A transaction as JSON: its fields and signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TxView {
+    /// The signed fields.
+    #[serde(flatten)]
+    pub tx: Transaction,
+    /// The signature, 128 hex digits.
+    pub signature: grapevine_ledger::Signature,
+}
+
+/// `getTransaction` and `subscribeTransaction` notifications.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TxInfo {
+    /// The transaction hash.
+    pub hash: Hash,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub state: TxState,
+    /// The transaction, when the node knows its body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TxView>,
+}
+
+/// `getBlock`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockInfo {
+    /// The block hash.
+    pub hash: Hash,
+    /// The header.
+    pub header: BlockHeader,
+    /// Hashes of the transactions, in order.
+    pub tx_hashes: Vec<Hash>,
+    /// The transactions, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transactions: Option<Vec<TxView>>,
+    /// The finality certificate, hex (empty for genesis and dev blocks).
+    pub certificate: String,
+}
+
+/// A new final block, as `subscribeHeads` sends it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadEvent {
+    /// The block hash.
+    pub hash: Hash,
+    /// The header.
+    pub header: BlockHeader,
+}
+
+/// `getPeers`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    /// The peer's node key.
+    pub id: String,
+    /// Its socket address.
+    pub address: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// Its score.
+    pub score: i64,
+    /// Bytes received from it.
+    #[serde(with = "json_u64")]
+    pub bytes_in: u64,
+    /// Bytes sent to it.
+    #[serde(with = "json_u64")]
+    pub bytes_out: u64,
+    /// Round-trip time in milliseconds, if measured.
+    pub latency_ms: Option<f64>,
+}
+
+/// `getMempool`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MempoolInfo {
+    /// Executable transactions.
+    pub pending: usize,
+    /// Transactions waiting for an earlier nonce.
+    pub queued: usize,
+    /// Bytes held.
+    pub bytes: usize,
+    /// Hashes, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hashes: Option<Vec<Hash>>,
+}
+
+/// Application errors, each with its JSON-RPC code (see docs/RPC.md).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The mempool refused a transaction.
+    #[error("{message}")]
+    Rejected {
+        /// The JSON-RPC error code.
+        code: i64,
+        /// Stable identifier.
+        reason: &'static str,
+        /// The person-readable message.
+        message: String,
+        /// The transaction's hash, if it could be decoded.
+        hash: Option<Hash>,
+    },
+    /// No block with that height or hash.
+    #[error("block not found: {0}")]
+    BlockNotFound(String),
+    /// A fault inside the node (details are in its log).
+    #[error("internal error; see the node's log")]
+    Internal,
+}

@@ -1,0 +1,331 @@
+//! JSON-RPC 2.0 request handling: single requests, batches, notifications, and the
+//! method table. Pure over bytes and a [`NodeApi`], so it is tested without sockets.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::{ApiError, NodeApi};
+use grapevine_ledger::{Address, Hash};
+
+/// Most requests in one batch; a larger batch is refused whole with -32600.
+pub const MAX_BATCH: usize = 100;
+
+/// The standard error codes.
+pub mod codes {
+    /// Invalid JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a valid request object.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Wrong parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// A fault inside the node.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// No block with that height or hash.
+    pub const BLOCK_NOT_FOUND: i64 = -32030;
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    /// The code.
+    pub code: i64,
+    /// A message a person can act on.
+    pub message: String,
+    /// Structured detail.
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn params(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_PARAMS, message)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut o = json!({"code": self.code, "message": self.message});
+        if let Some(d) = &self.data {
+            o["data"] = d.clone();
+        }
+        o
+    }
+}
+
+impl From<ApiError> for RpcError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Rejected {
+                code,
+                reason,
+                ref message,
+                hash,
+            } => RpcError {
+                code,
+                message: message.clone(),
+                data: Some(json!({"reason": reason, "hash": hash})),
+            },
+            ApiError::BlockNotFound(_) => RpcError::new(codes::BLOCK_NOT_FOUND, e.to_string()),
+            ApiError::Internal => RpcError::new(codes::INTERNAL_ERROR, e.to_string()),
+        }
+    }
+}
+
+fn error_response(id: Value, e: &RpcError) -> Value {
+    json!({"jsonrpc": "2.0", "error": e.to_json(), "id": id})
+}
+
+/// Handles a request body. Returns `None` when nothing is to be sent back (only
+/// notifications), else the response (an object, or an array for a batch). `observe` is
+/// told the method name of each well-formed call.
+pub fn handle_body<A: NodeApi + ?Sized>(
+    api: &A,
+    body: &[u8],
+    observe: &dyn Fn(&str),
+) -> Option<Value> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(error_response(
+                Value::Null,
+                &RpcError::new(codes::PARSE_ERROR, format!("Parse error: {e}")),
+            ));
+        }
+    };
+    match v {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Some(error_response(
+                    Value::Null,
+                    &RpcError::new(codes::INVALID_REQUEST, "Invalid Request: empty batch"),
+                ));
+            }
+            if items.len() > MAX_BATCH {
+                return Some(error_response(
+                    Value::Null,
+                    &RpcError::new(
+                        codes::INVALID_REQUEST,
+                        format!(
+                            "Invalid Request: batch of {} requests exceeds the limit of {MAX_BATCH}",
+                            items.len()
+                        ),
+                    ),
+                ));
+            }
+            let out: Vec<Value> = items
+                .into_iter()
+                .filter_map(|item| handle_one(api, item, observe))
+                .collect();
+            (!out.is_empty()).then_some(Value::Array(out))
+        }
+        other => handle_one(api, other, observe),
+    }
+}
+
+/// Handles one request object; `None` for a notification.
+pub fn handle_one<A: NodeApi + ?Sized>(api: &A, v: Value, observe: &dyn Fn(&str)) -> Option<Value> {
+    let invalid = |why: &str| {
+        Some(error_response(
+            Value::Null,
+            &RpcError::new(codes::INVALID_REQUEST, format!("Invalid Request: {why}")),
+        ))
+    };
+    let Value::Object(obj) = v else {
+        return invalid("a request is a JSON object");
+    };
+    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return invalid("\"jsonrpc\" must be \"2.0\"");
+    }
+    let id = match obj.get("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id.clone()),
+        Some(_) => return invalid("\"id\" must be a string, a number or null"),
+    };
+    let Some(Value::String(method)) = obj.get("method") else {
+        return invalid("\"method\" must be a string");
+    };
+    let params = match obj.get("params") {
+        None => None,
+        Some(p @ (Value::Array(_) | Value::Object(_))) => Some(p.clone()),
+        Some(_) => return invalid("\"params\" must be an array or an object"),
+    };
+    observe(method);
+    let result = call(api, method, params);
+    let id = id?; // a notification gets no response, not even an error
+    Some(match result {
+        Ok(r) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
+        Err(e) => error_response(id, &e),
+    })
+}
+
+/// Positional or named parameters, read by position and name.
+struct Params {
+    positional: Vec<Value>,
+    named: Map<String, Value>,
+}
+
+impl Params {
+    fn new(p: Option<Value>, names: &[&str]) -> Result<Self, RpcError> {
+        let (positional, named) = match p {
+            None => (vec![], Map::new()),
+            Some(Value::Array(a)) => (a, Map::new()),
+            Some(Value::Object(o)) => (vec![], o),
+            Some(_) => return Err(RpcError::params("params must be an array or an object")),
+        };
+        if positional.len() > names.len() {
+            return Err(RpcError::params(format!(
+                "expected at most {} parameters ({}), got {}",
+                names.len(),
+                names.join(", "),
+                positional.len()
+            )));
+        }
+        if let Some(k) = named.keys().find(|k| !names.contains(&k.as_str())) {
+            return Err(RpcError::params(format!(
+                "unknown parameter {k:?}; expected {}",
+                names.join(", ")
+            )));
+        }
+        Ok(Params { positional, named })
+    }
+
+    fn get(&self, pos: usize, name: &str) -> Option<&Value> {
+        self.positional
+            .get(pos)
+            .or_else(|| self.named.get(name))
+            .filter(|v| !v.is_null())
+    }
+
+    fn required(&self, pos: usize, name: &str) -> Result<&Value, RpcError> {
+        self.get(pos, name)
+            .ok_or_else(|| RpcError::params(format!("missing parameter {name:?}")))
+    }
+
+    fn string(&self, pos: usize, name: &str) -> Result<&str, RpcError> {
+        self.required(pos, name)?
+            .as_str()
+            .ok_or_else(|| RpcError::params(format!("parameter {name:?} must be a string")))
+    }
+
+    fn address(&self, pos: usize, name: &str) -> Result<Address, RpcError> {
+        let s = self.string(pos, name)?;
+        s.parse().map_err(|e| {
+            RpcError::params(format!("parameter {name:?} is not an address (gv…): {e}"))
+        })
+    }
+
+    fn hash(&self, pos: usize, name: &str) -> Result<Hash, RpcError> {
+        let s = self.string(pos, name)?;
+        s.parse()
+            .map_err(|e| RpcError::params(format!("parameter {name:?} is not a hash: {e}")))
+    }
+
+    fn flag(&self, pos: usize, name: &str) -> Result<bool, RpcError> {
+        match self.get(pos, name) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(RpcError::params(format!(
+                "parameter {name:?} must be true or false"
+            ))),
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|_| RpcError::from(ApiError::Internal))
+}
+
+/// Calls `method` with `params`.
+pub fn call<A: NodeApi + ?Sized>(
+    api: &A,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    match method {
+        "getStatus" => {
+            Params::new(params, &[])?;
+            to_value(api.status()?)
+        }
+        "getBalance" => {
+            let p = Params::new(params, &["address"])?;
+            let a = api.account(&p.address(0, "address")?)?;
+            Ok(Value::String(a.balance.to_string()))
+        }
+        "getAccount" => {
+            let p = Params::new(params, &["address"])?;
+            to_value(api.account(&p.address(0, "address")?)?)
+        }
+        "sendTransaction" => {
+            let p = Params::new(params, &["transaction"])?;
+            let hex_tx = p.string(0, "transaction")?;
+            let hex_tx = hex_tx.strip_prefix("0x").unwrap_or(hex_tx);
+            let bytes = hex::decode(hex_tx).map_err(|e| {
+                RpcError::params(format!(
+                    "parameter \"transaction\" must be the signed transaction's bytes in hex: {e}"
+                ))
+            })?;
+            Ok(Value::String(api.send_transaction(&bytes)?.to_string()))
+        }
+        "getTransaction" => {
+            let p = Params::new(params, &["hash"])?;
+            to_value(api.transaction(&p.hash(0, "hash")?)?)
+        }
+        "getBlock" => {
+            let p = Params::new(params, &["block", "full"])?;
+            let full = p.flag(1, "full")?;
+            let which = p.get(0, "block").cloned().unwrap_or(Value::from("latest"));
+            let height = match &which {
+                Value::Number(n) => n
+                    .as_u64()
+                    .ok_or_else(|| RpcError::params("a block height is a non-negative integer"))?,
+                Value::String(s) if s == "latest" => api.head_height(),
+                Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                    .parse()
+                    .map_err(|_| RpcError::params("block height too large"))?,
+                Value::String(s) => {
+                    let h: Hash = s.parse().map_err(|_| {
+                        RpcError::params(
+                            "parameter \"block\" must be a height, a block hash or \"latest\"",
+                        )
+                    })?;
+                    api.height_of(&h)?
+                        .ok_or_else(|| ApiError::BlockNotFound(h.to_string()))?
+                }
+                _ => {
+                    return Err(RpcError::params(
+                        "parameter \"block\" must be a height, a block hash or \"latest\"",
+                    ));
+                }
+            };
+            let mut b = api
+                .block_by_height(height)?
+                .ok_or_else(|| ApiError::BlockNotFound(format!("height {height}")))?;
+            if !full {
+                b.transactions = None;
+            }
+            to_value(b)
+        }
+        "getBlockHeight" => {
+            Params::new(params, &[])?;
+            Ok(Value::String(api.head_height().to_string()))
+        }
+        "getPeers" => {
+            Params::new(params, &[])?;
+            to_value(api.peers())
+        }
+        "getMempool" => {
+            let p = Params::new(params, &["hashes"])?;
+            to_value(api.mempool(p.flag(0, "hashes")?))
+        }
+        _ => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("Method not found: {method}"),
+        )),
+    }
+}

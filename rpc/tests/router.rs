@@ -1,0 +1,338 @@
+//! The RPC router driven through `oneshot`, without sockets, against a fake node. The
+//! first test is the JSON-RPC 2.0 specification's examples section as a table (with our
+//! methods standing in for the specification's `subtract`, `sum` and friends).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use grapevine_ledger::{Address, Hash, Keypair};
+use grapevine_rpc::api::{
+    AccountInfo, ApiError, BlockInfo, HeadEvent, MempoolInfo, PeerInfo, Status, TxInfo, TxState,
+};
+use grapevine_rpc::{NodeApi, RpcConfig, RpcMetrics, app};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tower::ServiceExt;
+
+struct Fake {
+    heads: broadcast::Sender<HeadEvent>,
+    txs: broadcast::Sender<TxInfo>,
+}
+
+impl NodeApi for Fake {
+    fn status(&self) -> Result<Status, ApiError> {
+        Ok(Status {
+            chain_id: 1,
+            genesis_hash: Hash([1; 32]),
+            height: 7,
+            head_hash: Hash([2; 32]),
+            state_root: Hash([3; 32]),
+            peer_count: 0,
+            syncing: false,
+            version: "test".into(),
+        })
+    }
+    fn account(&self, addr: &Address) -> Result<AccountInfo, ApiError> {
+        Ok(AccountInfo {
+            address: *addr,
+            balance: u64::MAX,
+            nonce: 2,
+            pending_nonce: 3,
+        })
+    }
+    fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
+        Err(ApiError::Rejected {
+            code: -32010,
+            reason: "malformed",
+            message: format!("got {} bytes", bytes.len()),
+            hash: None,
+        })
+    }
+    fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError> {
+        Ok(TxInfo {
+            hash: *hash,
+            state: TxState::Unknown,
+            transaction: None,
+        })
+    }
+    fn block_by_height(&self, _height: u64) -> Result<Option<BlockInfo>, ApiError> {
+        Ok(None)
+    }
+    fn height_of(&self, _hash: &Hash) -> Result<Option<u64>, ApiError> {
+        Ok(None)
+    }
+    fn head_height(&self) -> u64 {
+        7
+    }
+    fn peers(&self) -> Vec<PeerInfo> {
+        vec![]
+    }
+    fn mempool(&self, _with_hashes: bool) -> MempoolInfo {
+        MempoolInfo {
+            pending: 0,
+            queued: 0,
+            bytes: 0,
+            hashes: None,
+        }
+    }
+    fn not_ready_reason(&self) -> Option<String> {
+        Some("catching up: 10 blocks behind".into())
+    }
+    fn subscribe_heads(&self) -> broadcast::Receiver<HeadEvent> {
+        self.heads.subscribe()
+    }
+    fn subscribe_transactions(&self) -> broadcast::Receiver<TxInfo> {
+        self.txs.subscribe()
+    }
+    fn metrics_text(&self) -> String {
+        "# EOF\n".into()
+    }
+}
+
+fn router(cfg: RpcConfig) -> axum::Router {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let fake = Arc::new(Fake {
+        heads: broadcast::channel(4).0,
+        txs: broadcast::channel(4).0,
+    });
+    app(fake, &cfg, RpcMetrics::register(&mut registry))
+}
+
+async fn post(router: axum::Router, body: impl Into<Body>) -> (StatusCode, Option<Value>) {
+    let req = Request::post("/")
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap();
+    let resp = router.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes).ok();
+    (status, v)
+}
+
+fn addr() -> String {
+    Keypair::from_seed(&[1; 32]).address().to_string()
+}
+
+#[tokio::test]
+async fn specification_examples() {
+    let a = addr();
+    let table: Vec<(&str, String, Option<Value>)> = vec![
+        (
+            "call with positional parameters",
+            json!({"jsonrpc": "2.0", "method": "getBalance", "params": [a], "id": 1}).to_string(),
+            Some(json!({"jsonrpc": "2.0", "result": "18446744073709551615", "id": 1})),
+        ),
+        (
+            "call with named parameters",
+            json!({"jsonrpc": "2.0", "method": "getBalance", "params": {"address": a}, "id": 3}).to_string(),
+            Some(json!({"jsonrpc": "2.0", "result": "18446744073709551615", "id": 3})),
+        ),
+        (
+            "a notification",
+            r#"{"jsonrpc": "2.0", "method": "getBlockHeight", "params": []}"#.into(),
+            None,
+        ),
+        (
+            "a notification of a method that does not exist",
+            r#"{"jsonrpc": "2.0", "method": "foobar"}"#.into(),
+            None,
+        ),
+        (
+            "call of non-existent method",
+            r#"{"jsonrpc": "2.0", "method": "foobar", "id": "1"}"#.into(),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found: foobar"}, "id": "1"})),
+        ),
+        (
+            "call with invalid JSON",
+            r#"{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]"#.into(),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": -32700}, "id": null})),
+        ),
+        (
+            "call with invalid Request object",
+            r#"{"jsonrpc": "2.0", "method": 1, "params": "bar"}"#.into(),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": -32600}, "id": null})),
+        ),
+        (
+            "batch call with invalid JSON",
+            r#"[{"jsonrpc": "2.0", "method": "getBlockHeight", "id": "1"},{"jsonrpc": "2.0", "method"]"#.into(),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": -32700}, "id": null})),
+        ),
+        (
+            "call with an empty array",
+            "[]".into(),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": -32600}, "id": null})),
+        ),
+        (
+            "call with an invalid batch, but not empty",
+            "[1]".into(),
+            Some(json!([{"jsonrpc": "2.0", "error": {"code": -32600}, "id": null}])),
+        ),
+        (
+            "call with invalid batch",
+            "[1,2,3]".into(),
+            Some(json!([
+                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null},
+                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null},
+                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null}
+            ])),
+        ),
+        (
+            "call batch",
+            json!([
+                {"jsonrpc": "2.0", "method": "getBalance", "params": [a], "id": "1"},
+                {"jsonrpc": "2.0", "method": "getBlockHeight", "params": []},
+                {"jsonrpc": "2.0", "method": "getBlockHeight", "id": "2"},
+                {"foo": "boo"},
+                {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+                {"jsonrpc": "2.0", "method": "getStatus", "id": "9"}
+            ])
+            .to_string(),
+            Some(json!([
+                {"jsonrpc": "2.0", "result": "18446744073709551615", "id": "1"},
+                {"jsonrpc": "2.0", "result": "7", "id": "2"},
+                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null},
+                {"jsonrpc": "2.0", "error": {"code": -32601}, "id": "5"},
+                {"jsonrpc": "2.0", "result": {"chainId": 1}, "id": "9"}
+            ])),
+        ),
+        (
+            "call batch (all notifications)",
+            r#"[{"jsonrpc": "2.0", "method": "getBlockHeight", "params": [1,2,4]},{"jsonrpc": "2.0", "method": "getStatus"}]"#.into(),
+            None,
+        ),
+    ];
+    for (name, req, expected) in table {
+        let (status, got) = post(router(RpcConfig::default()), req).await;
+        match expected {
+            None => {
+                assert_eq!(got, None, "{name}: a notification gets no response");
+                assert_eq!(status, StatusCode::NO_CONTENT, "{name}");
+            }
+            Some(exp) => {
+                let got = got.unwrap_or_else(|| panic!("{name}: expected a response"));
+                assert!(
+                    subset(&exp, &got),
+                    "{name}:\nexpected (subset) {exp}\n got {got}"
+                );
+            }
+        }
+    }
+}
+
+/// Whether every field of `exp` appears with the same value in `got` (arrays must have
+/// the same length; objects may have more fields).
+fn subset(exp: &Value, got: &Value) -> bool {
+    match (exp, got) {
+        (Value::Object(e), Value::Object(g)) => e
+            .iter()
+            .all(|(k, v)| g.get(k).is_some_and(|gv| subset(v, gv))),
+        (Value::Array(e), Value::Array(g)) => {
+            e.len() == g.len() && e.iter().zip(g).all(|(a, b)| subset(a, b))
+        }
+        _ => exp == got,
+    }
+}
+
+#[tokio::test]
+async fn bad_params_get_invalid_params() {
+    let cases = [
+        json!({"jsonrpc": "2.0", "method": "getBalance", "params": ["not an address"], "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "getBalance", "params": [], "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "getBalance", "params": {"adress": addr()}, "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "getBalance", "params": [addr(), 1], "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "getTransaction", "params": ["zz"], "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "sendTransaction", "params": ["xyz"], "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "sendTransaction", "params": [12], "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "getBlock", "params": [-1], "id": 1}),
+        json!({"jsonrpc": "2.0", "method": "getBlock", "params": ["soon"], "id": 1}),
+    ];
+    for c in cases {
+        let (_, got) = post(router(RpcConfig::default()), c.to_string()).await;
+        let got = got.unwrap();
+        assert_eq!(got["error"]["code"], -32602, "{c} -> {got}");
+        assert!(got["error"]["message"].as_str().unwrap().len() > 10);
+    }
+}
+
+#[tokio::test]
+async fn application_errors_keep_their_codes_and_missing_blocks_are_reported() {
+    let req = json!({"jsonrpc": "2.0", "method": "sendTransaction", "params": ["00ff"], "id": 4});
+    let (_, got) = post(router(RpcConfig::default()), req.to_string()).await;
+    let got = got.unwrap();
+    assert_eq!(got["error"]["code"], -32010);
+    assert_eq!(got["error"]["data"]["reason"], "malformed");
+    assert_eq!(got["id"], 4);
+    let req = json!({"jsonrpc": "2.0", "method": "getBlock", "params": [99], "id": 5});
+    let (_, got) = post(router(RpcConfig::default()), req.to_string()).await;
+    assert_eq!(got.unwrap()["error"]["code"], -32030);
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_batches_are_refused() {
+    let cfg = RpcConfig {
+        max_body_bytes: 1000,
+        ..RpcConfig::default()
+    };
+    let (status, _) = post(router(cfg), vec![b' '; 2000]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let one = json!({"jsonrpc": "2.0", "method": "getBlockHeight", "id": 1});
+    let batch = Value::Array(vec![one; 101]);
+    let (_, got) = post(router(RpcConfig::default()), batch.to_string()).await;
+    let got = got.unwrap();
+    assert_eq!(got["error"]["code"], -32600);
+    assert!(
+        got["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 100")
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let r = router(RpcConfig {
+        rate_limit_per_ip: 1,
+        rate_limit_burst: 2,
+        ..RpcConfig::default()
+    });
+    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut statuses = vec![];
+    for _ in 0..4 {
+        let mut req = Request::post("/")
+            .body(Body::from(
+                r#"{"jsonrpc":"2.0","method":"getBlockHeight","id":1}"#,
+            ))
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(client));
+        let resp = r.clone().oneshot(req).await.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry >= 1);
+        }
+        statuses.push(resp.status());
+    }
+    assert_eq!(statuses[..2], [StatusCode::OK, StatusCode::OK]);
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn health_reports_the_reason_with_503() {
+    let resp = router(RpcConfig::default())
+        .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["reason"], "catching up: 10 blocks behind");
+}
