@@ -47,9 +47,9 @@ pub struct Args {
     /// transactions are pending.
     #[arg(long, env = "GRAPEVINE_BLOCK_INTERVAL_MS", default_value_t = 100)]
     block_interval_ms: u64,
-    /// Most transactions in one block.
-    #[arg(long, default_value_t = 10_000)]
-    max_block_txs: usize,
+    /// Most transactions in one block (1 to 50,000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    max_block_txs: u32,
     /// RPC requests per second allowed per client IP (0: unlimited).
     #[arg(long, env = "GRAPEVINE_RPC_RATE_LIMIT", default_value_t = 2_000)]
     rpc_rate_limit: u32,
@@ -216,7 +216,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let producer = crate::producer::Config {
         interval: Duration::from_millis(args.block_interval_ms),
-        max_block_txs: args.max_block_txs,
+        max_block_txs: args.max_block_txs as usize,
     };
     runtime::run_node(
         node,

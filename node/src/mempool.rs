@@ -117,6 +117,12 @@ pub enum Refusal {
         /// The cheapest evictable fee in the pool.
         lowest: u64,
     },
+    /// The pooled transaction with this nonce is being put into a block right now.
+    #[error("nonce {nonce} is being included in a block right now and cannot be replaced")]
+    InBlock {
+        /// The contested nonce.
+        nonce: u64,
+    },
     /// Reading the ledger failed.
     #[error("internal error reading the ledger")]
     Internal,
@@ -193,6 +199,8 @@ pub struct Mempool {
     by_fee: BTreeSet<(u64, u64, Hash)>,
     bytes: usize,
     next_seq: u64,
+    /// Selected for the block being built: not to be replaced, evicted or expired.
+    in_block: std::collections::HashSet<Hash>,
 }
 
 /// The result of an accepted submission.
@@ -219,6 +227,7 @@ impl Mempool {
             by_fee: BTreeSet::new(),
             bytes: 0,
             next_seq: 0,
+            in_block: std::collections::HashSet::new(),
         }
     }
 
@@ -298,6 +307,20 @@ impl Mempool {
         view: &dyn StateView,
         now: Instant,
     ) -> Result<Admitted, Refusal> {
+        let from = tx.tx.from;
+        let result = self.admit(tx, hash, view, now);
+        // A refused first transaction leaves no sender record behind.
+        self.prune(&from);
+        result
+    }
+
+    fn admit(
+        &mut self,
+        tx: SignedTx,
+        hash: Hash,
+        view: &dyn StateView,
+        now: Instant,
+    ) -> Result<Admitted, Refusal> {
         let t = &tx.tx;
         if t.chain_id != self.chain_id {
             return Err(Refusal::WrongChain {
@@ -331,6 +354,11 @@ impl Mempool {
             });
         }
         let replacing = sender.txs.get(&t.nonce).copied();
+        if let Some(old) = replacing
+            && self.in_block.contains(&old)
+        {
+            return Err(Refusal::InBlock { nonce: t.nonce });
+        }
         if let Some(old) = replacing {
             let old_fee = self.entries[&old].tx.tx.fee;
             // At least 10% more, rounded up, and at least one more.
@@ -349,7 +377,7 @@ impl Mempool {
         }
         // The sender must afford every pooled transaction with this one in place.
         let mut needed: u128 = u128::from(t.amount) + u128::from(t.fee);
-        for (&n, h) in &sender.txs {
+        for (&n, h) in sender.txs.range(sender.base_nonce..) {
             if n != t.nonce {
                 let o = &self.entries[h].tx.tx;
                 needed += u128::from(o.amount) + u128::from(o.fee);
@@ -369,7 +397,9 @@ impl Mempool {
             {
                 match self.cheapest_evictable(&t.from) {
                     Some((fee, victim)) if fee < t.fee => {
-                        self.remove(&victim);
+                        if let Some(e) = self.remove(&victim) {
+                            self.prune(&e.tx.tx.from);
+                        }
                         dropped.push((victim, Dropped::EvictedFull));
                     }
                     Some((lowest, _)) => return Err(Refusal::Full { fee: t.fee, lowest }),
@@ -447,7 +477,8 @@ impl Mempool {
             let e = &self.entries[h];
             let from = &e.tx.tx.from;
             let last = self.senders.get(from)?.txs.keys().next_back()?;
-            (from != except && *last == e.tx.tx.nonce).then_some((*fee, *h))
+            (from != except && *last == e.tx.tx.nonce && !self.in_block.contains(h))
+                .then_some((*fee, *h))
         })
     }
 
@@ -455,18 +486,24 @@ impl Mempool {
         let e = self.entries.remove(hash)?;
         self.by_fee.remove(&(e.tx.tx.fee, e.seq, *hash));
         self.bytes -= SIGNED_TX_LEN;
+        self.in_block.remove(hash);
         if let Some(s) = self.senders.get_mut(&e.tx.tx.from) {
             s.txs.remove(&e.tx.tx.nonce);
-            if s.txs.is_empty() {
-                self.senders.remove(&e.tx.tx.from);
-            }
         }
         Some(e)
     }
 
+    /// Forgets the sender's record if it holds no transaction.
+    fn prune(&mut self, addr: &Address) {
+        if self.senders.get(addr).is_some_and(|s| s.txs.is_empty()) {
+            self.senders.remove(addr);
+        }
+    }
+
     /// Up to `max` pending transactions for a block: highest fee first, each sender's in
-    /// nonce order. Leaves them in the pool until [`Mempool::on_commit`].
-    pub fn select(&self, max: usize) -> Vec<SignedTx> {
+    /// nonce order. Leaves them in the pool until [`Mempool::on_commit`] and protects them
+    /// from replacement, eviction and expiry until then (or [`Mempool::release`]).
+    pub fn select(&mut self, max: usize) -> Vec<SignedTx> {
         // Heap of each sender's next executable transaction, by fee then age.
         let mut heap: BinaryHeap<(u64, Reverse<u64>, Address, u64)> = BinaryHeap::new();
         for (addr, s) in &self.senders {
@@ -481,13 +518,20 @@ impl Mempool {
                 break;
             };
             let s = &self.senders[&addr];
-            out.push(self.entries[&s.txs[&nonce]].tx);
+            let h = s.txs[&nonce];
+            out.push(self.entries[&h].tx);
+            self.in_block.insert(h);
             if let Some(h) = s.txs.get(&(nonce + 1)) {
                 let e = &self.entries[h];
                 heap.push((e.tx.tx.fee, Reverse(e.seq), addr, nonce + 1));
             }
         }
         out
+    }
+
+    /// Ends the protection [`Mempool::select`] gave, when its block was not made.
+    pub fn release(&mut self) {
+        self.in_block.clear();
     }
 
     /// After a block is final: removes its transactions, re-reads the state of their
@@ -504,6 +548,7 @@ impl Mempool {
         for t in included {
             self.remove(&t.hash());
         }
+        self.in_block.clear();
         let mut dropped = Vec::new();
         let mut promoted = Vec::new();
         for addr in senders {
@@ -523,7 +568,8 @@ impl Mempool {
             for h in s.txs.range(acct.nonce..).map(|(_, h)| *h) {
                 let t = &self.entries[&h].tx.tx;
                 let cost = u128::from(t.amount) + u128::from(t.fee);
-                if spent + cost > u128::from(acct.balance) {
+                // Once one cannot be paid, the later ones could never run either.
+                if !unaffordable.is_empty() || spent + cost > u128::from(acct.balance) {
                     unaffordable.push(h);
                 } else {
                     spent += cost;
@@ -551,6 +597,7 @@ impl Mempool {
             }
             let after = self.sender_pending(&addr);
             promoted.extend(after.into_iter().filter(|h| !before.contains(h)));
+            self.prune(&addr);
         }
         (dropped, promoted)
     }
@@ -561,12 +608,19 @@ impl Mempool {
         let old: Vec<Hash> = self
             .entries
             .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.inserted) >= ttl)
+            .filter(|(h, e)| {
+                now.saturating_duration_since(e.inserted) >= ttl && !self.in_block.contains(h)
+            })
             .map(|(h, _)| *h)
             .collect();
-        old.into_iter()
-            .filter_map(|h| self.remove(&h).map(|_| (h, Dropped::Expired)))
-            .collect()
+        let mut out = Vec::with_capacity(old.len());
+        for h in old {
+            if let Some(e) = self.remove(&h) {
+                self.prune(&e.tx.tx.from);
+                out.push((h, Dropped::Expired));
+            }
+        }
+        out
     }
 }
 
@@ -699,6 +753,48 @@ mod tests {
         );
         assert!(f.pool.get(&first.hash()).is_none());
         assert_eq!(f.pool.len(), 1);
+    }
+
+    #[test]
+    fn replacing_the_only_pooled_transaction_keeps_it_pending() {
+        let mut f = fixture(MempoolConfig::default());
+        // Make nonce 0 final so the account's next nonce is 1.
+        let first = tx(&f.keys[0], 0, 1, 1);
+        f.submit(first).unwrap();
+        let sel = f.pool.select(10);
+        let head = f.ledger.head();
+        let (block, exec) =
+            build_block(&f.ledger, CHAIN, &head, Address([9; 32]), 1, 1, sel).unwrap();
+        f.ledger.commit(&block, &[], &exec).unwrap();
+        f.pool.on_commit(&block.txs, &f.ledger);
+        f.submit(tx(&f.keys[0], 1, 1, 10)).unwrap();
+        let better = tx(&f.keys[0], 1, 1, 20);
+        let a = f.submit(better).unwrap();
+        assert_eq!(a.state, PoolState::Pending);
+        assert_eq!(f.pool.select(10), vec![better]);
+    }
+
+    #[test]
+    fn refused_senders_leave_no_record() {
+        let mut f = fixture(MempoolConfig::default());
+        let stranger = Keypair::from_seed(&[77; 32]);
+        for n in 0..5 {
+            assert!(f.submit(tx(&stranger, n, 1, 1)).is_err());
+        }
+        assert!(f.pool.senders.is_empty());
+    }
+
+    #[test]
+    fn selected_transactions_cannot_be_replaced_until_committed() {
+        let mut f = fixture(MempoolConfig::default());
+        f.submit(tx(&f.keys[0], 0, 1, 1)).unwrap();
+        let _ = f.pool.select(10);
+        assert_eq!(
+            f.submit(tx(&f.keys[0], 0, 1, 100)).unwrap_err(),
+            Refusal::InBlock { nonce: 0 }
+        );
+        f.pool.release();
+        assert!(f.submit(tx(&f.keys[0], 0, 1, 100)).is_ok());
     }
 
     #[test]

@@ -121,6 +121,7 @@ fn refusal_error(r: &Refusal, hash: Option<Hash>) -> ApiError {
         Refusal::Full { .. } => (-32018, "mempoolFull"),
         Refusal::SenderLimit(_) => (-32019, "senderLimit"),
         Refusal::NonceTooHigh { .. } => (-32020, "nonceTooHigh"),
+        Refusal::InBlock { .. } => (-32021, "nonceInBlock"),
         Refusal::Internal => return ApiError::Internal,
     };
     ApiError::Rejected {
@@ -273,6 +274,11 @@ impl Node {
         );
         let (block, exec) = match built {
             Ok(b) => b,
+            Err(e @ grapevine_ledger::state::BlockError::Store(_)) => {
+                // A storage fault is not the transactions' fault: keep them.
+                self.pool().release();
+                return Err(e);
+            }
             Err(e) => {
                 // The pool admitted something a block cannot hold: drop the selection
                 // rather than fail the same way forever.
@@ -290,7 +296,10 @@ impl Node {
                 return Err(e);
             }
         };
-        self.ledger.commit(&block, &[], &exec)?;
+        if let Err(e) = self.ledger.commit(&block, &[], &exec) {
+            self.pool().release();
+            return Err(e.into());
+        }
         // From here the transactions are final in the ledger; only now leave the pool,
         // so a reader sees them in one place or the other, never in neither.
         let mut pool = self.pool();
@@ -572,6 +581,7 @@ pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
             got: 9,
             max_ahead: 1,
         },
+        Refusal::InBlock { nonce: 0 },
     ];
     samples
         .iter()
@@ -597,6 +607,6 @@ mod tests {
             assert!((-32099..=-32000).contains(code), "{code}");
             assert_ne!(*code, codes::INTERNAL_ERROR);
         }
-        assert_eq!(codes.len(), 11);
+        assert_eq!(codes.len(), 12);
     }
 }

@@ -34,7 +34,8 @@ impl RecentOutcomes {
         let hash = info.hash;
         self.by_hash.insert(hash, (info, now));
         self.order.push_back((now, hash));
-        while self.by_hash.len() > self.capacity {
+        // The queue may hold stale duplicates of re-recorded hashes: bound it too.
+        while self.by_hash.len() > self.capacity || self.order.len() > 2 * self.capacity {
             self.pop_oldest();
         }
     }

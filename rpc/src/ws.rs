@@ -21,6 +21,9 @@ use crate::api::{HeadEvent, NodeApi, TxInfo, TxState};
 use crate::jsonrpc::{self, codes};
 use crate::server::AppState;
 
+/// Error code when a connection asks for more than [`MAX_TX_SUBSCRIPTIONS`].
+pub const TOO_MANY_SUBSCRIPTIONS: i64 = -32022;
+
 /// Most transaction subscriptions one connection may hold.
 pub const MAX_TX_SUBSCRIPTIONS: usize = 1024;
 
@@ -109,8 +112,19 @@ impl<A: NodeApi> Session<A> {
             .flatten();
             return out.map(|v| v.to_string()).into_iter().collect();
         };
+        let well_formed = req.get("jsonrpc") == Some(&Value::String("2.0".into()))
+            && matches!(
+                req.get("id"),
+                Some(Value::String(_) | Value::Number(_) | Value::Null)
+            );
         let id = req.get("id").cloned().unwrap_or(Value::Null);
-        let method = req.get("method").and_then(Value::as_str).unwrap_or("");
+        let method = if well_formed {
+            req.get("method").and_then(Value::as_str).unwrap_or("")
+        } else {
+            // Invalid requests and notifications take the HTTP path, which answers them
+            // as the specification says (an error, or nothing).
+            ""
+        };
         let first_param = |name: &str| match req.get("params") {
             Some(Value::Array(a)) => a.first().cloned(),
             Some(Value::Object(o)) => o.get(name).cloned(),
@@ -138,7 +152,7 @@ impl<A: NodeApi> Session<A> {
                     return vec![reply(
                         id,
                         Err((
-                            codes::INVALID_REQUEST,
+                            TOO_MANY_SUBSCRIPTIONS,
                             format!(
                                 "at most {MAX_TX_SUBSCRIPTIONS} transaction subscriptions per connection"
                             ),
