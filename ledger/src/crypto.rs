@@ -181,6 +181,10 @@ impl FromStr for Address {
     /// Accepts only the checksummed text form `gv<64 hex><8 hex>` (hex in any case).
     fn from_str(s: &str) -> Result<Self, ParseError> {
         let rest = s.strip_prefix("gv").ok_or(ParseError::Prefix)?;
+        // ASCII first, so the slicing below is on character boundaries.
+        if !rest.is_ascii() {
+            return Err(ParseError::Hex("non-ASCII character".into()));
+        }
         if rest.len() != 72 {
             return Err(ParseError::Length {
                 expected: 74,
@@ -289,6 +293,12 @@ impl Keypair {
         Zeroizing::new(hex::encode(self.signing.as_bytes()))
     }
 
+    /// An explicit copy of this key pair. `Keypair` is deliberately not `Clone`, so
+    /// copies of a secret are visible in the code.
+    pub fn duplicate(&self) -> Keypair {
+        Keypair::from_seed(self.signing.as_bytes())
+    }
+
     /// The address (public key) of this key pair.
     pub fn address(&self) -> Address {
         Address(self.signing.verifying_key().to_bytes())
@@ -373,6 +383,11 @@ mod tests {
         assert_eq!(typo.parse::<Address>(), Err(ParseError::Checksum));
         assert_eq!(text[2..].parse::<Address>(), Err(ParseError::Prefix));
         assert!(text[..70].parse::<Address>().is_err());
+        let multibyte = format!("gv{}é{}", "a".repeat(63), "a".repeat(7));
+        assert!(
+            multibyte.parse::<Address>().is_err(),
+            "no panic on a multi-byte character"
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub use block::{Block, BlockHeader};
 pub use crypto::{Address, Hash, Keypair, Signature};
 pub use genesis::Genesis;
 pub use state::{Account, Receipt, StateView, TxLocation};
-pub use store::{Ledger, MemoryStore, RocksStore, Store, StoreError};
+#[cfg(feature = "rocksdb")]
+pub use store::RocksStore;
+pub use store::{Ledger, MemoryStore, Store, StoreError};
 pub use tx::{SignedTx, Transaction};
 
 /// Serde helper for u64 values that must survive JavaScript: a decimal string in

@@ -8,10 +8,12 @@
 
 mod ledger;
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use ledger::{Ledger, StoredBlock};
 pub use memory::MemoryStore;
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
 
 use crate::crypto::Hash;

@@ -1,0 +1,196 @@
+//! Messages between peers and their encoding (through the ledger's codec, so decoding
+//! is size-limited and strict).
+
+use grapevine_ledger::codec::{self, CodecError};
+use grapevine_ledger::{Address, Hash, Keypair, Signature, SignedTx};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks; peers must match it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame (one encoded message) accepted: 16 MiB, room for the largest block.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Most addresses in one `Peers` message.
+pub const MAX_PEERS_PER_MESSAGE: usize = 64;
+
+/// Most hashes in one announcement or request, and transactions in one `Txs`.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 4096;
+
+/// Domain tag of the hello signature.
+pub const HELLO_TAG: &[u8] = b"grapevine/hello/v1";
+
+/// The first message on every link, proving the sender's node key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The sender's chain id.
+    pub chain_id: u32,
+    /// The sender's genesis hash.
+    pub genesis_hash: Hash,
+    /// The sender's node key (ed25519), its identity on the network.
+    pub node_key: Address,
+    /// The port the sender accepts connections on (0: none).
+    pub listen_port: u16,
+    /// Signature by `node_key` over [`Hello::signing_bytes`] with this link's Noise
+    /// handshake hash, so it cannot be replayed on another link.
+    pub signature: Signature,
+}
+
+impl Hello {
+    /// Builds and signs a hello for the link whose handshake hash is `handshake_hash`.
+    pub fn new(
+        key: &Keypair,
+        chain_id: u32,
+        genesis_hash: Hash,
+        listen_port: u16,
+        handshake_hash: &[u8],
+    ) -> Hello {
+        let mut h = Hello {
+            version: PROTOCOL_VERSION,
+            chain_id,
+            genesis_hash,
+            node_key: key.address(),
+            listen_port,
+            signature: Signature([0; 64]),
+        };
+        h.signature = key.sign(&h.signing_bytes(handshake_hash));
+        h
+    }
+
+    /// `HELLO_TAG || handshake_hash || version || chain_id || genesis_hash || node_key ||
+    /// listen_port` (integers little-endian).
+    pub fn signing_bytes(&self, handshake_hash: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HELLO_TAG.len() + handshake_hash.len() + 74);
+        out.extend_from_slice(HELLO_TAG);
+        out.extend_from_slice(handshake_hash);
+        out.extend_from_slice(&codec::encode(&(
+            self.version,
+            self.chain_id,
+            self.genesis_hash,
+            self.node_key,
+            self.listen_port,
+        )));
+        out
+    }
+
+    /// Whether the signature proves `node_key` on the link with this handshake hash.
+    pub fn verify(&self, handshake_hash: &[u8]) -> bool {
+        grapevine_ledger::crypto::verify(
+            &self.node_key,
+            &self.signing_bytes(handshake_hash),
+            &self.signature,
+        )
+    }
+}
+
+/// Everything peers say to each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Identity and chain; first on every link.
+    Hello(Hello),
+    /// Latency probe; answered with `Pong` of the same value.
+    Ping(u64),
+    /// Answer to `Ping`.
+    Pong(u64),
+    /// Asks for addresses of other peers.
+    GetPeers,
+    /// Addresses (`ip:port`) of peers the sender knows to be good.
+    Peers(Vec<String>),
+    /// Hashes of transactions the sender has validated and can serve.
+    TxAnnounce(Vec<Hash>),
+    /// Asks for the bodies of announced transactions.
+    TxRequest(Vec<Hash>),
+    /// Transaction bodies, in answer to `TxRequest`.
+    Txs(Vec<SignedTx>),
+    /// A consensus message, flooded to every peer (opaque to the network).
+    Consensus(Vec<u8>),
+}
+
+/// Why a received message is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    /// Not a valid encoding.
+    #[error("undecodable message: {0}")]
+    Codec(#[from] CodecError),
+    /// More items than a message may carry.
+    #[error("message carries {count} items, the limit is {max}")]
+    TooManyItems {
+        /// Items carried.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Message {
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes one message of at most [`MAX_FRAME`] bytes and checks its item limits.
+    pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+        let m: Message = codec::decode(bytes, MAX_FRAME as u64)?;
+        let (count, max) = match &m {
+            Message::Peers(p) => (p.len(), MAX_PEERS_PER_MESSAGE),
+            Message::TxAnnounce(h) | Message::TxRequest(h) => (h.len(), MAX_ITEMS_PER_MESSAGE),
+            Message::Txs(t) => (t.len(), MAX_ITEMS_PER_MESSAGE),
+            _ => (0, 0),
+        };
+        if count > max {
+            return Err(MessageError::TooManyItems { count, max });
+        }
+        Ok(m)
+    }
+
+    /// A short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Ping(_) => "ping",
+            Message::Pong(_) => "pong",
+            Message::GetPeers => "getPeers",
+            Message::Peers(_) => "peers",
+            Message::TxAnnounce(_) => "txAnnounce",
+            Message::TxRequest(_) => "txRequest",
+            Message::Txs(_) => "txs",
+            Message::Consensus(_) => "consensus",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_signature_is_bound_to_the_link() {
+        let k = Keypair::from_seed(&[3; 32]);
+        let h = Hello::new(&k, 1, Hash([2; 32]), 7000, b"link one");
+        assert!(h.verify(b"link one"));
+        assert!(!h.verify(b"link two"), "replayed on another link");
+        let mut forged = h.clone();
+        forged.chain_id = 2;
+        assert!(!forged.verify(b"link one"));
+        let m = Message::Hello(h);
+        assert_eq!(Message::decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
+    fn limits_and_garbage() {
+        let too_many = Message::TxAnnounce(vec![Hash::ZERO; MAX_ITEMS_PER_MESSAGE + 1]);
+        assert!(matches!(
+            Message::decode(&too_many.encode()),
+            Err(MessageError::TooManyItems { .. })
+        ));
+        for len in 0..64usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            let _ = Message::decode(&bytes);
+        }
+        let mut enc = Message::Ping(5).encode();
+        enc.push(0);
+        assert!(Message::decode(&enc).is_err(), "trailing bytes");
+    }
+}

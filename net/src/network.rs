@@ -1,0 +1,1012 @@
+//! The network actor: accepts and dials links, keeps the peer set within its limits,
+//! exchanges addresses, gossips transactions (announce, then fetch what is missing) and
+//! floods consensus messages, scores peers and bans those that misbehave.
+//!
+//! One task owns all state; link tasks talk to it through a bounded channel. Each peer
+//! has a bounded send queue: a peer that cannot keep up is dropped, never waited for.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use grapevine_ledger::crypto::sha256;
+use grapevine_ledger::{Address, Hash, Keypair, SignedTx};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::addrbook::AddressBook;
+use crate::message::{MAX_ITEMS_PER_MESSAGE, MAX_PEERS_PER_MESSAGE, Message};
+use crate::secure::{self, LinkError, LocalIdentity};
+
+/// Checks transactions before they are accepted and relayed. The node supplies it (its
+/// mempool admission); only transactions it accepts are announced onwards.
+pub trait TxValidator: Send + Sync + 'static {
+    /// One verdict per transaction: `true` if valid and now held by the node.
+    fn validate(&self, txs: &[SignedTx]) -> Vec<bool>;
+}
+
+/// Network settings.
+#[derive(Debug)]
+pub struct NetConfig {
+    /// Address to accept peers on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Addresses to dial at start.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Identity, chain and genesis proved and checked in handshakes.
+    pub node_key: Keypair,
+    /// Chain id peers must share.
+    pub chain_id: u32,
+    /// Genesis hash peers must share.
+    pub genesis_hash: Hash,
+    /// Outbound links the node keeps.
+    pub target_outbound: usize,
+    /// Most inbound links.
+    pub max_inbound: usize,
+    /// Most links from one IP address (loopback included).
+    pub max_per_ip: usize,
+    /// Messages queued for one peer before it counts as stuck and is dropped.
+    pub send_queue: usize,
+    /// How long a misbehaving peer stays banned.
+    pub ban_duration: Duration,
+    /// Where the address book is kept (none: not persisted).
+    pub address_book: Option<PathBuf>,
+    /// Limit for the Noise handshake and hello exchange.
+    pub handshake_timeout: Duration,
+}
+
+impl NetConfig {
+    /// Defaults for a node with this identity and chain.
+    pub fn new(listen: SocketAddr, node_key: Keypair, chain_id: u32, genesis_hash: Hash) -> Self {
+        NetConfig {
+            listen,
+            bootstrap: Vec::new(),
+            node_key,
+            chain_id,
+            genesis_hash,
+            target_outbound: 8,
+            max_inbound: 32,
+            max_per_ip: 16,
+            send_queue: 1024,
+            ban_duration: Duration::from_secs(600),
+            address_book: None,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Score at which a peer is banned.
+pub const BAN_SCORE: i64 = -100;
+/// Highest score good behaviour earns.
+pub const MAX_SCORE: i64 = 100;
+
+/// What happens to a peer's score, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offence {
+    /// A frame or message that does not decode, or an oversized frame.
+    Malformed,
+    /// A transaction the validator refused.
+    InvalidTx,
+    /// Transactions nobody asked it for.
+    Unsolicited,
+    /// An address list that is not addresses.
+    BadAddress,
+}
+
+impl Offence {
+    fn penalty(self) -> i64 {
+        match self {
+            Offence::Malformed => 100,
+            Offence::InvalidTx => 20,
+            Offence::Unsolicited => 5,
+            Offence::BadAddress => 10,
+        }
+    }
+}
+
+/// Counters exposed as metrics.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Connected peers.
+    pub peers: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Transaction bodies received.
+    pub tx_bodies: AtomicU64,
+    /// Transaction bodies received that the node already had.
+    pub tx_duplicates: AtomicU64,
+    /// Peers banned.
+    pub bans: AtomicU64,
+    /// Messages received, by kind (see [`MESSAGE_KINDS`]).
+    pub messages: [AtomicU64; 9],
+}
+
+/// Message kinds in the order of [`NetStats::messages`].
+pub const MESSAGE_KINDS: [&str; 9] = [
+    "hello",
+    "ping",
+    "pong",
+    "getPeers",
+    "peers",
+    "txAnnounce",
+    "txRequest",
+    "txs",
+    "consensus",
+];
+
+/// A connected peer, as `getPeers` shows it.
+#[derive(Clone, Debug)]
+pub struct PeerSummary {
+    /// The peer's node key.
+    pub id: Address,
+    /// Its socket address.
+    pub address: SocketAddr,
+    /// Whether it dialed us.
+    pub inbound: bool,
+    /// Its score.
+    pub score: i64,
+    /// Bytes received from it.
+    pub bytes_in: u64,
+    /// Bytes sent to it.
+    pub bytes_out: u64,
+    /// Last measured round trip.
+    pub latency: Option<Duration>,
+}
+
+/// Delivered to the node.
+#[derive(Clone, Debug)]
+pub enum NetEvent {
+    /// A consensus message seen for the first time.
+    Consensus {
+        /// The peer it came from.
+        from: Address,
+        /// Its bytes.
+        payload: Bytes,
+    },
+}
+
+enum Command {
+    BroadcastTxs(Vec<SignedTx>),
+    BroadcastConsensus(Bytes),
+    Peers(oneshot::Sender<Vec<PeerSummary>>),
+}
+
+/// Control of a running network.
+#[derive(Clone, Debug)]
+pub struct NetworkHandle {
+    commands: mpsc::Sender<Command>,
+    /// Counters.
+    pub stats: Arc<NetStats>,
+    /// This node's id.
+    pub local_id: Address,
+    /// The address it accepts peers on.
+    pub listen_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl NetworkHandle {
+    /// Announces transactions the node accepted (from a client) to every peer.
+    pub async fn broadcast_txs(&self, txs: Vec<SignedTx>) {
+        let _ = self.commands.send(Command::BroadcastTxs(txs)).await;
+    }
+
+    /// Floods a consensus message to every peer.
+    pub async fn broadcast_consensus(&self, payload: Bytes) {
+        let _ = self
+            .commands
+            .send(Command::BroadcastConsensus(payload))
+            .await;
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Vec<PeerSummary> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Peers(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+type ConnId = u64;
+
+enum LinkEvent {
+    Up {
+        conn: ConnId,
+        link_id: Address,
+        addr: SocketAddr,
+        listen_port: u16,
+        inbound: bool,
+        queue: mpsc::Sender<Bytes>,
+        accept: oneshot::Sender<bool>,
+        tasks: Vec<AbortHandle>,
+    },
+    Message {
+        conn: ConnId,
+        msg: Message,
+        bytes: usize,
+    },
+    Down {
+        conn: ConnId,
+        error: Option<LinkError>,
+    },
+    DialFailed {
+        conn: ConnId,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+struct Peer {
+    id: Address,
+    addr: SocketAddr,
+    listen_addr: Option<SocketAddr>,
+    inbound: bool,
+    queue: mpsc::Sender<Bytes>,
+    score: i64,
+    bytes_in: u64,
+    bytes_out: Arc<AtomicU64>,
+    tasks: Vec<AbortHandle>,
+    ping_sent: Option<(u64, Instant)>,
+    latency: Option<Duration>,
+    announce: Vec<Hash>,
+}
+
+/// A set that forgets its oldest half when full: bounded memory for "seen" hashes.
+struct RecentSet {
+    current: HashSet<Hash>,
+    previous: HashSet<Hash>,
+    cap: usize,
+}
+
+impl RecentSet {
+    fn new(cap: usize) -> Self {
+        RecentSet {
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            cap,
+        }
+    }
+    fn contains(&self, h: &Hash) -> bool {
+        self.current.contains(h) || self.previous.contains(h)
+    }
+    /// Inserts; `false` if already present.
+    fn insert(&mut self, h: Hash) -> bool {
+        if self.contains(&h) {
+            return false;
+        }
+        if self.current.len() >= self.cap {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(h);
+        true
+    }
+}
+
+/// Seen-hash memory per kind.
+const SEEN_CAPACITY: usize = 200_000;
+/// Transaction bodies kept to answer requests.
+const TX_STORE_CAPACITY: usize = 100_000;
+/// A requested body not received in this long may be requested from another peer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Gossip batching interval.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// Capacity of the channel from link tasks to the actor.
+const EVENT_QUEUE: usize = 4096;
+
+struct Actor {
+    cfg: NetConfig,
+    validator: Arc<dyn TxValidator>,
+    stats: Arc<NetStats>,
+    events: mpsc::Sender<LinkEvent>,
+    to_node: mpsc::Sender<NetEvent>,
+    identity: Arc<LocalIdentity>,
+    peers: HashMap<ConnId, Peer>,
+    by_id: HashMap<Address, ConnId>,
+    next_conn: ConnId,
+    /// Link tasks not yet up (handshaking), by connection.
+    pending: HashMap<ConnId, AbortHandle>,
+    dialing: HashSet<SocketAddr>,
+    book: AddressBook,
+    banned: HashMap<Address, Instant>,
+    banned_ips: HashMap<IpAddr, Instant>,
+    seen_txs: RecentSet,
+    seen_consensus: RecentSet,
+    tx_store: HashMap<Hash, SignedTx>,
+    tx_store_old: HashMap<Hash, SignedTx>,
+    inflight: HashMap<Hash, (ConnId, Instant)>,
+    listen_addr: SocketAddr,
+}
+
+/// Starts the network: binds the listener, dials the bootstrap addresses, and runs
+/// until `stop` turns true. Returns the handle and the events for the node.
+pub async fn start(
+    cfg: NetConfig,
+    validator: Arc<dyn TxValidator>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(NetworkHandle, mpsc::Receiver<NetEvent>)> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let listen_addr = listener.local_addr()?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let (node_tx, node_rx) = mpsc::channel(EVENT_QUEUE);
+    let stats = Arc::new(NetStats::default());
+    let local_id = cfg.node_key.address();
+    let identity = Arc::new(LocalIdentity {
+        node_key: cfg.node_key.duplicate(),
+        chain_id: cfg.chain_id,
+        genesis_hash: cfg.genesis_hash,
+        listen_port: listen_addr.port(),
+    });
+    let mut book = AddressBook::load(cfg.address_book.clone());
+    for a in &cfg.bootstrap {
+        book.add(*a);
+    }
+    let actor = Actor {
+        validator,
+        stats: stats.clone(),
+        events: ev_tx,
+        to_node: node_tx,
+        identity,
+        peers: HashMap::new(),
+        by_id: HashMap::new(),
+        next_conn: 0,
+        pending: HashMap::new(),
+        dialing: HashSet::new(),
+        book,
+        banned: HashMap::new(),
+        banned_ips: HashMap::new(),
+        seen_txs: RecentSet::new(SEEN_CAPACITY),
+        seen_consensus: RecentSet::new(SEEN_CAPACITY),
+        tx_store: HashMap::new(),
+        tx_store_old: HashMap::new(),
+        inflight: HashMap::new(),
+        listen_addr,
+        cfg,
+    };
+    tokio::spawn(actor.run(listener, cmd_rx, ev_rx, stop));
+    Ok((
+        NetworkHandle {
+            commands: cmd_tx,
+            stats,
+            local_id,
+            listen_addr,
+        },
+        node_rx,
+    ))
+}
+
+/// What a link task needs from the actor.
+#[derive(Clone)]
+struct LinkCtx {
+    identity: Arc<LocalIdentity>,
+    events: mpsc::Sender<LinkEvent>,
+    stats: Arc<NetStats>,
+    handshake_timeout: Duration,
+    queue_len: usize,
+}
+
+/// Completes once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs one link: handshake, registration with the actor, then the reader loop (this
+/// task) and a writer task draining the peer's queue.
+async fn run_link(stream: TcpStream, addr: SocketAddr, inbound: bool, conn: ConnId, ctx: LinkCtx) {
+    let LinkCtx {
+        identity,
+        events,
+        stats,
+        handshake_timeout,
+        queue_len,
+    } = ctx;
+    let _ = stream.set_nodelay(true);
+    let link = match tokio::time::timeout(
+        handshake_timeout,
+        secure::handshake(stream, !inbound, &identity),
+    )
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, error = %e, "handshake failed");
+            let _ = events
+                .send(if inbound {
+                    LinkEvent::Down { conn, error: None }
+                } else {
+                    LinkEvent::DialFailed {
+                        conn,
+                        addr,
+                        reason: e.to_string(),
+                    }
+                })
+                .await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "handshake timed out");
+            let _ = events
+                .send(if inbound {
+                    LinkEvent::Down { conn, error: None }
+                } else {
+                    LinkEvent::DialFailed {
+                        conn,
+                        addr,
+                        reason: "handshake timed out".into(),
+                    }
+                })
+                .await;
+            return;
+        }
+    };
+    let secure::Link {
+        mut reader,
+        mut writer,
+        hello,
+    } = link;
+    let (queue_tx, mut queue_rx) = mpsc::channel::<Bytes>(queue_len);
+    let stats_w = stats.clone();
+    let events_w = events.clone();
+    let writer_task = tokio::spawn(async move {
+        while let Some(frame) = queue_rx.recv().await {
+            match writer.send_frame(&frame).await {
+                Ok(n) => {
+                    stats_w.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let _ = events_w
+                        .send(LinkEvent::Down {
+                            conn,
+                            error: Some(e),
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    let (accept_tx, accept_rx) = oneshot::channel();
+    let up = LinkEvent::Up {
+        conn,
+        link_id: hello.node_key,
+        addr,
+        listen_port: hello.listen_port,
+        inbound,
+        queue: queue_tx,
+        accept: accept_tx,
+        tasks: vec![writer_task.abort_handle()],
+    };
+    if events.send(up).await.is_err() || !accept_rx.await.unwrap_or(false) {
+        writer_task.abort();
+        return;
+    }
+    loop {
+        match reader.recv().await {
+            Ok((msg, bytes)) => {
+                stats.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+                if events
+                    .send(LinkEvent::Message { conn, msg, bytes })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = events
+                    .send(LinkEvent::Down {
+                        conn,
+                        error: Some(e),
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        listener: TcpListener,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<LinkEvent>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+        let mut maintain = tokio::time::interval(Duration::from_millis(200));
+        let mut ping = tokio::time::interval(Duration::from_secs(5));
+        let mut save = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => self.on_accept(stream, addr),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(ev) = events.recv() => self.on_event(ev).await,
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                _ = flush.tick() => self.flush_announcements(),
+                _ = maintain.tick() => self.maintain(),
+                _ = ping.tick() => self.ping_all(),
+                _ = save.tick() => self.book.save(),
+                () = stopped(&mut stop) => break,
+            }
+        }
+        self.book.save();
+        for (_, p) in self.peers.drain() {
+            for t in p.tasks {
+                t.abort();
+            }
+        }
+        for (_, t) in self.pending.drain() {
+            t.abort();
+        }
+    }
+
+    fn conns_from(&self, ip: IpAddr) -> usize {
+        self.peers.values().filter(|p| p.addr.ip() == ip).count()
+    }
+
+    fn on_accept(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let now = Instant::now();
+        if self.banned_ips.get(&addr.ip()).is_some_and(|t| *t > now) {
+            return; // dropping the stream closes it
+        }
+        let inbound = self.peers.values().filter(|p| p.inbound).count();
+        if inbound >= self.cfg.max_inbound || self.conns_from(addr.ip()) >= self.cfg.max_per_ip {
+            tracing::debug!(%addr, "inbound limit reached; refusing");
+            return;
+        }
+        self.spawn_link(stream, addr, true);
+    }
+
+    fn link_ctx(&self) -> LinkCtx {
+        LinkCtx {
+            identity: self.identity.clone(),
+            events: self.events.clone(),
+            stats: self.stats.clone(),
+            handshake_timeout: self.cfg.handshake_timeout,
+            queue_len: self.cfg.send_queue,
+        }
+    }
+
+    fn spawn_link(&mut self, stream: TcpStream, addr: SocketAddr, inbound: bool) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let task = tokio::spawn(run_link(stream, addr, inbound, conn, self.link_ctx()));
+        // Kept so a disconnect stops the reader, which is this task.
+        self.pending.insert(conn, task.abort_handle());
+    }
+
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        self.banned.retain(|_, t| *t > now);
+        self.banned_ips.retain(|_, t| *t > now);
+        self.inflight
+            .retain(|_, (_, t)| now.duration_since(*t) < REQUEST_TIMEOUT);
+        let outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
+        if outbound >= self.cfg.target_outbound {
+            return;
+        }
+        let connected: HashSet<SocketAddr> = self
+            .peers
+            .values()
+            .flat_map(|p| [Some(p.addr), p.listen_addr])
+            .flatten()
+            .collect();
+        let wanted = self.cfg.target_outbound - outbound;
+        let candidates = self.book.candidates(now, wanted, |a| {
+            a != self.listen_addr && !connected.contains(&a) && !self.dialing.contains(&a)
+        });
+        for addr in candidates {
+            self.book.attempted(addr, now);
+            self.dialing.insert(addr);
+            let ctx = self.link_ctx();
+            let conn = self.next_conn;
+            self.next_conn += 1;
+            let task = tokio::spawn(async move {
+                let events = ctx.events.clone();
+                let reason =
+                    match tokio::time::timeout(ctx.handshake_timeout, TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(stream)) => return run_link(stream, addr, false, conn, ctx).await,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "connect timed out".to_string(),
+                    };
+                let _ = events
+                    .send(LinkEvent::DialFailed { conn, addr, reason })
+                    .await;
+            });
+            self.pending.insert(conn, task.abort_handle());
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: &Message) {
+        let Some(p) = self.peers.get(&conn) else {
+            return;
+        };
+        let bytes = Bytes::from(msg.encode());
+        let len = bytes.len() as u64;
+        if p.queue.try_send(bytes).is_err() {
+            let id = p.id;
+            tracing::warn!(peer = %id, "send queue full: peer too slow; disconnecting");
+            self.disconnect(conn);
+            return;
+        }
+        p.bytes_out.fetch_add(len, Ordering::Relaxed);
+    }
+
+    fn disconnect(&mut self, conn: ConnId) {
+        if let Some(p) = self.peers.remove(&conn) {
+            if self.by_id.get(&p.id) == Some(&conn) {
+                self.by_id.remove(&p.id);
+            }
+            for t in p.tasks {
+                t.abort();
+            }
+            self.stats
+                .peers
+                .store(self.peers.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn penalize(&mut self, conn: ConnId, offence: Offence, detail: &str) {
+        let Some(p) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        p.score -= offence.penalty();
+        if p.score <= BAN_SCORE {
+            let (id, addr) = (p.id, p.addr);
+            tracing::warn!(peer = %id, %addr, reason = detail, ?offence, "banning peer");
+            let until = Instant::now() + self.cfg.ban_duration;
+            self.banned.insert(id, until);
+            if !addr.ip().is_loopback() {
+                self.banned_ips.insert(addr.ip(), until);
+            }
+            self.stats.bans.fetch_add(1, Ordering::Relaxed);
+            self.disconnect(conn);
+        } else {
+            tracing::debug!(peer = %p.id, reason = detail, score = p.score, "peer penalized");
+        }
+    }
+
+    fn reward(&mut self, conn: ConnId, points: i64) {
+        if let Some(p) = self.peers.get_mut(&conn) {
+            p.score = (p.score + points).min(MAX_SCORE);
+        }
+    }
+
+    async fn on_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up {
+                conn,
+                link_id,
+                addr,
+                listen_port,
+                inbound,
+                queue,
+                accept,
+                mut tasks,
+            } => {
+                if !inbound {
+                    self.dialing.remove(&addr);
+                }
+                if let Some(reader) = self.pending.remove(&conn) {
+                    tasks.push(reader);
+                }
+                let now = Instant::now();
+                let refuse = if link_id == self.identity.node_key.address() {
+                    self.book.forget(addr);
+                    Some("connected to ourselves")
+                } else if self.banned.get(&link_id).is_some_and(|t| *t > now) {
+                    Some("peer is banned")
+                } else if self.by_id.contains_key(&link_id) {
+                    Some("already connected to this peer")
+                } else {
+                    None
+                };
+                if let Some(why) = refuse {
+                    tracing::debug!(%addr, peer = %link_id, why, "refusing link");
+                    let _ = accept.send(false);
+                    return;
+                }
+                if accept.send(true).is_err() {
+                    return;
+                }
+                let listen_addr =
+                    (listen_port != 0).then(|| SocketAddr::new(addr.ip(), listen_port));
+                if let Some(l) = listen_addr {
+                    self.book.connected(l);
+                }
+                tracing::info!(peer = %link_id, %addr, inbound, "peer connected");
+                self.peers.insert(
+                    conn,
+                    Peer {
+                        id: link_id,
+                        addr,
+                        listen_addr,
+                        inbound,
+                        queue,
+                        score: 0,
+                        bytes_in: 0,
+                        bytes_out: Arc::new(AtomicU64::new(0)),
+                        tasks,
+                        ping_sent: None,
+                        latency: None,
+                        announce: Vec::new(),
+                    },
+                );
+                self.by_id.insert(link_id, conn);
+                self.stats
+                    .peers
+                    .store(self.peers.len() as u64, Ordering::Relaxed);
+                self.send(conn, &Message::GetPeers);
+            }
+            LinkEvent::Down { conn, error } => {
+                self.pending.remove(&conn);
+                if let Some(e) = &error {
+                    if e.is_misbehaviour() {
+                        self.penalize(conn, Offence::Malformed, &e.to_string());
+                    } else if let Some(p) = self.peers.get(&conn) {
+                        tracing::info!(peer = %p.id, error = %e, "peer disconnected");
+                    }
+                }
+                self.disconnect(conn);
+            }
+            LinkEvent::DialFailed { conn, addr, reason } => {
+                self.pending.remove(&conn);
+                self.dialing.remove(&addr);
+                self.book.failed(addr, Instant::now());
+                tracing::debug!(%addr, reason, "dial failed");
+            }
+            LinkEvent::Message { conn, msg, bytes } => {
+                if let Some(p) = self.peers.get_mut(&conn) {
+                    p.bytes_in += bytes as u64;
+                } else {
+                    return;
+                }
+                if let Some(i) = MESSAGE_KINDS.iter().position(|k| *k == msg.kind()) {
+                    self.stats.messages[i].fetch_add(1, Ordering::Relaxed);
+                }
+                self.on_message(conn, msg).await;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, conn: ConnId, msg: Message) {
+        match msg {
+            Message::Hello(_) => self.penalize(conn, Offence::Malformed, "second hello"),
+            Message::Ping(n) => self.send(conn, &Message::Pong(n)),
+            Message::Pong(n) => {
+                if let Some(p) = self.peers.get_mut(&conn)
+                    && let Some((sent, at)) = p.ping_sent
+                    && sent == n
+                {
+                    p.latency = Some(at.elapsed());
+                    p.ping_sent = None;
+                }
+            }
+            Message::GetPeers => {
+                let addrs: Vec<String> = self
+                    .book
+                    .good(MAX_PEERS_PER_MESSAGE)
+                    .into_iter()
+                    .map(|a| a.to_string())
+                    .collect();
+                self.send(conn, &Message::Peers(addrs));
+            }
+            Message::Peers(list) => {
+                for s in list {
+                    match s.parse::<SocketAddr>() {
+                        Ok(a) if a.port() != 0 => self.book.add(a),
+                        _ => {
+                            self.penalize(conn, Offence::BadAddress, "unparsable address");
+                            return;
+                        }
+                    }
+                }
+            }
+            Message::TxAnnounce(hashes) => {
+                let now = Instant::now();
+                let want: Vec<Hash> = hashes
+                    .into_iter()
+                    .filter(|h| !self.seen_txs.contains(h) && !self.inflight.contains_key(h))
+                    .collect();
+                for h in &want {
+                    self.inflight.insert(*h, (conn, now));
+                }
+                if !want.is_empty() {
+                    self.send(conn, &Message::TxRequest(want));
+                }
+            }
+            Message::TxRequest(hashes) => {
+                let bodies: Vec<SignedTx> = hashes
+                    .iter()
+                    .filter_map(|h| {
+                        self.tx_store
+                            .get(h)
+                            .or_else(|| self.tx_store_old.get(h))
+                            .copied()
+                    })
+                    .collect();
+                if !bodies.is_empty() {
+                    self.send(conn, &Message::Txs(bodies));
+                }
+            }
+            Message::Txs(txs) => self.on_txs(conn, txs).await,
+            Message::Consensus(payload) => {
+                let h = sha256(&[&payload]);
+                if !self.seen_consensus.insert(h) {
+                    return;
+                }
+                let from = match self.peers.get(&conn) {
+                    Some(p) => p.id,
+                    None => return,
+                };
+                let payload = Bytes::from(payload);
+                self.flood_consensus(&payload, Some(conn));
+                let _ = self.to_node.try_send(NetEvent::Consensus { from, payload });
+            }
+        }
+    }
+
+    async fn on_txs(&mut self, conn: ConnId, txs: Vec<SignedTx>) {
+        let mut fresh = Vec::new();
+        let mut unsolicited = 0;
+        for t in txs {
+            let h = t.hash();
+            self.stats.tx_bodies.fetch_add(1, Ordering::Relaxed);
+            match self.inflight.get(&h) {
+                Some((c, _)) if *c == conn => {
+                    self.inflight.remove(&h);
+                }
+                _ => unsolicited += 1,
+            }
+            if self.seen_txs.contains(&h) {
+                self.stats.tx_duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            fresh.push((h, t));
+        }
+        if unsolicited > 0 {
+            self.penalize(conn, Offence::Unsolicited, "transactions nobody asked for");
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let validator = self.validator.clone();
+        let bodies: Vec<SignedTx> = fresh.iter().map(|(_, t)| *t).collect();
+        // Validation checks signatures: keep it off the async workers.
+        let verdicts = tokio::task::spawn_blocking(move || validator.validate(&bodies))
+            .await
+            .unwrap_or_default();
+        let mut valid = Vec::new();
+        let mut invalid = 0;
+        for ((h, t), ok) in fresh
+            .into_iter()
+            .zip(verdicts.into_iter().chain(std::iter::repeat(false)))
+        {
+            if ok {
+                valid.push((h, t));
+            } else {
+                invalid += 1;
+            }
+        }
+        for _ in 0..invalid {
+            self.penalize(conn, Offence::InvalidTx, "invalid transaction");
+        }
+        let n = valid.len() as i64;
+        self.reward(conn, n.min(10));
+        self.accept_txs(valid, Some(conn));
+    }
+
+    /// Records valid transactions and queues their announcement to every peer but
+    /// `except`.
+    fn accept_txs(&mut self, txs: Vec<(Hash, SignedTx)>, except: Option<ConnId>) {
+        let mut hashes = Vec::with_capacity(txs.len());
+        for (h, t) in txs {
+            if !self.seen_txs.insert(h) {
+                continue;
+            }
+            if self.tx_store.len() >= TX_STORE_CAPACITY {
+                self.tx_store_old = std::mem::take(&mut self.tx_store);
+            }
+            self.tx_store.insert(h, t);
+            hashes.push(h);
+        }
+        for (c, p) in self.peers.iter_mut() {
+            if Some(*c) != except {
+                p.announce.extend_from_slice(&hashes);
+            }
+        }
+    }
+
+    fn flush_announcements(&mut self) {
+        let conns: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.announce.is_empty())
+            .map(|(c, _)| *c)
+            .collect();
+        for c in conns {
+            let Some(p) = self.peers.get_mut(&c) else {
+                continue;
+            };
+            let all = std::mem::take(&mut p.announce);
+            for chunk in all.chunks(MAX_ITEMS_PER_MESSAGE) {
+                self.send(c, &Message::TxAnnounce(chunk.to_vec()));
+            }
+        }
+    }
+
+    fn flood_consensus(&mut self, payload: &Bytes, except: Option<ConnId>) {
+        let msg = Message::Consensus(payload.to_vec());
+        let conns: Vec<ConnId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|c| Some(*c) != except)
+            .collect();
+        for c in conns {
+            self.send(c, &msg);
+        }
+    }
+
+    fn ping_all(&mut self) {
+        let now = Instant::now();
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for c in conns {
+            let n = self.next_conn.wrapping_mul(0x9e37_79b9) ^ c;
+            if let Some(p) = self.peers.get_mut(&c) {
+                p.ping_sent = Some((n, now));
+            }
+            self.send(c, &Message::Ping(n));
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::BroadcastTxs(txs) => {
+                let items = txs.into_iter().map(|t| (t.hash(), t)).collect();
+                self.accept_txs(items, None);
+            }
+            Command::BroadcastConsensus(payload) => {
+                if self.seen_consensus.insert(sha256(&[&payload])) {
+                    self.flood_consensus(&payload, None);
+                }
+            }
+            Command::Peers(reply) => {
+                let list = self
+                    .peers
+                    .values()
+                    .map(|p| PeerSummary {
+                        id: p.id,
+                        address: p.addr,
+                        inbound: p.inbound,
+                        score: p.score,
+                        bytes_in: p.bytes_in,
+                        bytes_out: p.bytes_out.load(Ordering::Relaxed),
+                        latency: p.latency,
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+        }
+    }
+}
