@@ -6,6 +6,8 @@ use clap::Parser;
 
 mod bench_ledger;
 mod cli;
+#[allow(dead_code)] // the driver that runs it between processes is not written yet
+mod consensus;
 mod dev;
 mod keyfile;
 mod mempool;

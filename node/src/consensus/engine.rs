@@ -1,0 +1,629 @@
+//! The consensus engine: a deterministic state machine with no IO (sans-IO).
+//!
+//! Inputs are method calls with the current time in milliseconds (`handle_message`,
+//! `handle_timer`, `handle_block_built`); outputs are [`Action`]s, drained with
+//! [`Engine::poll_action`] and carried out in order by a driver (the node, or the
+//! simulator). A [`Action::Persist`] must be durable before any later action leaves the
+//! node. The rules are those of docs/CONSENSUS.md.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use grapevine_ledger::{Block, Hash, Keypair, Signature};
+
+use super::types::{
+    ConsensusMsg, Proposal, QuorumCert, SafetyState, Timeout, TimeoutCert, ValidatorIndex,
+    ValidatorSet, Vote, timeout_bytes, vote_bytes,
+};
+
+/// Decides whether a proposed block may be voted for, given its parent.
+pub trait BlockCheck {
+    /// `true` if `block` is a valid child of `parent` (transactions, roots, time).
+    fn check(&mut self, block: &Block, parent: &Block) -> bool;
+}
+
+/// How long a block request waits for an answer before it is sent to everyone.
+pub const REQUEST_RETRY_MS: u64 = 300;
+
+/// What the driver must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Store this safety state durably before carrying out any later action.
+    Persist(SafetyState),
+    /// Send to one validator.
+    Send(ValidatorIndex, ConsensusMsg),
+    /// Send to every validator.
+    Broadcast(ConsensusMsg),
+    /// These blocks are final, in height order; `proof` holds the two QCs of the
+    /// two-chain rule for the last one (its QC and its child's).
+    Commit {
+        /// Newly final blocks.
+        blocks: Vec<Block>,
+        /// QC of the last block and QC of its child.
+        proof: (QuorumCert, QuorumCert),
+    },
+    /// Call [`Engine::handle_timer`] at this time (replaces earlier timers).
+    SetTimer(u64),
+    /// This node leads `round`: build a block on `parent` and pass it to
+    /// [`Engine::handle_block_built`].
+    BuildBlock {
+        /// The round.
+        round: u64,
+        /// The parent block.
+        parent: Block,
+    },
+}
+
+struct Stored {
+    block: Block,
+    proposal: Option<Proposal>,
+}
+
+/// Timing of rounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// First round timeout, in milliseconds.
+    pub base_timeout_ms: u64,
+    /// Largest round timeout after repeated timeouts.
+    pub max_timeout_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            base_timeout_ms: 1_000,
+            max_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// One validator's (or follower's) consensus state.
+pub struct Engine {
+    set: ValidatorSet,
+    me: Option<(ValidatorIndex, Keypair)>,
+    genesis: Hash,
+    check: Box<dyn BlockCheck + Send>,
+    timing: Timing,
+    safety: SafetyState,
+    round: u64,
+    last_tc: Option<TimeoutCert>,
+    consecutive_timeouts: u32,
+    blocks: HashMap<Hash, Stored>,
+    committed: (Hash, u64),
+    votes: HashMap<(u64, Hash), BTreeMap<ValidatorIndex, Signature>>,
+    timeouts: HashMap<u64, BTreeMap<ValidatorIndex, (u64, Signature)>>,
+    my_timeout: Option<Timeout>,
+    built_round: u64,
+    want_build: bool,
+    waiting: Vec<Proposal>,
+    requested: HashMap<Hash, u64>,
+    now: u64,
+    verified_qcs: HashSet<(u64, Hash, usize)>,
+    verified_tcs: HashMap<(u64, usize), TimeoutCert>,
+    actions: VecDeque<Action>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Engine(round {}, committed height {})",
+            self.round, self.committed.1
+        )
+    }
+}
+
+impl Engine {
+    /// An engine that resumes from `safety` (persisted) with `committed` as its last
+    /// final block. `me` is this node's validator index and key (`None`: a follower).
+    pub fn new(
+        set: ValidatorSet,
+        me: Option<(ValidatorIndex, Keypair)>,
+        genesis_block: Hash,
+        committed: Block,
+        safety: SafetyState,
+        check: Box<dyn BlockCheck + Send>,
+        timing: Timing,
+    ) -> Engine {
+        let committed_ref = (committed.hash(), committed.header.height);
+        let mut blocks = HashMap::new();
+        blocks.insert(
+            committed_ref.0,
+            Stored {
+                block: committed,
+                proposal: None,
+            },
+        );
+        Engine {
+            set,
+            me,
+            genesis: genesis_block,
+            check,
+            timing,
+            round: safety.high_qc.round.max(safety.last_voted_round) + 1,
+            safety,
+            last_tc: None,
+            consecutive_timeouts: 0,
+            blocks,
+            committed: committed_ref,
+            votes: HashMap::new(),
+            timeouts: HashMap::new(),
+            my_timeout: None,
+            built_round: 0,
+            want_build: false,
+            waiting: Vec::new(),
+            requested: HashMap::new(),
+            now: 0,
+            verified_qcs: HashSet::new(),
+            verified_tcs: HashMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The next action for the driver, in order.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The current round.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Debug summary: (waiting proposals, outstanding requests, known blocks).
+    #[cfg(test)]
+    pub fn debug_counts(&self) -> (usize, usize, usize) {
+        (self.waiting.len(), self.requested.len(), self.blocks.len())
+    }
+
+    /// Height and hash of the last final block.
+    pub fn committed(&self) -> (Hash, u64) {
+        self.committed
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        let f = 1u64 << self.consecutive_timeouts.min(10);
+        self.timing
+            .base_timeout_ms
+            .saturating_mul(f)
+            .min(self.timing.max_timeout_ms)
+    }
+
+    /// Starts the round timer (and proposes, if this node leads the round).
+    pub fn start(&mut self, now: u64) {
+        self.now = now;
+        let r = self.round;
+        self.enter_round(now, r, None);
+    }
+
+    fn is_leader(&self, round: u64) -> bool {
+        self.me
+            .as_ref()
+            .is_some_and(|(i, _)| self.set.leader(round) == *i)
+    }
+
+    fn enter_round(&mut self, now: u64, round: u64, tc: Option<TimeoutCert>) {
+        self.round = round;
+        self.last_tc = tc;
+        self.my_timeout = None;
+        self.actions
+            .push_back(Action::SetTimer(now + self.timeout_ms()));
+        // Forget what belongs to rounds long past.
+        self.votes.retain(|(r, _), _| *r + 2 >= round);
+        self.timeouts.retain(|r, _| *r + 2 >= round);
+        if self.is_leader(round) {
+            self.want_build = true;
+            self.try_build();
+        }
+    }
+
+    fn try_build(&mut self) {
+        if !self.want_build || self.built_round >= self.round {
+            return;
+        }
+        let parent_hash = self.safety.high_qc.block_hash;
+        match self.blocks.get(&parent_hash) {
+            Some(s) => {
+                self.want_build = false;
+                self.built_round = self.round;
+                self.actions.push_back(Action::BuildBlock {
+                    round: self.round,
+                    parent: s.block.clone(),
+                });
+            }
+            None => self.request(parent_hash, None),
+        }
+    }
+
+    /// Asks for a missing block: first from `from` (who referred to it), then, if no
+    /// answer came within [`REQUEST_RETRY_MS`], from everyone.
+    fn request(&mut self, hash: Hash, from: Option<ValidatorIndex>) {
+        if self.requested.len() > 4096 {
+            self.requested.clear();
+        }
+        let now = self.now;
+        let (to, due) = match self.requested.get(&hash) {
+            None => (from, true),
+            Some(at) => (None, now >= at + REQUEST_RETRY_MS),
+        };
+        if due {
+            self.requested.insert(hash, now);
+            let msg = ConsensusMsg::BlockRequest(hash);
+            self.actions.push_back(match to {
+                Some(v) => Action::Send(v, msg),
+                None => Action::Broadcast(msg),
+            });
+        }
+    }
+
+    /// The block this node asked for (its round's proposal) was built by the driver.
+    pub fn handle_block_built(&mut self, now: u64, block: Block) {
+        self.now = now;
+        let Some((_, key)) = &self.me else {
+            return;
+        };
+        if block.header.round != self.round
+            || block.header.parent_hash != self.safety.high_qc.block_hash
+        {
+            return; // the round moved on while building
+        }
+        let tc = self.last_tc.clone().filter(|tc| tc.round + 1 == self.round);
+        let p = Proposal::new(
+            block,
+            self.safety.high_qc.clone(),
+            tc,
+            key,
+            self.set.chain_id(),
+        );
+        self.actions
+            .push_back(Action::Broadcast(ConsensusMsg::Proposal(Box::new(
+                p.clone(),
+            ))));
+        self.on_proposal(now, p, None);
+    }
+
+    /// A message from validator `from` (if known).
+    pub fn handle_message(&mut self, now: u64, from: Option<ValidatorIndex>, msg: ConsensusMsg) {
+        self.now = now;
+        match msg {
+            ConsensusMsg::Proposal(p) => {
+                if p.verify_signed(&self.set)
+                    && self.qc_ok(&p.qc)
+                    && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
+                {
+                    self.on_proposal(now, *p, from);
+                }
+            }
+            ConsensusMsg::Vote(v) => self.on_vote(now, v),
+            ConsensusMsg::Timeout(t) => {
+                if t.verify_signed(&self.set) && self.qc_ok(&t.high_qc) {
+                    self.on_timeout(now, *t);
+                }
+            }
+            ConsensusMsg::BlockRequest(h) => {
+                if let (Some(to), Some(p)) =
+                    (from, self.blocks.get(&h).and_then(|s| s.proposal.clone()))
+                {
+                    self.actions
+                        .push_back(Action::Send(to, ConsensusMsg::Proposal(Box::new(p))));
+                }
+            }
+            ConsensusMsg::Sync { qc, tc } => {
+                if self.qc_ok(&qc) {
+                    self.process_qc(now, &qc);
+                }
+                if let Some(tc) = tc
+                    && self.tc_ok(&tc)
+                {
+                    self.process_tc(now, tc);
+                }
+            }
+        }
+    }
+
+    /// Verifies a QC, remembering those already verified (they arrive many times).
+    fn qc_ok(&mut self, qc: &QuorumCert) -> bool {
+        let key = (qc.round, qc.block_hash, qc.votes.len());
+        if self.verified_qcs.contains(&key) {
+            return true;
+        }
+        let ok = qc.verify(&self.set, &self.genesis);
+        if ok {
+            if self.verified_qcs.len() > 4096 {
+                self.verified_qcs.clear();
+            }
+            self.verified_qcs.insert(key);
+        }
+        ok
+    }
+
+    /// Verifies a TC, remembering those already verified.
+    fn tc_ok(&mut self, tc: &TimeoutCert) -> bool {
+        let key = (tc.round, tc.timeouts.len());
+        if self.verified_tcs.get(&key).is_some_and(|t| t == tc) {
+            return true;
+        }
+        let ok = tc.verify(&self.set);
+        if ok {
+            if self.verified_tcs.len() > 1024 {
+                self.verified_tcs.clear();
+            }
+            self.verified_tcs.insert(key, tc.clone());
+        }
+        ok
+    }
+
+    /// The round timer fired: time out the round (again, with the same signature, if
+    /// it already did).
+    pub fn handle_timer(&mut self, now: u64) {
+        self.now = now;
+        // Requests may have been lost: ask again for every block still missing.
+        let missing: Vec<Hash> = self
+            .waiting
+            .iter()
+            .map(|w| w.block.header.parent_hash)
+            .filter(|h| !self.blocks.contains_key(h))
+            .collect();
+        for h in missing {
+            self.request(h, None);
+        }
+        if self.me.is_none() {
+            self.actions
+                .push_back(Action::SetTimer(now + self.timeout_ms()));
+            return;
+        }
+        self.local_timeout(now);
+    }
+
+    /// Times out the current round: signs (once per round) and broadcasts a timeout.
+    fn local_timeout(&mut self, now: u64) {
+        let Some((i, key)) = &self.me else {
+            return;
+        };
+        let t = match &self.my_timeout {
+            Some(t) => t.clone(),
+            None => {
+                let hq = self.safety.high_qc.round;
+                let t = Timeout {
+                    round: self.round,
+                    high_qc: self.safety.high_qc.clone(),
+                    voter: *i,
+                    signature: key.sign(&timeout_bytes(self.set.chain_id(), self.round, hq)),
+                };
+                self.safety.last_voted_round = self.safety.last_voted_round.max(self.round);
+                self.actions.push_back(Action::Persist(self.safety.clone()));
+                self.my_timeout = Some(t.clone());
+                self.consecutive_timeouts += 1;
+                t
+            }
+        };
+        self.actions
+            .push_back(Action::Broadcast(ConsensusMsg::Timeout(Box::new(
+                t.clone(),
+            ))));
+        self.actions
+            .push_back(Action::SetTimer(now + self.timeout_ms()));
+        self.on_timeout(now, t);
+    }
+
+    fn process_qc(&mut self, now: u64, qc: &QuorumCert) {
+        if qc.round > self.safety.high_qc.round {
+            self.safety.high_qc = qc.clone();
+        }
+        self.try_commit(qc);
+        if qc.round >= self.round {
+            self.enter_round(now, qc.round + 1, None);
+        }
+    }
+
+    fn process_tc(&mut self, now: u64, tc: TimeoutCert) {
+        if tc.round >= self.round {
+            let r = tc.round + 1;
+            self.enter_round(now, r, Some(tc));
+        }
+    }
+
+    fn on_proposal(&mut self, now: u64, p: Proposal, from: Option<ValidatorIndex>) {
+        let qc = p.qc.clone();
+        self.process_qc(now, &qc);
+        if let Some(tc) = p.tc.clone() {
+            self.process_tc(now, tc);
+        }
+        if p.block.header.height <= self.committed.1 {
+            return; // at or below what is final: only its certificates mattered
+        }
+        let hash = p.block.hash();
+        let parent_hash = p.block.header.parent_hash;
+        if !self.blocks.contains_key(&parent_hash) {
+            self.request(parent_hash, from);
+            if self.waiting.len() < 256 {
+                self.waiting.push(p);
+            }
+            return;
+        }
+        let fresh = !self.blocks.contains_key(&hash);
+        let valid = {
+            let parent = &self.blocks[&parent_hash].block;
+            p.block.header.height == parent.header.height + 1
+                && p.block.header.round > parent.header.round
+                && self.check.check(&p.block, parent)
+        };
+        if !valid {
+            return;
+        }
+        if fresh {
+            self.blocks.insert(
+                hash,
+                Stored {
+                    block: p.block.clone(),
+                    proposal: Some(p.clone()),
+                },
+            );
+            self.requested.remove(&hash);
+        }
+        if let Some(own) = self.maybe_vote(&p)
+            && let Some(qc) = self.collect_vote(own)
+        {
+            self.process_qc(now, &qc);
+        }
+        // Blocks that waited for this one, and commits that waited for it.
+        let ready: Vec<Proposal> = {
+            let (r, w): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|w| w.block.header.parent_hash == hash);
+            self.waiting = w;
+            r
+        };
+        for w in ready {
+            self.on_proposal(now, w, from);
+        }
+        let hq = self.safety.high_qc.clone();
+        self.try_commit(&hq);
+        self.try_build();
+    }
+
+    /// Votes for `p` if the rules allow; returns the vote when this node is the next
+    /// leader (it collects its own vote).
+    fn maybe_vote(&mut self, p: &Proposal) -> Option<Vote> {
+        let (i, key) = self.me.as_ref()?;
+        let r = p.round();
+        let justified = p.qc.round + 1 == r
+            || p.tc
+                .as_ref()
+                .is_some_and(|tc| tc.round + 1 == r && p.qc.round >= tc.high_qc_round());
+        if r != self.round || r <= self.safety.last_voted_round || !justified {
+            return None;
+        }
+        let hash = p.block.hash();
+        let v = Vote {
+            round: r,
+            block_hash: hash,
+            voter: *i,
+            signature: key.sign(&vote_bytes(self.set.chain_id(), r, &hash)),
+        };
+        self.safety.last_voted_round = r;
+        self.actions.push_back(Action::Persist(self.safety.clone()));
+        let next = self.set.leader(r + 1);
+        if next == *i {
+            return Some(v);
+        }
+        self.actions
+            .push_back(Action::Send(next, ConsensusMsg::Vote(v)));
+        None
+    }
+
+    fn on_vote(&mut self, now: u64, v: Vote) {
+        if !self.is_leader(v.round + 1) || v.round + 1 < self.round || !v.verify(&self.set) {
+            return;
+        }
+        if let Some(qc) = self.collect_vote(v) {
+            self.process_qc(now, &qc);
+        }
+    }
+
+    /// Adds a verified vote; returns a QC when this vote completes a quorum.
+    fn collect_vote(&mut self, v: Vote) -> Option<QuorumCert> {
+        let quorum = self.set.quorum();
+        let entry = self.votes.entry((v.round, v.block_hash)).or_default();
+        if entry.len() >= quorum {
+            return None; // QC already formed
+        }
+        entry.insert(v.voter, v.signature);
+        (entry.len() == quorum).then(|| QuorumCert {
+            round: v.round,
+            block_hash: v.block_hash,
+            votes: entry.iter().map(|(i, s)| (*i, *s)).collect(),
+        })
+    }
+
+    fn on_timeout(&mut self, now: u64, t: Timeout) {
+        self.process_qc(now, &t.high_qc);
+        if t.round < self.round {
+            // The sender lags: hand it the certificates that moved us on.
+            if self.me.as_ref().is_none_or(|(i, _)| *i != t.voter) {
+                self.actions.push_back(Action::Send(
+                    t.voter,
+                    ConsensusMsg::Sync {
+                        qc: self.safety.high_qc.clone(),
+                        tc: self.last_tc.clone(),
+                    },
+                ));
+            }
+            return;
+        }
+        let quorum = self.set.quorum();
+        let entry = self.timeouts.entry(t.round).or_default();
+        if entry.len() >= quorum {
+            return;
+        }
+        entry.insert(t.voter, (t.high_qc.round, t.signature));
+        let count = entry.len();
+        // f + 1 timeouts for a later round include an honest one: that round is stuck
+        // for someone honest, so join it (timing out there only gives up voting in it).
+        if t.round > self.round && count > (self.set.len() - 1) / 3 && self.me.is_some() {
+            self.enter_round(now, t.round, None);
+            self.local_timeout(now);
+            return;
+        }
+        let Some(entry) = self.timeouts.get(&t.round) else {
+            return;
+        };
+        if count == quorum {
+            let tc = TimeoutCert {
+                round: t.round,
+                timeouts: entry.iter().map(|(i, (r, s))| (*i, *r, *s)).collect(),
+            };
+            self.process_tc(now, tc);
+        }
+    }
+
+    /// Applies the two-chain rule to `qc`: if it certifies B' whose parent B is of the
+    /// previous round, B and its ancestors become final.
+    fn try_commit(&mut self, qc: &QuorumCert) {
+        let Some(child) = self.blocks.get(&qc.block_hash) else {
+            return;
+        };
+        let Some(child_p) = child.proposal.as_ref() else {
+            return;
+        };
+        let b_hash = child.block.header.parent_hash;
+        let Some(b) = self.blocks.get(&b_hash) else {
+            return;
+        };
+        if b.block.header.round + 1 != child.block.header.round
+            || b.block.header.height <= self.committed.1
+        {
+            return;
+        }
+        let proof = (child_p.qc.clone(), qc.clone());
+        // Walk back to the last final block; every ancestor must be known.
+        let mut chain = Vec::new();
+        let mut cur = b_hash;
+        while cur != self.committed.0 {
+            let Some(s) = self.blocks.get(&cur) else {
+                self.request(cur, None);
+                return;
+            };
+            if s.block.header.height <= self.committed.1 {
+                // Conflicts with what is final: a safety failure if certificates are
+                // honest; refuse to commit rather than fork.
+                return;
+            }
+            chain.push(s.block.clone());
+            cur = s.block.header.parent_hash;
+        }
+        chain.reverse();
+        let Some(last) = chain.last() else {
+            return;
+        };
+        self.committed = (last.hash(), last.header.height);
+        self.consecutive_timeouts = 0;
+        let floor = self.committed.1;
+        self.blocks
+            .retain(|_, s| s.block.header.height + 64 >= floor);
+        self.actions.push_back(Action::Commit {
+            blocks: chain,
+            proof,
+        });
+    }
+}

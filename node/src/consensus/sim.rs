@@ -1,0 +1,550 @@
+//! A deterministic, seeded simulator: N engines over a virtual network with latency,
+//! reordering, loss, partitions that heal, crashes with restart from persisted safety
+//! state, and a Byzantine "twin" (two engines sharing one validator key). Virtual clock,
+//! no sleeps. Every run checks agreement, validity, no honest double-sign and liveness;
+//! a failing seed prints itself and replays exactly.
+//!
+//! `GRAPEVINE_SIM_SEEDS=N` sets how many seeds the test runs (default 1,000, split over
+//! two tests); `GRAPEVINE_SIM_SEED=S` replays one.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair};
+
+use super::engine::{Action, BlockCheck, Engine, Timing};
+use super::types::{ConsensusMsg, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet};
+
+const CHAIN: u32 = 99;
+
+/// xorshift64*: the simulator's only source of randomness.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Valid children: height and time go up, no transactions (sim blocks carry none), and
+/// the tx root is the empty root. The twin sometimes proposes blocks that break this.
+struct SimCheck;
+impl BlockCheck for SimCheck {
+    fn check(&mut self, block: &Block, parent: &Block) -> bool {
+        valid_child(block, parent)
+    }
+}
+
+fn valid_child(block: &Block, parent: &Block) -> bool {
+    block.txs.is_empty()
+        && block.header.tx_count == 0
+        && block.header.tx_root == Hash::ZERO
+        && block.header.height == parent.header.height + 1
+        && block.header.timestamp_ms >= parent.header.timestamp_ms
+}
+
+fn genesis_block() -> Block {
+    Block {
+        header: BlockHeader {
+            height: 0,
+            round: 0,
+            parent_hash: Hash([1; 32]),
+            proposer: Address::default(),
+            timestamp_ms: 0,
+            tx_count: 0,
+            tx_root: Hash::ZERO,
+            state_root: Hash::ZERO,
+        },
+        txs: vec![],
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Deliver { to: usize, msg: usize },
+    Timer { node: usize, generation: u64 },
+    Crash { node: usize },
+    Restart { node: usize },
+    Build { node: usize },
+}
+
+struct Node {
+    validator: ValidatorIndex,
+    honest: bool,
+    engine: Option<Engine>,
+    /// Survives crashes: the persisted safety state and the final chain.
+    disk: SafetyState,
+    finalized: Vec<Block>,
+    timer_generation: u64,
+}
+
+struct Sim {
+    rng: Rng,
+    set: ValidatorSet,
+    keys: Vec<Keypair>,
+    genesis: Block,
+    nodes: Vec<Node>,
+    /// node -> validator index, for routing Sends.
+    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    messages: Vec<(Option<ValidatorIndex>, ConsensusMsg)>,
+    seq: u64,
+    now: u64,
+    partition: Option<Vec<u8>>, // side of each node while partitioned
+    loss_percent: u64,
+    heal_at: u64,
+    /// Every vote/timeout an honest validator signed: (validator, kind, round) -> content.
+    signed: HashMap<(ValidatorIndex, u8, u64), Hash>,
+    proposed: HashSet<Hash>,
+    violations: Vec<String>,
+    builds: HashMap<usize, (u64, Block)>,
+}
+
+fn timing() -> Timing {
+    Timing {
+        base_timeout_ms: 400,
+        max_timeout_ms: 3_000,
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, n: usize, twin: bool) -> Sim {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let keys: Vec<Keypair> = (0..n)
+            .map(|i| Keypair::from_seed(&[u8::try_from(i + 1).unwrap_or(255); 32]))
+            .collect();
+        let set = ValidatorSet::new(keys.iter().map(Keypair::address).collect(), CHAIN);
+        let genesis = genesis_block();
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|i| Node {
+                validator: ValidatorIndex::try_from(i).unwrap_or(0),
+                honest: true,
+                engine: None,
+                disk: SafetyState {
+                    last_voted_round: 0,
+                    high_qc: QuorumCert::genesis(genesis.hash()),
+                },
+                finalized: vec![],
+                timer_generation: 0,
+            })
+            .collect();
+        if twin {
+            // Validator 0 is Byzantine: two engines with its key.
+            nodes[0].honest = false;
+            nodes.push(Node {
+                validator: 0,
+                honest: false,
+                engine: None,
+                disk: nodes[0].disk.clone(),
+                finalized: vec![],
+                timer_generation: 0,
+            });
+        }
+        let heal_at = 1_000 + rng.below(5_000);
+        let loss_percent = rng.below(15);
+        let mut sim = Sim {
+            rng,
+            set,
+            keys,
+            genesis,
+            nodes,
+            queue: BinaryHeap::new(),
+            messages: vec![],
+            seq: 0,
+            now: 0,
+            partition: None,
+            loss_percent,
+            heal_at,
+            signed: HashMap::new(),
+            proposed: HashSet::new(),
+            violations: vec![],
+            builds: HashMap::new(),
+        };
+        // A partition from the start until heal_at, in half the runs.
+        if sim.rng.chance(50) {
+            let sides: Vec<u8> = (0..sim.nodes.len())
+                .map(|_| (sim.rng.below(2)) as u8)
+                .collect();
+            sim.partition = Some(sides);
+        }
+        // Crashes of honest validators (at most f faulty in all, the twin included).
+        let f = (n - 1) / 3;
+        let crashes = f.saturating_sub(usize::from(twin));
+        for _ in 0..crashes {
+            let node = 1 + sim.rng.below((n - 1) as u64) as usize;
+            let at = sim.rng.below(heal_at);
+            let back = at + 200 + sim.rng.below(3_000);
+            sim.schedule(at, Event::Crash { node });
+            sim.schedule(back.min(heal_at), Event::Restart { node });
+        }
+        for i in 0..sim.nodes.len() {
+            sim.boot(i);
+        }
+        sim
+    }
+
+    fn schedule(&mut self, at: u64, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, e)));
+    }
+
+    fn boot(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let committed = node
+            .finalized
+            .last()
+            .cloned()
+            .unwrap_or_else(|| self.genesis.clone());
+        let key = self.keys[usize::from(node.validator)].duplicate();
+        let mut e = Engine::new(
+            self.set.clone(),
+            Some((node.validator, key)),
+            self.genesis.hash(),
+            committed,
+            node.disk.clone(),
+            Box::new(SimCheck),
+            timing(),
+        );
+        e.start(self.now);
+        self.nodes[i].engine = Some(e);
+        self.drain(i);
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        match &self.partition {
+            Some(sides) if self.now < self.heal_at => sides[a] == sides[b],
+            _ => true,
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: ConsensusMsg) {
+        if from != to
+            && (!self.connected(from, to)
+                || (self.now < self.heal_at && self.rng.chance(self.loss_percent)))
+        {
+            return;
+        }
+        let latency = 5 + self.rng.below(60);
+        let id = self.messages.len();
+        self.messages.push((Some(self.nodes[from].validator), msg));
+        self.schedule(self.now + latency, Event::Deliver { to, msg: id });
+    }
+
+    fn nodes_of(&self, v: ValidatorIndex) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].validator == v)
+            .collect()
+    }
+
+    fn record_signature(&mut self, i: usize, msg: &ConsensusMsg) {
+        if !self.nodes[i].honest {
+            return;
+        }
+        let v = self.nodes[i].validator;
+        let (kind, round, content) = match msg {
+            ConsensusMsg::Vote(vote) if vote.voter == v => (0u8, vote.round, vote.block_hash),
+            ConsensusMsg::Timeout(t) if t.voter == v => (
+                1u8,
+                t.round,
+                Hash([u8::try_from(t.high_qc.round % 256).unwrap_or(0); 32]),
+            ),
+            _ => return,
+        };
+        match self.signed.insert((v, kind, round), content) {
+            Some(old) if old != content => self.violations.push(format!(
+                "validator {v} signed two different {} in round {round}",
+                if kind == 0 { "votes" } else { "timeouts" }
+            )),
+            _ => {}
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(action) = self.nodes[i].engine.as_mut().and_then(Engine::poll_action) else {
+                return;
+            };
+            match action {
+                Action::Persist(s) => self.nodes[i].disk = s,
+                Action::Send(v, msg) => {
+                    self.record_signature(i, &msg);
+                    for to in self.nodes_of(v) {
+                        self.send(i, to, msg.clone());
+                    }
+                }
+                Action::Broadcast(msg) => {
+                    self.record_signature(i, &msg);
+                    if let ConsensusMsg::Proposal(p) = &msg {
+                        self.proposed.insert(p.block.hash());
+                    }
+                    for to in 0..self.nodes.len() {
+                        if to != i {
+                            self.send(i, to, msg.clone());
+                        }
+                    }
+                }
+                Action::Commit { blocks, .. } => {
+                    for b in blocks {
+                        let prev = self.nodes[i]
+                            .finalized
+                            .last()
+                            .cloned()
+                            .unwrap_or_else(|| self.genesis.clone());
+                        if b.header.parent_hash != prev.hash() || !valid_child(&b, &prev) {
+                            self.violations.push(format!(
+                                "node {i} finalized block {} that is not a valid child of its previous final block",
+                                b.header.height
+                            ));
+                        }
+                        if !self.proposed.contains(&b.hash()) {
+                            self.violations
+                                .push(format!("node {i} finalized a block nobody proposed"));
+                        }
+                        self.nodes[i].finalized.push(b);
+                    }
+                }
+                Action::SetTimer(at) => {
+                    self.nodes[i].timer_generation += 1;
+                    let generation = self.nodes[i].timer_generation;
+                    self.schedule(
+                        at,
+                        Event::Timer {
+                            node: i,
+                            generation,
+                        },
+                    );
+                }
+                Action::BuildBlock { round, parent } => {
+                    // Building takes time (and lets a single validator's clock move).
+                    self.builds.insert(i, (round, parent));
+                    self.schedule(self.now + 20, Event::Build { node: i });
+                }
+            }
+        }
+    }
+
+    fn build(&mut self, i: usize) {
+        let Some((round, parent)) = self.builds.remove(&i) else {
+            return;
+        };
+        let mut header = BlockHeader {
+            height: parent.header.height + 1,
+            round,
+            parent_hash: parent.hash(),
+            proposer: self.keys[usize::from(self.nodes[i].validator)].address(),
+            timestamp_ms: self.now.max(parent.header.timestamp_ms),
+            tx_count: 0,
+            tx_root: Hash::ZERO,
+            // Distinct per builder, so the twins equivocate.
+            state_root: Hash([u8::try_from(i % 256).unwrap_or(0); 32]),
+        };
+        if !self.nodes[i].honest && self.rng.chance(30) {
+            header.tx_root = Hash([0xee; 32]); // an invalid block
+        }
+        let now = self.now;
+        if let Some(e) = self.nodes[i].engine.as_mut() {
+            e.handle_block_built(
+                now,
+                Block {
+                    header,
+                    txs: vec![],
+                },
+            );
+        }
+        self.drain(i);
+    }
+
+    fn run(&mut self, until: u64) {
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > until {
+                break;
+            }
+            let Some(Reverse((at, _, ev))) = self.queue.pop() else {
+                break;
+            };
+            self.now = at;
+            match ev {
+                Event::Deliver { to, msg } => {
+                    if self.nodes[to].engine.is_none() {
+                        continue;
+                    }
+                    let (from, m) = self.messages[msg].clone();
+                    if std::env::var("GRAPEVINE_SIM_TRACE").is_ok() {
+                        let kind = match &m {
+                            ConsensusMsg::Proposal(p) => format!("proposal r{}", p.round()),
+                            ConsensusMsg::Vote(v) => format!("vote r{}", v.round),
+                            ConsensusMsg::Timeout(t) => {
+                                format!("timeout r{} hq{}", t.round, t.high_qc.round)
+                            }
+                            ConsensusMsg::BlockRequest(_) => "request".into(),
+                            ConsensusMsg::Sync { qc, .. } => format!("sync qc{}", qc.round),
+                        };
+                        eprintln!(
+                            "t={} {from:?} -> node {to} (round {:?}): {kind}",
+                            self.now,
+                            self.nodes[to].engine.as_ref().map(Engine::round)
+                        );
+                    }
+                    let now = self.now;
+                    if let Some(e) = self.nodes[to].engine.as_mut() {
+                        e.handle_message(now, from, m);
+                    }
+                    self.drain(to);
+                }
+                Event::Timer { node, generation } => {
+                    if self.nodes[node].timer_generation != generation {
+                        continue;
+                    }
+                    let now = self.now;
+                    if let Some(e) = self.nodes[node].engine.as_mut() {
+                        e.handle_timer(now);
+                    }
+                    self.drain(node);
+                }
+                Event::Crash { node } => {
+                    self.nodes[node].engine = None;
+                    self.builds.remove(&node);
+                }
+                Event::Build { node } => self.build(node),
+                Event::Restart { node } => {
+                    if self.nodes[node].engine.is_none() {
+                        self.boot(node);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_agreement(&mut self) {
+        let mut by_height: BTreeMap<u64, (usize, Hash)> = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.honest) {
+            for b in &n.finalized {
+                match by_height.get(&b.header.height) {
+                    Some((j, h)) if *h != b.hash() => self.violations.push(format!(
+                        "nodes {i} and {j} finalized different blocks at height {}",
+                        b.header.height
+                    )),
+                    None => {
+                        by_height.insert(b.header.height, (i, b.hash()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Virtual time after healing within which every honest node must finalize blocks.
+const LIVENESS_WINDOW_MS: u64 = 12_000;
+
+/// Runs one seed; returns the violations found (empty: all invariants held).
+fn run_seed(seed: u64) -> Vec<String> {
+    let sizes = [4usize, 4, 4, 7, 10];
+    let mut pick = Rng(seed | 1);
+    let n = sizes[pick.below(sizes.len() as u64) as usize];
+    let twin = pick.chance(40);
+    let mut sim = Sim::new(seed, n, twin);
+    let heal = sim.heal_at;
+    sim.run(heal);
+    let before: Vec<usize> = sim.nodes.iter().map(|n| n.finalized.len()).collect();
+    // Liveness: healed, everyone up; within 12 virtual seconds every honest node
+    // finalizes at least 3 more blocks.
+    for i in 0..sim.nodes.len() {
+        if sim.nodes[i].engine.is_none() {
+            sim.boot(i);
+        }
+    }
+    sim.run(heal + LIVENESS_WINDOW_MS);
+    sim.check_agreement();
+    if std::env::var("GRAPEVINE_SIM_DEBUG").is_ok() {
+        for (i, n) in sim.nodes.iter().enumerate() {
+            eprintln!(
+                "node {i}: validator {} honest {} up {} finalized {} (before heal {}) engine {:?} disk lvr {} hqc {}",
+                n.validator,
+                n.honest,
+                n.engine.is_some(),
+                n.finalized.len(),
+                before[i],
+                n.engine.as_ref().map(|e| (e.round(), e.debug_counts())),
+                n.disk.last_voted_round,
+                n.disk.high_qc.round
+            );
+        }
+        eprintln!(
+            "heal at {heal}, loss {}%, partition {:?}",
+            sim.loss_percent, sim.partition
+        );
+    }
+    for (i, n) in sim.nodes.iter().enumerate() {
+        if n.honest && n.finalized.len() < before[i] + 3 {
+            sim.violations.push(format!(
+                "liveness: node {i} finalized {} blocks after healing (n = {n_total}, twin = {twin})",
+                n.finalized.len() - before[i],
+                n_total = sim.set.len()
+            ));
+        }
+    }
+    sim.violations
+}
+
+fn run_seeds(seeds: impl Iterator<Item = u64>) {
+    let start = std::time::Instant::now();
+    let mut count = 0u64;
+    for seed in seeds {
+        let v = run_seed(seed);
+        assert!(
+            v.is_empty(),
+            "seed {seed} failed (replay: GRAPEVINE_SIM_SEED={seed} cargo test --release -p grapevine-node simulate): {v:#?}"
+        );
+        count += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "simulated {count} seeds in {secs:.1} s ({:.1} seeds/s)",
+        count as f64 / secs.max(1e-9)
+    );
+}
+
+fn seed_range(half: u64) -> Box<dyn Iterator<Item = u64>> {
+    if let Some(s) = std::env::var("GRAPEVINE_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return Box::new(std::iter::once(s).filter(move |_| half == 0));
+    }
+    let total: u64 = std::env::var("GRAPEVINE_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000);
+    let per = total.div_ceil(2);
+    let start = half * per;
+    Box::new(start..(start + per).min(total))
+}
+
+#[test]
+fn simulate_first_half_of_the_seeds() {
+    run_seeds(seed_range(0));
+}
+
+#[test]
+fn simulate_second_half_of_the_seeds() {
+    run_seeds(seed_range(1));
+}
+
+#[test]
+fn a_single_validator_commits_every_block() {
+    let mut sim = Sim::new(7, 1, false);
+    sim.run(5_000);
+    assert!(
+        sim.nodes[0].finalized.len() >= 10,
+        "{}",
+        sim.nodes[0].finalized.len()
+    );
+}
