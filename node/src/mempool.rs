@@ -252,9 +252,9 @@ impl Mempool {
         (pending, self.entries.len() - pending)
     }
 
-    /// Hashes of every pooled transaction.
-    pub fn hashes(&self) -> Vec<Hash> {
-        self.entries.keys().copied().collect()
+    /// Hashes of pooled transactions, at most `max`.
+    pub fn hashes(&self, max: usize) -> Vec<Hash> {
+        self.entries.keys().take(max).copied().collect()
     }
 
     /// The pooled transaction with this hash and its state.

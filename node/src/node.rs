@@ -22,6 +22,9 @@ use crate::recent::RecentOutcomes;
 /// far behind skips ahead (and is told so by the WebSocket layer).
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
+/// Most hashes `getMempool` lists, so one answer stays small.
+const MAX_MEMPOOL_HASHES: usize = 10_000;
+
 /// How many rejected/evicted/expired outcomes are remembered, and for how long.
 const RECENT_CAPACITY: usize = 100_000;
 const RECENT_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -523,7 +526,7 @@ impl NodeApi for Node {
             pending,
             queued,
             bytes: pool.bytes(),
-            hashes: with_hashes.then(|| pool.hashes()),
+            hashes: with_hashes.then(|| pool.hashes(MAX_MEMPOOL_HASHES)),
         }
     }
 
