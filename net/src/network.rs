@@ -229,6 +229,7 @@ enum LinkEvent {
         listen_port: u16,
         inbound: bool,
         queue: mpsc::Sender<Bytes>,
+        queued: Arc<std::sync::atomic::AtomicUsize>,
         accept: oneshot::Sender<bool>,
         tasks: Vec<AbortHandle>,
     },
@@ -254,6 +255,8 @@ struct Peer {
     listen_addr: Option<SocketAddr>,
     inbound: bool,
     queue: mpsc::Sender<Bytes>,
+    /// Bytes in `queue` not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     score: i64,
     bytes_in: u64,
     bytes_out: Arc<AtomicU64>,
@@ -302,6 +305,12 @@ const TX_STORE_CAPACITY: usize = 100_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Gossip batching interval.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// Bytes queued for one peer before it counts as stuck and is dropped.
+const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+/// Largest consensus message relayed (a full block with its certificates fits).
+pub const MAX_CONSENSUS_BYTES: usize = 12 * 1024 * 1024;
+/// Other announcers remembered per requested transaction, to ask if the first fails.
+const MAX_ALTERNATES: usize = 4;
 /// Capacity of the channel from link tasks to the actor.
 const EVENT_QUEUE: usize = 4096;
 
@@ -326,6 +335,7 @@ struct Actor {
     tx_store: HashMap<Hash, SignedTx>,
     tx_store_old: HashMap<Hash, SignedTx>,
     inflight: HashMap<Hash, (ConnId, Instant)>,
+    alternates: HashMap<Hash, Vec<ConnId>>,
     listen_addr: SocketAddr,
 }
 
@@ -372,6 +382,7 @@ pub async fn start(
         tx_store: HashMap::new(),
         tx_store_old: HashMap::new(),
         inflight: HashMap::new(),
+        alternates: HashMap::new(),
         listen_addr,
         cfg,
     };
@@ -457,10 +468,13 @@ async fn run_link(stream: TcpStream, addr: SocketAddr, inbound: bool, conn: Conn
         hello,
     } = link;
     let (queue_tx, mut queue_rx) = mpsc::channel::<Bytes>(queue_len);
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let queued_w = queued.clone();
     let stats_w = stats.clone();
     let events_w = events.clone();
     let writer_task = tokio::spawn(async move {
         while let Some(frame) = queue_rx.recv().await {
+            queued_w.fetch_sub(frame.len(), Ordering::Relaxed);
             match writer.send_frame(&frame).await {
                 Ok(n) => {
                     stats_w.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -485,6 +499,7 @@ async fn run_link(stream: TcpStream, addr: SocketAddr, inbound: bool, conn: Conn
         listen_port: hello.listen_port,
         inbound,
         queue: queue_tx,
+        queued,
         accept: accept_tx,
         tasks: vec![writer_task.abort_handle()],
     };
@@ -597,8 +612,7 @@ impl Actor {
         let now = Instant::now();
         self.banned.retain(|_, t| *t > now);
         self.banned_ips.retain(|_, t| *t > now);
-        self.inflight
-            .retain(|_, (_, t)| now.duration_since(*t) < REQUEST_TIMEOUT);
+        self.retry_requests(now);
         let outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
         if outbound >= self.cfg.target_outbound {
             return;
@@ -637,13 +651,47 @@ impl Actor {
         }
     }
 
+    /// Requests that timed out, or whose peer left, go to another announcer.
+    fn retry_requests(&mut self, now: Instant) {
+        let expired: Vec<Hash> = self
+            .inflight
+            .iter()
+            .filter(|(_, (c, t))| {
+                now.duration_since(*t) >= REQUEST_TIMEOUT || !self.peers.contains_key(c)
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        let mut retry: HashMap<ConnId, Vec<Hash>> = HashMap::new();
+        for h in expired {
+            self.inflight.remove(&h);
+            let Some(alts) = self.alternates.get_mut(&h) else {
+                continue;
+            };
+            while let Some(c) = alts.pop() {
+                if self.peers.contains_key(&c) {
+                    retry.entry(c).or_default().push(h);
+                    self.inflight.insert(h, (c, now));
+                    break;
+                }
+            }
+        }
+        let inflight = &self.inflight;
+        self.alternates.retain(|h, _| inflight.contains_key(h));
+        for (c, hashes) in retry {
+            for chunk in hashes.chunks(MAX_ITEMS_PER_MESSAGE) {
+                self.send(c, &Message::TxRequest(chunk.to_vec()));
+            }
+        }
+    }
+
     fn send(&mut self, conn: ConnId, msg: &Message) {
         let Some(p) = self.peers.get(&conn) else {
             return;
         };
         let bytes = Bytes::from(msg.encode());
         let len = bytes.len() as u64;
-        if p.queue.try_send(bytes).is_err() {
+        let queued = p.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        if queued > MAX_QUEUED_BYTES || p.queue.try_send(bytes).is_err() {
             let id = p.id;
             tracing::warn!(peer = %id, "send queue full: peer too slow; disconnecting");
             self.disconnect(conn);
@@ -701,6 +749,7 @@ impl Actor {
                 listen_port,
                 inbound,
                 queue,
+                queued,
                 accept,
                 mut tasks,
             } => {
@@ -743,6 +792,7 @@ impl Actor {
                         listen_addr,
                         inbound,
                         queue,
+                        queued,
                         score: 0,
                         bytes_in: 0,
                         bytes_out: Arc::new(AtomicU64::new(0)),
@@ -824,10 +874,21 @@ impl Actor {
             }
             Message::TxAnnounce(hashes) => {
                 let now = Instant::now();
-                let want: Vec<Hash> = hashes
-                    .into_iter()
-                    .filter(|h| !self.seen_txs.contains(h) && !self.inflight.contains_key(h))
-                    .collect();
+                let mut want = Vec::new();
+                for h in hashes {
+                    if self.seen_txs.contains(&h) {
+                        continue;
+                    }
+                    if self.inflight.contains_key(&h) {
+                        // Remember who else has it, in case the first never answers.
+                        let alts = self.alternates.entry(h).or_default();
+                        if alts.len() < MAX_ALTERNATES && !alts.contains(&conn) {
+                            alts.push(conn);
+                        }
+                    } else {
+                        want.push(h);
+                    }
+                }
                 for h in &want {
                     self.inflight.insert(*h, (conn, now));
                 }
@@ -851,6 +912,10 @@ impl Actor {
             }
             Message::Txs(txs) => self.on_txs(conn, txs).await,
             Message::Consensus(payload) => {
+                if payload.len() > MAX_CONSENSUS_BYTES {
+                    self.penalize(conn, Offence::Malformed, "oversized consensus message");
+                    return;
+                }
                 let h = sha256(&[&payload]);
                 if !self.seen_consensus.insert(h) {
                     return;

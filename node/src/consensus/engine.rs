@@ -21,6 +21,11 @@ pub trait BlockCheck {
     fn check(&mut self, block: &Block, parent: &Block) -> bool;
 }
 
+/// Messages for rounds further ahead than this are dropped, so a Byzantine validator
+/// cannot fill memory with far-future proposals, votes or timeouts. A node that far
+/// behind catches up through certificates (`Sync`, QCs in proposals and timeouts).
+pub const MAX_ROUNDS_AHEAD: u64 = 1_000;
+
 /// How long a block request waits for an answer before it is sent to everyone.
 pub const REQUEST_RETRY_MS: u64 = 300;
 
@@ -29,7 +34,7 @@ pub const REQUEST_RETRY_MS: u64 = 300;
 pub enum Action {
     /// Store this safety state durably before carrying out any later action.
     Persist(SafetyState),
-    /// Send to one validator.
+    /// Send to one validator (possibly this node itself: deliver it back).
     Send(ValidatorIndex, ConsensusMsg),
     /// Send to every validator.
     Broadcast(ConsensusMsg),
@@ -97,7 +102,7 @@ pub struct Engine {
     waiting: Vec<Proposal>,
     requested: HashMap<Hash, u64>,
     now: u64,
-    verified_qcs: HashSet<(u64, Hash, usize)>,
+    verified_qcs: HashSet<Hash>,
     verified_tcs: HashMap<(u64, usize), TimeoutCert>,
     actions: VecDeque<Action>,
 }
@@ -287,7 +292,8 @@ impl Engine {
         self.now = now;
         match msg {
             ConsensusMsg::Proposal(p) => {
-                if p.verify_signed(&self.set)
+                if p.round() <= self.round + MAX_ROUNDS_AHEAD
+                    && p.verify_signed(&self.set)
                     && self.qc_ok(&p.qc)
                     && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
                 {
@@ -296,7 +302,10 @@ impl Engine {
             }
             ConsensusMsg::Vote(v) => self.on_vote(now, v),
             ConsensusMsg::Timeout(t) => {
-                if t.verify_signed(&self.set) && self.qc_ok(&t.high_qc) {
+                if t.round <= self.round + MAX_ROUNDS_AHEAD
+                    && t.verify_signed(&self.set)
+                    && self.qc_ok(&t.high_qc)
+                {
                     self.on_timeout(now, *t);
                 }
             }
@@ -323,7 +332,9 @@ impl Engine {
 
     /// Verifies a QC, remembering those already verified (they arrive many times).
     fn qc_ok(&mut self, qc: &QuorumCert) -> bool {
-        let key = (qc.round, qc.block_hash, qc.votes.len());
+        // Keyed by the whole certificate, signatures included: a QC with the same round
+        // and block but other signatures is a different, unverified QC.
+        let key = grapevine_ledger::crypto::sha256(&[&grapevine_ledger::codec::encode(qc)]);
         if self.verified_qcs.contains(&key) {
             return true;
         }
@@ -461,11 +472,7 @@ impl Engine {
             );
             self.requested.remove(&hash);
         }
-        if let Some(own) = self.maybe_vote(&p)
-            && let Some(qc) = self.collect_vote(own)
-        {
-            self.process_qc(now, &qc);
-        }
+        self.maybe_vote(&p);
         // Blocks that waited for this one, and commits that waited for it.
         let ready: Vec<Proposal> = {
             let (r, w): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
@@ -482,17 +489,18 @@ impl Engine {
         self.try_build();
     }
 
-    /// Votes for `p` if the rules allow; returns the vote when this node is the next
-    /// leader (it collects its own vote).
-    fn maybe_vote(&mut self, p: &Proposal) -> Option<Vote> {
-        let (i, key) = self.me.as_ref()?;
+    /// Votes for `p` if the rules allow.
+    fn maybe_vote(&mut self, p: &Proposal) {
+        let Some((i, key)) = self.me.as_ref() else {
+            return;
+        };
         let r = p.round();
         let justified = p.qc.round + 1 == r
             || p.tc
                 .as_ref()
                 .is_some_and(|tc| tc.round + 1 == r && p.qc.round >= tc.high_qc_round());
         if r != self.round || r <= self.safety.last_voted_round || !justified {
-            return None;
+            return;
         }
         let hash = p.block.hash();
         let v = Vote {
@@ -503,17 +511,19 @@ impl Engine {
         };
         self.safety.last_voted_round = r;
         self.actions.push_back(Action::Persist(self.safety.clone()));
+        // Even a vote for ourselves goes out through the driver (which loops it back),
+        // so every signature leaves through one path.
         let next = self.set.leader(r + 1);
-        if next == *i {
-            return Some(v);
-        }
         self.actions
             .push_back(Action::Send(next, ConsensusMsg::Vote(v)));
-        None
     }
 
     fn on_vote(&mut self, now: u64, v: Vote) {
-        if !self.is_leader(v.round + 1) || v.round + 1 < self.round || !v.verify(&self.set) {
+        if !self.is_leader(v.round + 1)
+            || v.round + 1 < self.round
+            || v.round > self.round + MAX_ROUNDS_AHEAD
+            || !v.verify(&self.set)
+        {
             return;
         }
         if let Some(qc) = self.collect_vote(v) {

@@ -303,6 +303,13 @@ impl Sim {
                                 b.header.height
                             ));
                         }
+                        let leader = self.set.key(self.set.leader(b.header.round)).copied();
+                        if leader != Some(b.header.proposer) {
+                            self.violations.push(format!(
+                                "node {i} finalized block {} whose proposer is not round {}'s leader",
+                                b.header.height, b.header.round
+                            ));
+                        }
                         if !self.proposed.contains(&b.hash()) {
                             self.violations
                                 .push(format!("node {i} finalized a block nobody proposed"));
