@@ -49,6 +49,21 @@ ensure_build_deps() {
   fi
 }
 
+# ensure_browser: Chromium for the explorer's browser test. Installed when missing and
+# possible (root with apt-get); otherwise the test says it was skipped.
+ensure_browser() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (for the explorer's browser test)" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2; }; then
+      echo "warning: could not install chromium; the explorer browser test will be skipped" >&2
+    fi
+  else
+    echo "note: chromium is missing; the explorer browser test will be skipped. To run it:" >&2
+    echo "  sudo apt-get install -y chromium" >&2
+  fi
+}
+
 # build_release: the one build every script uses (release profile, locked deps).
 build_release() {
   (cd "$REPO_ROOT" && cargo build --release --locked --workspace "$@")

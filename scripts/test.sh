@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 ensure_build_deps lint
+ensure_browser
 
 start=$(date +%s)
 echo "== cargo fmt --check"

@@ -253,3 +253,62 @@ fn reopening_for_another_genesis_fails_clearly() {
     // The right genesis still opens.
     Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g1).unwrap();
 }
+
+#[test]
+fn account_history_pages_newest_first_in_both_stores() {
+    let ks = keys(3);
+    let proposer = Keypair::from_seed(&[99; 32]).address();
+    let g = genesis(&[1000, 1000, 0], proposer);
+    let dir = tempfile::tempdir().unwrap();
+    for l in [
+        Ledger::open(Box::new(MemoryStore::new()), &g).unwrap(),
+        Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap(),
+    ] {
+        let mut sent = vec![];
+        for block in 0..3u64 {
+            let txs: Vec<_> = (0..2u64)
+                .map(|i| {
+                    let n = block * 2 + i;
+                    Transaction {
+                        chain_id: CHAIN,
+                        from: ks[0].address(),
+                        to: ks[(n % 2 + 1) as usize].address(),
+                        amount: 1,
+                        fee: 1,
+                        nonce: n,
+                    }
+                    .sign(&ks[0])
+                })
+                .collect();
+            sent.extend(txs.iter().map(|t| t.hash()));
+            let (b, exec) = build_block(&l, CHAIN, &l.head(), proposer, block, block, txs).unwrap();
+            l.commit(&b, &[], &exec).unwrap();
+        }
+        sent.reverse();
+        let all: Vec<_> = l
+            .account_transactions(&ks[0].address(), None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(h, _, _)| h)
+            .collect();
+        assert_eq!(all, sent, "the sender sees all six, newest first");
+        let page1 = l.account_transactions(&ks[0].address(), None, 4).unwrap();
+        let (_, h, i) = page1[3];
+        let page2 = l
+            .account_transactions(&ks[0].address(), Some((h, i)), 4)
+            .unwrap();
+        let paged: Vec<_> = page1.iter().chain(&page2).map(|(h, _, _)| *h).collect();
+        assert_eq!(paged, sent, "pages continue where the last one stopped");
+        assert_eq!(
+            l.account_transactions(&ks[1].address(), None, 100)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(
+            l.account_transactions(&proposer, None, 100)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -208,6 +208,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ledger.clone(),
         MempoolConfig::default(),
         validator.address(),
+        genesis.validator_keys(),
     );
     let rpc_cfg = grapevine_rpc::RpcConfig {
         rate_limit_per_ip: args.rpc_rate_limit,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use grapevine_ledger::state::build_block;
 use grapevine_ledger::{Address, Hash, Ledger, SignedTx, StateView};
 use grapevine_rpc::api::{
-    AccountInfo, ApiError, BlockInfo, HeadEvent, MempoolInfo, NodeApi, PeerInfo, Reason,
-    ReceiptView, Status, TxInfo, TxState, TxView,
+    AccountInfo, AccountTxPage, ApiError, BlockInfo, HeadEvent, MempoolInfo, NodeApi, PeerInfo,
+    Reason, ReceiptView, Status, TxInfo, TxState, TxView,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -96,6 +96,8 @@ pub struct Node {
     registry: Registry,
     /// Receives the fees of the blocks this node produces.
     proposer: Address,
+    /// The genesis validator set.
+    validators: Vec<Address>,
 }
 
 fn now_ms() -> u64 {
@@ -171,6 +173,7 @@ impl Node {
         ledger: Arc<Ledger>,
         pool: MempoolConfig,
         proposer: Address,
+        validators: Vec<Address>,
     ) -> (Arc<Node>, grapevine_rpc::RpcMetrics) {
         let mut registry = Registry::default();
         let metrics = Metrics::default();
@@ -189,6 +192,7 @@ impl Node {
             metrics,
             registry,
             proposer,
+            validators,
         };
         (Arc::new(node), rpc_metrics)
     }
@@ -387,6 +391,7 @@ impl NodeApi for Node {
             peer_count: 0,
             syncing: false,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            validators: self.validators.clone(),
         })
     }
 
@@ -505,6 +510,35 @@ impl NodeApi for Node {
             transactions: Some(b.txs.iter().map(tx_view).collect()),
             certificate: hex::encode(&stored.certificate),
         }))
+    }
+
+    fn account_transactions(
+        &self,
+        addr: &Address,
+        before: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<AccountTxPage, ApiError> {
+        // One more than asked says whether an older page exists.
+        let mut rows = self
+            .ledger
+            .account_transactions(addr, before, limit + 1)
+            .map_err(internal)?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next = more
+            .then(|| rows.last().map(|(_, h, i)| format!("{h}:{i}")))
+            .flatten();
+        let mut transactions = Vec::with_capacity(rows.len());
+        for (hash, _, _) in rows {
+            if let Some(info) = self.finalized_info(&hash)? {
+                transactions.push(info);
+            }
+        }
+        Ok(AccountTxPage {
+            address: *addr,
+            transactions,
+            next,
+        })
     }
 
     fn height_of(&self, hash: &Hash) -> Result<Option<u64>, ApiError> {

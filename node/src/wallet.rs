@@ -50,11 +50,14 @@ fn call(rpc: &Rpc, method: &str, params: Value) -> anyhow::Result<Value> {
         .ok_or_else(|| anyhow::anyhow!("the node's answer has no result"))
 }
 
+/// Prints a line; a closed stdout (`grapevine tx … | head`) is not an error.
+fn out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+    out(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
 
 fn parse_u64(v: &Value, what: &str) -> anyhow::Result<u64> {
@@ -67,7 +70,7 @@ fn parse_u64(v: &Value, what: &str) -> anyhow::Result<u64> {
 /// `grapevine balance ADDR`.
 pub fn balance(rpc: &Rpc, address: &Address) -> anyhow::Result<()> {
     let b = call(rpc, "getBalance", json!([address.to_string()]))?;
-    println!("{}", parse_u64(&b, "balance")?);
+    out(&parse_u64(&b, "balance")?.to_string());
     Ok(())
 }
 
@@ -137,7 +140,7 @@ pub fn transfer(a: &TransferArgs) -> anyhow::Result<()> {
         json!([hex::encode(signed.to_bytes())]),
     )?;
     let hash = hash.as_str().unwrap_or_default().to_string();
-    println!("{hash}");
+    out(&hash);
     if !a.wait {
         return Ok(());
     }
@@ -209,6 +212,6 @@ pub fn sign(a: &SignArgs) -> anyhow::Result<()> {
         nonce: a.nonce,
     }
     .sign(&key);
-    println!("{}", hex::encode(signed.to_bytes()));
+    out(&hex::encode(signed.to_bytes()));
     Ok(())
 }

@@ -20,6 +20,14 @@ pub trait NodeApi: Send + Sync + 'static {
     fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError>;
     /// A final block by height, with its hash and certificate.
     fn block_by_height(&self, height: u64) -> Result<Option<BlockInfo>, ApiError>;
+    /// Up to `limit` final transactions that `addr` sent or received, newest first,
+    /// before position `before` (height, index) when given.
+    fn account_transactions(
+        &self,
+        addr: &Address,
+        before: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<AccountTxPage, ApiError>;
     /// Height of the final block with this hash.
     fn height_of(&self, hash: &Hash) -> Result<Option<u64>, ApiError>;
     /// Height of the latest final block.
@@ -59,6 +67,21 @@ pub struct Status {
     pub syncing: bool,
     /// The node's software version.
     pub version: String,
+    /// The validator set, in leader order.
+    pub validators: Vec<Address>,
+}
+
+/// `getAccountTransactions`: one page of an account's history.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountTxPage {
+    /// The account.
+    pub address: Address,
+    /// Newest first.
+    pub transactions: Vec<TxInfo>,
+    /// Cursor for the next (older) page, as `"height:index"`; `null` when this is the
+    /// last page.
+    pub next: Option<String>,
 }
 
 /// `getAccount`.

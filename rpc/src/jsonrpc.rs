@@ -6,6 +6,9 @@ use serde_json::{Map, Value, json};
 use crate::api::{ApiError, NodeApi};
 use grapevine_ledger::{Address, Hash};
 
+/// Largest page of `getAccountTransactions`.
+pub const MAX_PAGE: u64 = 100;
+
 /// Most requests in one batch; a larger batch is refused whole with -32600.
 pub const MAX_BATCH: usize = 100;
 
@@ -318,6 +321,35 @@ pub fn call<A: NodeApi + ?Sized>(
         "getPeers" => {
             Params::new(params, &[])?;
             to_value(api.peers())
+        }
+        "getAccountTransactions" => {
+            let p = Params::new(params, &["address", "limit", "before"])?;
+            let addr = p.address(0, "address")?;
+            let limit = match p.get(1, "limit") {
+                None => 20,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        RpcError::params(format!(
+                            "\"limit\" must be an integer from 1 to {MAX_PAGE}"
+                        ))
+                    })? as usize,
+            };
+            let before = match p.get(2, "before") {
+                None => None,
+                Some(v) => Some(
+                    v.as_str()
+                        .and_then(|s| s.split_once(':'))
+                        .and_then(|(h, i)| Some((h.parse().ok()?, i.parse().ok()?)))
+                        .ok_or_else(|| {
+                            RpcError::params(
+                                "\"before\" is a cursor \"height:index\" from a previous page",
+                            )
+                        })?,
+                ),
+            };
+            to_value(api.account_transactions(&addr, before, limit)?)
         }
         "getMempool" => {
             let p = Params::new(params, &["hashes"])?;

@@ -10,10 +10,12 @@
 //! - [`jsonrpc`]: request parsing, batches, notifications, the method table, error codes.
 //! - [`server`]: the router with its limits, `/health`, `/metrics`, graceful [`serve`].
 //! - `ws`: WebSocket subscriptions.
+//! - [`explorer`]: the block explorer page served at `/explorer` (assets in `rpc/explorer/`).
 //!
 //! Methods and error codes are documented in `docs/RPC.md`.
 
 pub mod api;
+pub mod explorer;
 pub mod jsonrpc;
 pub mod server;
 mod ws;

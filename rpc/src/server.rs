@@ -70,7 +70,8 @@ pub struct RpcMetrics {
     rate_limited: Counter,
 }
 
-const KNOWN_METHODS: [&str; 9] = [
+const KNOWN_METHODS: [&str; 10] = [
+    "getAccountTransactions",
     "getStatus",
     "getBalance",
     "getAccount",
@@ -145,7 +146,11 @@ pub fn app<A: NodeApi>(api: Arc<A>, cfg: &RpcConfig, metrics: RpcMetrics) -> Rou
         limiter,
     });
     Router::new()
-        .route("/", post(rpc_handler::<A>))
+        .route(
+            "/",
+            post(rpc_handler::<A>).get(|| async { axum::response::Redirect::to("/explorer") }),
+        )
+        .merge(crate::explorer::routes())
         .route("/ws", get(ws::handler::<A>))
         .route("/health", get(health::<A>))
         .route("/metrics", get(metrics_handler::<A>))

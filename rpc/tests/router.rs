@@ -34,6 +34,7 @@ impl NodeApi for Fake {
             peer_count: 0,
             syncing: false,
             version: "test".into(),
+            validators: vec![],
         })
     }
     fn account(&self, addr: &Address) -> Result<AccountInfo, ApiError> {
@@ -61,6 +62,18 @@ impl NodeApi for Fake {
     }
     fn block_by_height(&self, _height: u64) -> Result<Option<BlockInfo>, ApiError> {
         Ok(None)
+    }
+    fn account_transactions(
+        &self,
+        addr: &Address,
+        _before: Option<(u64, u32)>,
+        _limit: usize,
+    ) -> Result<grapevine_rpc::api::AccountTxPage, ApiError> {
+        Ok(grapevine_rpc::api::AccountTxPage {
+            address: *addr,
+            transactions: vec![],
+            next: None,
+        })
     }
     fn height_of(&self, _hash: &Hash) -> Result<Option<u64>, ApiError> {
         Ok(None)

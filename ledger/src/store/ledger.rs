@@ -18,7 +18,7 @@ const META_HEAD: &[u8] = b"head";
 const META_STATE: &[u8] = b"state";
 
 /// Version of the on-disk layout; a node refuses a data directory of another version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A final block as stored: the block and the certificate that proves its finality.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,16 @@ pub struct Ledger {
 struct Tip {
     head: BlockHeader,
     state: LtHash,
+}
+
+/// Key of the account-transaction index: address || height (BE) || index (BE), so one
+/// account's entries sort in chain order.
+fn account_tx_key(addr: &Address, height: u64, index: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(44);
+    k.extend_from_slice(&addr.0);
+    k.extend_from_slice(&height.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
 }
 
 fn corrupt(what: impl Into<String>) -> StoreError {
@@ -261,13 +271,32 @@ impl Ledger {
 
         let mut b = WriteBatch::default();
         Self::put_block(&mut b, block, certificate);
-        for (index, (hash, receipt)) in exec.tx_hashes.iter().zip(&exec.receipts).enumerate() {
+        for (index, ((hash, receipt), tx)) in exec
+            .tx_hashes
+            .iter()
+            .zip(&exec.receipts)
+            .zip(&block.txs)
+            .enumerate()
+        {
+            let index = u32::try_from(index).map_err(|_| mismatch("transaction count"))?;
             let loc = TxLocation {
                 height: h.height,
-                index: index as u32,
+                index,
                 receipt: *receipt,
             };
             b.put(Column::Txs, hash.0, codec::encode(&loc));
+            b.put(
+                Column::AccountTxs,
+                account_tx_key(&tx.tx.from, h.height, index),
+                hash.0,
+            );
+            if tx.tx.to != tx.tx.from {
+                b.put(
+                    Column::AccountTxs,
+                    account_tx_key(&tx.tx.to, h.height, index),
+                    hash.0,
+                );
+            }
         }
         for (addr, acct) in &exec.accounts {
             if acct.is_empty() {
@@ -289,6 +318,49 @@ impl Ledger {
             state: exec.state.clone(),
         };
         Ok(())
+    }
+
+    /// Up to `limit` final transactions that `addr` sent or received, newest first,
+    /// strictly before position `before` (height, index) when given: (hash, height,
+    /// index).
+    pub fn account_transactions(
+        &self,
+        addr: &Address,
+        before: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<Vec<(Hash, u64, u32)>, StoreError> {
+        let lower = account_tx_key(addr, 0, 0);
+        let upper = match before {
+            Some((h, i)) => account_tx_key(addr, h, i),
+            None => {
+                let mut u = addr.0.to_vec();
+                u.extend_from_slice(&[0xff; 13]);
+                u
+            }
+        };
+        let mut out = Vec::new();
+        let mut bad = false;
+        self.store
+            .scan_range_rev(Column::AccountTxs, &lower, &upper, &mut |k, v| match (
+                k.get(32..40),
+                k.get(40..44),
+                <[u8; 32]>::try_from(v),
+            ) {
+                (Some(h), Some(i), Ok(hash)) if k.len() == 44 => {
+                    let height = u64::from_be_bytes(h.try_into().unwrap_or_default());
+                    let index = u32::from_be_bytes(i.try_into().unwrap_or_default());
+                    out.push((Hash(hash), height, index));
+                    out.len() < limit
+                }
+                _ => {
+                    bad = true;
+                    false
+                }
+            })?;
+        if bad {
+            return Err(corrupt("unreadable account transaction index entry"));
+        }
+        Ok(out)
     }
 
     /// Reads a consensus safety record.

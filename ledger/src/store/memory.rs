@@ -55,6 +55,24 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn scan_range_rev(
+        &self,
+        col: Column,
+        lower: &[u8],
+        upper: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let tables = self.lock()?;
+        if let Some(t) = tables.get(&col) {
+            for (k, v) in t.range(lower.to_vec()..upper.to_vec()).rev() {
+                if !f(k, v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -33,17 +33,21 @@ pub enum Column {
     Meta,
     /// Consensus safety state (last voted round, lock, highest certificate).
     Consensus,
+    /// Address || height (u64 BE) || index (u32 BE) -> transaction hash: every final
+    /// transaction an account sent or received, in chain order.
+    AccountTxs,
 }
 
 impl Column {
     /// Every column, in a fixed order.
-    pub const ALL: [Column; 6] = [
+    pub const ALL: [Column; 7] = [
         Column::Blocks,
         Column::BlockHashes,
         Column::Txs,
         Column::Accounts,
         Column::Meta,
         Column::Consensus,
+        Column::AccountTxs,
     ];
 
     /// The column family's name on disk.
@@ -55,6 +59,7 @@ impl Column {
             Column::Accounts => "accounts",
             Column::Meta => "meta",
             Column::Consensus => "consensus",
+            Column::AccountTxs => "account_txs",
         }
     }
 }
@@ -89,6 +94,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Calls `f` for each entry of `col` in key order until it returns `false`.
     fn scan(&self, col: Column, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
+
+    /// Calls `f` for each entry of `col` with `lower <= key < upper`, in descending key
+    /// order, until it returns `false`.
+    fn scan_range_rev(
+        &self,
+        col: Column,
+        lower: &[u8],
+        upper: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
 
     /// Makes everything written so far durable (used at shutdown).
     fn flush(&self) -> Result<(), StoreError>;

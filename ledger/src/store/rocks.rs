@@ -81,6 +81,26 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn scan_range_rev(
+        &self,
+        col: Column,
+        lower: &[u8],
+        upper: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mode = IteratorMode::From(upper, rocksdb::Direction::Reverse);
+        for item in self.db.iterator_cf(self.cf(col)?, mode) {
+            let (k, v) = item.map_err(db_err)?;
+            if &*k >= upper {
+                continue; // seeking backwards lands on `upper` itself when it exists
+            }
+            if &*k < lower || !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(db_err)?;
         // Writing the memtables out spares the next start a replay of the log.
