@@ -73,10 +73,25 @@ impl AddressBook {
         self.jitter(d)
     }
 
-    /// Remembers an address (no-op if known or the book is full).
+    /// Remembers an address. When the book is full, an address never connected to with
+    /// the most failures makes room; if every entry was good once, the new one is dropped.
     pub fn add(&mut self, a: SocketAddr) {
-        if self.entries.len() >= MAX_ENTRIES || self.entries.contains_key(&a) {
+        if self.entries.contains_key(&a) {
             return;
+        }
+        if self.entries.len() >= MAX_ENTRIES {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.connected_once)
+                .max_by_key(|(_, e)| e.failures)
+                .map(|(k, _)| *k);
+            match victim {
+                Some(v) => {
+                    self.entries.remove(&v);
+                }
+                None => return,
+            }
         }
         self.entries.insert(
             a,
@@ -194,6 +209,25 @@ mod tests {
         );
         b.connected(a);
         assert_eq!(b.good(5), vec![a]);
+    }
+
+    #[test]
+    fn a_full_book_evicts_never_connected_addresses_first() {
+        let mut b = AddressBook::load(None);
+        let good: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        b.connected(good);
+        for i in 0..MAX_ENTRIES as u32 {
+            b.add(SocketAddr::from(([127, 1, (i >> 8) as u8, i as u8], 9)));
+        }
+        assert_eq!(b.entries.len(), MAX_ENTRIES);
+        let newcomer: SocketAddr = "10.0.0.2:2".parse().unwrap();
+        b.add(newcomer);
+        assert_eq!(b.entries.len(), MAX_ENTRIES);
+        assert!(b.entries.contains_key(&newcomer));
+        assert!(
+            b.entries.contains_key(&good),
+            "a good address is never evicted"
+        );
     }
 
     #[test]

@@ -263,6 +263,8 @@ struct Peer {
     tasks: Vec<AbortHandle>,
     ping_sent: Option<(u64, Instant)>,
     latency: Option<Duration>,
+    /// We sent GetPeers and await the answer.
+    asked_peers: bool,
     announce: Vec<Hash>,
 }
 
@@ -311,6 +313,8 @@ const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_CONSENSUS_BYTES: usize = 12 * 1024 * 1024;
 /// Other announcers remembered per requested transaction, to ask if the first fails.
 const MAX_ALTERNATES: usize = 4;
+/// A peer that leaves a ping unanswered this long is disconnected.
+const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Capacity of the channel from link tasks to the actor.
 const EVENT_QUEUE: usize = 4096;
 
@@ -326,6 +330,8 @@ struct Actor {
     next_conn: ConnId,
     /// Link tasks not yet up (handshaking), by connection.
     pending: HashMap<ConnId, AbortHandle>,
+    /// Inbound links still handshaking, with their IP.
+    pending_inbound: HashMap<ConnId, IpAddr>,
     dialing: HashSet<SocketAddr>,
     book: AddressBook,
     banned: HashMap<Address, Instant>,
@@ -373,6 +379,7 @@ pub async fn start(
         by_id: HashMap::new(),
         next_conn: 0,
         pending: HashMap::new(),
+        pending_inbound: HashMap::new(),
         dialing: HashSet::new(),
         book,
         banned: HashMap::new(),
@@ -582,8 +589,16 @@ impl Actor {
         if self.banned_ips.get(&addr.ip()).is_some_and(|t| *t > now) {
             return; // dropping the stream closes it
         }
-        let inbound = self.peers.values().filter(|p| p.inbound).count();
-        if inbound >= self.cfg.max_inbound || self.conns_from(addr.ip()) >= self.cfg.max_per_ip {
+        // Links still in their handshake count too, so half-open ones cannot pile up.
+        let inbound =
+            self.peers.values().filter(|p| p.inbound).count() + self.pending_inbound.len();
+        let from_ip = self.conns_from(addr.ip())
+            + self
+                .pending_inbound
+                .values()
+                .filter(|ip| **ip == addr.ip())
+                .count();
+        if inbound >= self.cfg.max_inbound || from_ip >= self.cfg.max_per_ip {
             tracing::debug!(%addr, "inbound limit reached; refusing");
             return;
         }
@@ -606,6 +621,9 @@ impl Actor {
         let task = tokio::spawn(run_link(stream, addr, inbound, conn, self.link_ctx()));
         // Kept so a disconnect stops the reader, which is this task.
         self.pending.insert(conn, task.abort_handle());
+        if inbound {
+            self.pending_inbound.insert(conn, addr.ip());
+        }
     }
 
     fn maintain(&mut self) {
@@ -759,6 +777,7 @@ impl Actor {
                 if let Some(reader) = self.pending.remove(&conn) {
                     tasks.push(reader);
                 }
+                self.pending_inbound.remove(&conn);
                 let now = Instant::now();
                 let refuse = if link_id == self.identity.node_key.address() {
                     self.book.forget(addr);
@@ -799,6 +818,7 @@ impl Actor {
                         tasks,
                         ping_sent: None,
                         latency: None,
+                        asked_peers: true,
                         announce: Vec::new(),
                     },
                 );
@@ -810,6 +830,7 @@ impl Actor {
             }
             LinkEvent::Down { conn, error } => {
                 self.pending.remove(&conn);
+                self.pending_inbound.remove(&conn);
                 if let Some(e) = &error {
                     if e.is_misbehaviour() {
                         self.penalize(conn, Offence::Malformed, &e.to_string());
@@ -862,6 +883,15 @@ impl Actor {
                 self.send(conn, &Message::Peers(addrs));
             }
             Message::Peers(list) => {
+                // Only an answer to our GetPeers is taken, once.
+                let asked = self
+                    .peers
+                    .get_mut(&conn)
+                    .is_some_and(|p| std::mem::take(&mut p.asked_peers));
+                if !asked {
+                    self.penalize(conn, Offence::Unsolicited, "unrequested address list");
+                    return;
+                }
                 for s in list {
                     match s.parse::<SocketAddr>() {
                         Ok(a) if a.port() != 0 => self.book.add(a),
@@ -1035,12 +1065,36 @@ impl Actor {
 
     fn ping_all(&mut self) {
         let now = Instant::now();
+        // A peer that has not answered a ping for this long is gone (half-open link).
+        let silent: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.ping_sent
+                    .is_some_and(|(_, at)| now.duration_since(at) > PONG_TIMEOUT)
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for c in silent {
+            if let Some(p) = self.peers.get(&c) {
+                tracing::info!(peer = %p.id, "no pong: disconnecting");
+            }
+            self.disconnect(c);
+        }
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();
         for c in conns {
             let n = self.next_conn.wrapping_mul(0x9e37_79b9) ^ c;
             if let Some(p) = self.peers.get_mut(&c) {
-                p.ping_sent = Some((n, now));
+                // Keep the oldest unanswered ping: that is what the timeout measures.
+                if p.ping_sent.is_none() {
+                    p.ping_sent = Some((n, now));
+                }
             }
+            let n = self
+                .peers
+                .get(&c)
+                .and_then(|p| p.ping_sent)
+                .map_or(n, |(n, _)| n);
             self.send(c, &Message::Ping(n));
         }
     }

@@ -19,6 +19,9 @@ use crate::frame::{self, FrameError};
 use crate::message::{Hello, MAX_FRAME, Message, MessageError, PROTOCOL_VERSION};
 use grapevine_ledger::{Hash, Keypair};
 
+/// Largest first frame (the hello): a peer not yet identified cannot make us buffer more.
+const MAX_HELLO_FRAME: usize = 4096;
+
 const NOISE_PARAMS: &str = "Noise_NN_25519_ChaChaPoly_SHA256";
 const NOISE_MAX: usize = 65535;
 const TAG_LEN: usize = 16;
@@ -80,6 +83,8 @@ pub struct LinkReader {
     nonce: u64,
     plain: BytesMut,
     cipher: Vec<u8>,
+    /// Largest frame accepted now: small until the hello is in.
+    max_frame: usize,
 }
 
 impl std::fmt::Debug for LinkWriter {
@@ -148,7 +153,7 @@ impl LinkReader {
     pub async fn recv_frame(&mut self) -> Result<(Bytes, usize), LinkError> {
         let mut read = 0;
         loop {
-            if let Some(f) = frame::decode(&mut self.plain, MAX_FRAME)? {
+            if let Some(f) = frame::decode(&mut self.plain, self.max_frame)? {
                 return Ok((f, read));
             }
             read_noise(&mut self.half, &mut self.cipher).await?;
@@ -226,6 +231,7 @@ pub async fn handshake(
         nonce: 0,
         plain: BytesMut::new(),
         cipher: Vec::new(),
+        max_frame: MAX_HELLO_FRAME,
     };
     let mine = Hello::new(
         &me.node_key,
@@ -236,6 +242,7 @@ pub async fn handshake(
     );
     writer.send(&Message::Hello(mine)).await?;
     let (first, _) = reader.recv().await?;
+    reader.max_frame = MAX_FRAME;
     let Message::Hello(theirs) = first else {
         return Err(LinkError::Refused(format!(
             "expected hello, got {}",
