@@ -16,5 +16,7 @@ build_release --all-targets
 echo "== cargo clippy --release -D warnings"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 echo "== cargo test --release"
-cargo test --release --locked --workspace
+# Every test bounds itself; this bounds the whole run too, so a hang fails fast
+# instead of eating CI's 90 minutes.
+timeout 2400 cargo test --release --locked --workspace
 echo "== all checks passed in $(( $(date +%s) - start ))s"

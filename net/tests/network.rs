@@ -182,8 +182,12 @@ async fn handshake_as(seed: u8, addr: SocketAddr) -> secure::Link {
         genesis_hash: GENESIS,
         listen_port: 0,
     };
-    let stream = TcpStream::connect(addr).await.unwrap();
-    secure::handshake(stream, true, &me).await.unwrap()
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        secure::handshake(stream, true, &me).await.unwrap()
+    })
+    .await
+    .expect("handshake within 10 s")
 }
 
 /// Reads until the node closes the link; `false` if it stays open for `limit`.

@@ -267,26 +267,35 @@ fn websocket_follows_a_transaction_to_finality_and_streams_heads() {
     };
     let ws_url = node.rpc.replacen("http://", "ws://", 1) + "/ws";
     let (mut ws, _) = tungstenite::connect(&ws_url).unwrap();
+    // Never block forever on a silent socket: a missing notification fails the test.
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
     let t = signed(&keys[0], keys[1].address(), 9, 1, 0);
     let hash = t.hash().to_string();
-    let mut send_ws = |v: Value| {
-        ws.send(tungstenite::Message::Text(v.to_string().into()))
-            .unwrap()
-    };
-    send_ws(json!({"jsonrpc": "2.0", "id": 1, "method": "subscribeTransaction", "params": [hash]}));
-    send_ws(json!({"jsonrpc": "2.0", "id": 2, "method": "subscribeHeads"}));
-    assert!(send(&node, &t).get("result").is_some());
+    for req in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "subscribeTransaction", "params": [hash]}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "subscribeHeads"}),
+    ] {
+        ws.send(tungstenite::Message::Text(req.to_string().into()))
+            .unwrap();
+    }
     let mut statuses = vec![];
     let mut heads = 0;
+    let mut confirmed = 0;
+    let mut sent = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     while (heads == 0 || statuses.last().map(String::as_str) != Some("finalized"))
         && Instant::now() < deadline
     {
-        let msg = ws.read().unwrap();
+        let msg = ws.read().expect("a WebSocket message within 10 s");
         let tungstenite::Message::Text(text) = msg else {
             continue;
         };
         let v: Value = serde_json::from_str(text.as_str()).unwrap();
+        if v.get("result").is_some() && v.get("id").is_some() {
+            confirmed += 1;
+        }
         if v["method"] == "subscription" {
             let r = &v["params"]["result"];
             if r.get("header").is_some() {
@@ -295,6 +304,12 @@ fn websocket_follows_a_transaction_to_finality_and_streams_heads() {
                 assert_eq!(r["hash"], hash.as_str());
                 statuses.push(r["status"].as_str().unwrap().to_string());
             }
+        }
+        // Send the transaction only once both subscriptions are in place, so its block
+        // cannot be committed before the head subscription exists.
+        if confirmed == 2 && !sent {
+            assert!(send(&node, &t).get("result").is_some());
+            sent = true;
         }
     }
     assert!(heads >= 1, "a head notification arrived");

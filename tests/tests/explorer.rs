@@ -51,13 +51,13 @@ fn browse(chrome: &Path, profile: &Path, url: &str, shot: Option<&str>) -> Strin
         "--virtual-time-budget=8000",
     ];
     let profile_arg = format!("--user-data-dir={}", profile.display());
-    let out = Command::new(chrome)
-        .args(base)
-        .arg(&profile_arg)
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("chromium runs");
+    let out = bounded(
+        Command::new(chrome)
+            .args(base)
+            .arg(&profile_arg)
+            .arg("--dump-dom")
+            .arg(url),
+    );
     assert!(
         out.status.success(),
         "chromium failed: {}",
@@ -65,20 +65,52 @@ fn browse(chrome: &Path, profile: &Path, url: &str, shot: Option<&str>) -> Strin
     );
     if let Some(name) = shot {
         let path = screenshot_dir().join(name);
-        let status = Command::new(chrome)
-            .args(base)
-            .arg(&profile_arg)
-            .arg("--window-size=375,900")
-            .arg(format!("--screenshot={}", path.display()))
-            .arg(url)
-            .output()
-            .expect("chromium runs");
+        let status = bounded(
+            Command::new(chrome)
+                .args(base)
+                .arg(&profile_arg)
+                .arg("--window-size=375,900")
+                .arg(format!("--screenshot={}", path.display()))
+                .arg(url),
+        );
         assert!(
             status.status.success() && path.exists(),
             "screenshot {name} saved"
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a browser command, killing it if it takes more than 90 s.
+fn bounded(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut stdout = stdout;
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+        buf
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for chromium") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: reader.join().unwrap_or_default(),
+        stderr: Vec::new(),
+    }
 }
 
 fn title(dom: &str) -> &str {
