@@ -197,6 +197,66 @@ pub trait StateView {
     fn contains_tx(&self, hash: &Hash) -> Result<bool, StoreError>;
 }
 
+/// The state after blocks that are executed but not yet final: a committed `base`
+/// with uncommitted executions layered on top (oldest first). Consensus needs it to
+/// execute and check a proposal whose parent is certified but not yet final.
+pub struct Overlay<'a> {
+    base: &'a dyn StateView,
+    accounts: HashMap<Address, Account>,
+    txs: HashSet<Hash>,
+    state: Option<LtHash>,
+}
+
+impl<'a> Overlay<'a> {
+    /// `base` with `layers` applied in order (each executed on top of the previous).
+    pub fn new(base: &'a dyn StateView, layers: &[&Execution]) -> Self {
+        let mut accounts = HashMap::new();
+        let mut txs = HashSet::new();
+        for layer in layers {
+            accounts.extend(layer.accounts.iter().copied());
+            txs.extend(layer.tx_hashes.iter().copied());
+        }
+        Overlay {
+            base,
+            accounts,
+            txs,
+            state: layers.last().map(|l| l.state.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Overlay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Overlay({} accounts, {} txs)",
+            self.accounts.len(),
+            self.txs.len()
+        )
+    }
+}
+
+impl StateView for Overlay<'_> {
+    fn account(&self, addr: &Address) -> Result<Option<Account>, StoreError> {
+        match self.accounts.get(addr) {
+            Some(a) if a.is_empty() => Ok(None),
+            Some(a) => Ok(Some(*a)),
+            None => self.base.account(addr),
+        }
+    }
+
+    fn state_hash(&self) -> Result<LtHash, StoreError> {
+        match &self.state {
+            Some(s) => Ok(s.clone()),
+            None => self.base.state_hash(),
+        }
+    }
+
+    fn contains_tx(&self, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self.txs.contains(hash) || self.base.contains_tx(hash)?)
+    }
+}
+
 /// The result of executing a block's transactions against a state.
 #[derive(Clone, Debug)]
 pub struct Execution {

@@ -312,3 +312,50 @@ fn account_history_pages_newest_first_in_both_stores() {
         );
     }
 }
+
+#[test]
+fn executing_on_an_overlay_equals_executing_after_commit() {
+    use grapevine_ledger::state::Overlay;
+    let ks = keys(2);
+    let proposer = Keypair::from_seed(&[99; 32]).address();
+    let g = genesis(&[1000, 10], proposer);
+    let l = Ledger::open(Box::new(MemoryStore::new()), &g).unwrap();
+    let tx = |from: usize, to: usize, amount, nonce| {
+        Transaction {
+            chain_id: CHAIN,
+            from: ks[from].address(),
+            to: ks[to].address(),
+            amount,
+            fee: 1,
+            nonce,
+        }
+        .sign(&ks[from])
+    };
+    // Block 1, executed but not committed.
+    let t1 = tx(0, 1, 500, 0);
+    let (b1, e1) = build_block(&l, CHAIN, &l.head(), proposer, 1, 1, vec![t1]).unwrap();
+    // Block 2 built on the overlay: account 1 spends money it only has after block 1.
+    let overlay = Overlay::new(&l, &[&e1]);
+    let (b2, e2) = build_block(
+        &overlay,
+        CHAIN,
+        &b1.header,
+        proposer,
+        2,
+        2,
+        vec![tx(1, 0, 300, 0)],
+    )
+    .unwrap();
+    assert_eq!(e2.receipts, vec![Receipt::Success], "sees block 1's credit");
+    // Re-including block 1's transaction on the overlay is a duplicate.
+    assert!(matches!(
+        execute(&overlay, CHAIN, &proposer, &[t1]),
+        Err(BlockError::DuplicateTx { .. })
+    ));
+    // Committing block 1, then validating block 2 against the ledger, agrees.
+    l.commit(&b1, &[], &e1).unwrap();
+    let e2_committed = validate_block(&l, CHAIN, &b1.header, &b2).unwrap();
+    assert_eq!(e2_committed.state_root(), e2.state_root());
+    l.commit(&b2, &[], &e2_committed).unwrap();
+    l.verify_state().unwrap();
+}
