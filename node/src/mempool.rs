@@ -1,8 +1,9 @@
 //! The transaction pool: admission, ordering for block building, replacement, eviction
 //! and expiry.
 //!
-//! Admission checks run cheapest first: size, decoding, chain id, duplicates (in the pool
-//! or already final), signature, nonce, balance, then the pool's limits. Each refusal is a
+//! Admission checks run cheapest first: size, decoding, chain id and signature (in
+//! [`precheck`], outside the pool's lock), then duplicates (in the pool or already
+//! final), nonce, balance and the pool's limits. Each refusal is a
 //! distinct [`Refusal`]. A transaction whose nonce is the sender's next (counting the
 //! sender's pooled transactions) is *pending*; one after a gap is *queued* until the gap
 //! closes. Blocks take pending transactions by fee, each sender's in nonce order.
@@ -128,6 +129,36 @@ pub enum Refusal {
     Internal,
 }
 
+/// The checks that need neither the pool nor the ledger, cheapest first: size,
+/// decoding, chain id, signature. Run without the pool's lock, so signature checks of
+/// concurrent submissions proceed in parallel. On refusal, the hash when known.
+pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<(SignedTx, Hash), (Option<Hash>, Refusal)> {
+    if bytes.len() != SIGNED_TX_LEN {
+        return Err((
+            None,
+            Refusal::Malformed(format!(
+                "a signed transaction is {SIGNED_TX_LEN} bytes, got {}",
+                bytes.len()
+            )),
+        ));
+    }
+    let tx = SignedTx::from_bytes(bytes).map_err(|e| (None, Refusal::Malformed(e.to_string())))?;
+    let hash = tx.hash();
+    if tx.tx.chain_id != chain_id {
+        return Err((
+            Some(hash),
+            Refusal::WrongChain {
+                expected: chain_id,
+                got: tx.tx.chain_id,
+            },
+        ));
+    }
+    if !tx.verify() {
+        return Err((Some(hash), Refusal::BadSignature));
+    }
+    Ok((tx, hash))
+}
+
 /// Where a pooled transaction stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolState {
@@ -192,7 +223,6 @@ impl Sender {
 #[derive(Debug)]
 pub struct Mempool {
     cfg: MempoolConfig,
-    chain_id: u32,
     entries: HashMap<Hash, Entry>,
     senders: HashMap<Address, Sender>,
     /// (fee, sequence, hash) of every entry, for eviction.
@@ -217,11 +247,10 @@ pub struct Admitted {
 }
 
 impl Mempool {
-    /// An empty pool for `chain_id`.
-    pub fn new(chain_id: u32, cfg: MempoolConfig) -> Self {
+    /// An empty pool.
+    pub fn new(cfg: MempoolConfig) -> Self {
         Mempool {
             cfg,
-            chain_id,
             entries: HashMap::new(),
             senders: HashMap::new(),
             by_fee: BTreeSet::new(),
@@ -276,31 +305,9 @@ impl Mempool {
         self.senders.get(sender).map(Sender::first_gap)
     }
 
-    /// Decodes and admits a transaction given as raw bytes (see [`Mempool::submit`]).
-    pub fn submit_bytes(
-        &mut self,
-        bytes: &[u8],
-        view: &dyn StateView,
-        now: Instant,
-    ) -> Result<Admitted, (Option<Hash>, Refusal)> {
-        if bytes.len() != SIGNED_TX_LEN {
-            return Err((
-                None,
-                Refusal::Malformed(format!(
-                    "a signed transaction is {SIGNED_TX_LEN} bytes, got {}",
-                    bytes.len()
-                )),
-            ));
-        }
-        let tx =
-            SignedTx::from_bytes(bytes).map_err(|e| (None, Refusal::Malformed(e.to_string())))?;
-        let hash = tx.hash();
-        self.submit(tx, hash, view, now)
-            .map_err(|r| (Some(hash), r))
-    }
-
-    /// Admits a decoded transaction (see the module documentation for the checks).
-    pub fn submit(
+    /// Admits a transaction that passed [`precheck`] (chain id and signature): only the
+    /// checks that need the pool and the ledger run here, under the pool's lock.
+    pub fn submit_verified(
         &mut self,
         tx: SignedTx,
         hash: Hash,
@@ -322,20 +329,11 @@ impl Mempool {
         now: Instant,
     ) -> Result<Admitted, Refusal> {
         let t = &tx.tx;
-        if t.chain_id != self.chain_id {
-            return Err(Refusal::WrongChain {
-                expected: self.chain_id,
-                got: t.chain_id,
-            });
-        }
         if self.entries.contains_key(&hash) {
             return Err(Refusal::AlreadyKnown(hash));
         }
         if view.contains_tx(&hash).map_err(|_| Refusal::Internal)? {
             return Err(Refusal::AlreadyFinal(hash));
-        }
-        if !tx.verify() {
-            return Err(Refusal::BadSignature);
         }
         self.refresh_sender(&t.from, view)?;
         let max_ahead = self.cfg.max_per_sender as u64;
@@ -660,7 +658,7 @@ mod tests {
         Fixture {
             ledger: Ledger::open(Box::new(MemoryStore::new()), &g).unwrap(),
             keys,
-            pool: Mempool::new(CHAIN, cfg),
+            pool: Mempool::new(cfg),
             now: Instant::now(),
         }
     }
@@ -679,7 +677,8 @@ mod tests {
 
     impl Fixture {
         fn submit(&mut self, t: SignedTx) -> Result<Admitted, Refusal> {
-            self.pool.submit(t, t.hash(), &self.ledger, self.now)
+            let (tx, hash) = precheck(&t.to_bytes(), CHAIN).map_err(|(_, r)| r)?;
+            self.pool.submit_verified(tx, hash, &self.ledger, self.now)
         }
     }
 
@@ -688,8 +687,7 @@ mod tests {
         let mut f = fixture(MempoolConfig::default());
         let good = tx(&f.keys[0], 0, 10, 1);
         assert!(matches!(
-            f.pool
-                .submit_bytes(&good.to_bytes()[..100], &f.ledger, f.now),
+            precheck(&good.to_bytes()[..100], CHAIN),
             Err((None, Refusal::Malformed(_)))
         ));
         let mut other_chain = good;

@@ -183,7 +183,7 @@ impl Node {
             .height
             .set(i64::try_from(ledger.head().height).unwrap_or(i64::MAX));
         let node = Node {
-            mempool: Mutex::new(Mempool::new(ledger.chain_id(), pool)),
+            mempool: Mutex::new(Mempool::new(pool)),
             ledger,
             recent: Mutex::new(RecentOutcomes::new(RECENT_CAPACITY, RECENT_MAX_AGE)),
             heads: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
@@ -411,8 +411,13 @@ impl NodeApi for Node {
     }
 
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
+        // Signature checks happen before taking the pool's lock.
+        let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
         let mut pool = self.pool();
-        let result = pool.submit_bytes(bytes, &*self.ledger, Instant::now());
+        let result = checked.and_then(|(tx, hash)| {
+            pool.submit_verified(tx, hash, &*self.ledger, Instant::now())
+                .map_err(|r| (Some(hash), r))
+        });
         match result {
             Ok(admitted) => {
                 let info = pool
