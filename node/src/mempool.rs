@@ -573,25 +573,19 @@ impl Mempool {
                     spent += cost;
                 }
             }
-            for h in stale {
-                self.remove(&h);
-                dropped.push((
-                    h,
-                    Dropped::Invalidated(format!(
-                        "nonce already used: the account's next nonce is {}",
-                        acct.nonce
-                    )),
-                ));
-            }
-            for h in unaffordable {
-                self.remove(&h);
-                dropped.push((
-                    h,
-                    Dropped::Invalidated(format!(
-                        "insufficient balance after the last block: {} available",
-                        acct.balance
-                    )),
-                ));
+            let used = format!(
+                "nonce already used: the account's next nonce is {}",
+                acct.nonce
+            );
+            let poor = format!(
+                "insufficient balance after the last block: {} available",
+                acct.balance
+            );
+            for (hashes, why) in [(stale, used), (unaffordable, poor)] {
+                for h in hashes {
+                    self.remove(&h);
+                    dropped.push((h, Dropped::Invalidated(why.clone())));
+                }
             }
             let after = self.sender_pending(&addr);
             promoted.extend(after.into_iter().filter(|h| !before.contains(h)));
