@@ -428,7 +428,8 @@ impl NodeApi for Node {
                     .iter()
                     .filter_map(|h| pool.get(h).map(|(t, s)| self.pooled_info(*h, t, s)))
                     .collect();
-                self.update_pool_metrics(&pool);
+                // The pool gauges walk every sender: they are refreshed after each block
+                // and each expiry sweep (every second), not on this hot path.
                 drop(pool);
                 let wake = admitted.state == PoolState::Pending || !promoted.is_empty();
                 self.publish_dropped(
