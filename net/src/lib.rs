@@ -17,4 +17,6 @@ pub mod message;
 pub mod network;
 pub mod secure;
 
-pub use network::{NetConfig, NetEvent, NetStats, NetworkHandle, PeerSummary, TxValidator, start};
+pub use network::{
+    NetConfig, NetEvent, NetStats, NetworkHandle, Offence, PeerSummary, TxValidator, Verdict, start,
+};

@@ -23,11 +23,25 @@ use crate::addrbook::AddressBook;
 use crate::message::{MAX_ITEMS_PER_MESSAGE, MAX_PEERS_PER_MESSAGE, Message};
 use crate::secure::{self, LinkError, LocalIdentity};
 
+/// What the node made of a transaction a peer sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and now held by the node: announced onwards.
+    Accepted,
+    /// Well-formed and signed, but not taken (already known or final, a nonce another
+    /// transaction holds, a full pool). Honest peers send these in races: not relayed,
+    /// not penalized.
+    Ignored,
+    /// Cannot be valid on this chain (bad signature, other chain, malformed): the
+    /// sender is penalized.
+    Invalid,
+}
+
 /// Checks transactions before they are accepted and relayed. The node supplies it (its
 /// mempool admission); only transactions it accepts are announced onwards.
 pub trait TxValidator: Send + Sync + 'static {
-    /// One verdict per transaction: `true` if valid and now held by the node.
-    fn validate(&self, txs: &[SignedTx]) -> Vec<bool>;
+    /// One verdict per transaction, in order.
+    fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict>;
 }
 
 /// Network settings.
@@ -95,6 +109,8 @@ pub enum Offence {
     Unsolicited,
     /// An address list that is not addresses.
     BadAddress,
+    /// A consensus message the node found malformed or wrongly signed.
+    InvalidConsensus,
 }
 
 impl Offence {
@@ -104,6 +120,7 @@ impl Offence {
             Offence::InvalidTx => 20,
             Offence::Unsolicited => 5,
             Offence::BadAddress => 10,
+            Offence::InvalidConsensus => 50,
         }
     }
 }
@@ -162,7 +179,9 @@ pub struct PeerSummary {
 /// Delivered to the node.
 #[derive(Clone, Debug)]
 pub enum NetEvent {
-    /// A consensus message seen for the first time.
+    /// A consensus message seen for the first time. It is not relayed: the node checks
+    /// it and relays it with [`NetworkHandle::broadcast_consensus`], or reports the peer
+    /// with [`NetworkHandle::report`].
     Consensus {
         /// The peer it came from.
         from: Address,
@@ -175,6 +194,7 @@ enum Command {
     BroadcastTxs(Vec<SignedTx>),
     BroadcastConsensus(Bytes),
     Peers(oneshot::Sender<Vec<PeerSummary>>),
+    Report(Address, Offence, &'static str),
 }
 
 /// Control of a running network.
@@ -201,11 +221,22 @@ impl NetworkHandle {
         let _ = self.commands.send(Command::BroadcastTxs(txs)).await;
     }
 
-    /// Floods a consensus message to every peer.
+    /// Sends a consensus message to every peer, even one sent before (a re-sent
+    /// timeout, a block asked for again, a message relayed after checking it). Peers
+    /// that already saw the same bytes drop it.
     pub async fn broadcast_consensus(&self, payload: Bytes) {
         let _ = self
             .commands
             .send(Command::BroadcastConsensus(payload))
+            .await;
+    }
+
+    /// Lowers the score of peer `id` for `offence` (the node found what it sent
+    /// invalid); `detail` goes to the log.
+    pub async fn report(&self, id: Address, offence: Offence, detail: &'static str) {
+        let _ = self
+            .commands
+            .send(Command::Report(id, offence, detail))
             .await;
     }
 
@@ -955,7 +986,6 @@ impl Actor {
                     None => return,
                 };
                 let payload = Bytes::from(payload);
-                self.flood_consensus(&payload, Some(conn));
                 let _ = self.to_node.try_send(NetEvent::Consensus { from, payload });
             }
         }
@@ -993,14 +1023,21 @@ impl Actor {
             .unwrap_or_default();
         let mut valid = Vec::new();
         let mut invalid = 0;
-        for ((h, t), ok) in fresh
-            .into_iter()
-            .zip(verdicts.into_iter().chain(std::iter::repeat(false)))
-        {
-            if ok {
-                valid.push((h, t));
-            } else {
-                invalid += 1;
+        for ((h, t), v) in fresh.into_iter().zip(
+            verdicts
+                .into_iter()
+                .chain(std::iter::repeat(Verdict::Ignored)),
+        ) {
+            match v {
+                Verdict::Accepted => valid.push((h, t)),
+                Verdict::Ignored => {
+                    // Not asked for again from others, not relayed.
+                    self.seen_txs.insert(h);
+                }
+                Verdict::Invalid => {
+                    self.seen_txs.insert(h);
+                    invalid += 1;
+                }
             }
         }
         for _ in 0..invalid {
@@ -1106,8 +1143,12 @@ impl Actor {
                 self.accept_txs(items, None);
             }
             Command::BroadcastConsensus(payload) => {
-                if self.seen_consensus.insert(sha256(&[&payload])) {
-                    self.flood_consensus(&payload, None);
+                self.seen_consensus.insert(sha256(&[&payload]));
+                self.flood_consensus(&payload, None);
+            }
+            Command::Report(id, offence, detail) => {
+                if let Some(conn) = self.by_id.get(&id).copied() {
+                    self.penalize(conn, offence, detail);
                 }
             }
             Command::Peers(reply) => {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use grapevine_ledger::{Address, Hash, Keypair, SignedTx, Transaction};
 use grapevine_net::message::Message;
 use grapevine_net::secure::{self, LocalIdentity};
-use grapevine_net::{NetConfig, NetEvent, NetworkHandle, TxValidator, start};
+use grapevine_net::{NetConfig, NetEvent, NetworkHandle, TxValidator, Verdict, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -26,15 +26,17 @@ struct Recorder {
 }
 
 impl TxValidator for Recorder {
-    fn validate(&self, txs: &[SignedTx]) -> Vec<bool> {
+    fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict> {
         let mut seen = self.seen.lock().unwrap();
         txs.iter()
             .map(|t| {
-                let ok = t.verify();
-                if ok {
-                    seen.insert(t.hash());
+                if !t.verify() {
+                    Verdict::Invalid
+                } else if seen.insert(t.hash()) {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Ignored
                 }
-                ok
             })
             .collect()
     }
