@@ -361,3 +361,34 @@ fn executing_on_an_overlay_equals_executing_after_commit() {
     l.commit(&b2, &[], &e2_committed).unwrap();
     l.verify_state().unwrap();
 }
+
+#[test]
+fn consensus_records_scan_by_prefix_and_survive_reopen() {
+    let k = keys(1);
+    let g = genesis(&[1], k[0].address());
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let l = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap();
+        l.consensus_put(b"safety", b"s").unwrap();
+        l.consensus_put_unsynced(b"proposal/2", b"b").unwrap();
+        l.consensus_put_unsynced(b"proposal/1", b"a").unwrap();
+        l.consensus_put_unsynced(b"proposalz", b"not mine").unwrap();
+        l.consensus_put_unsynced(b"zzz", b"z").unwrap();
+        let got = l.consensus_scan(b"proposal/").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (b"proposal/1".to_vec(), b"a".to_vec()),
+                (b"proposal/2".to_vec(), b"b".to_vec())
+            ]
+        );
+        l.consensus_delete(&[b"proposal/1".to_vec()]).unwrap();
+        l.flush().unwrap();
+    }
+    let l = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap();
+    assert_eq!(
+        l.consensus_scan(b"proposal/").unwrap(),
+        vec![(b"proposal/2".to_vec(), b"b".to_vec())]
+    );
+    assert_eq!(l.consensus_get(b"safety").unwrap(), Some(b"s".to_vec()));
+}

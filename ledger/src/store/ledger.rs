@@ -20,6 +20,9 @@ const META_STATE: &[u8] = b"state";
 /// Version of the on-disk layout; a node refuses a data directory of another version.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// A consensus record: (key, value).
+pub type ConsensusRecord = (Vec<u8>, Vec<u8>);
+
 /// A final block as stored: the block and the certificate that proves its finality.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredBlock {
@@ -373,6 +376,41 @@ impl Ledger {
         let mut b = WriteBatch::default();
         b.put(Column::Consensus, key, value);
         self.store.write(b, true)
+    }
+
+    /// Writes a consensus record without waiting for the disk: it becomes durable with
+    /// the next synced write (the write-ahead log is ordered) or at shutdown.
+    pub fn consensus_put_unsynced(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        b.put(Column::Consensus, key, value);
+        self.store.write(b, false)
+    }
+
+    /// Deletes consensus records.
+    pub fn consensus_delete(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut b = WriteBatch::default();
+        for k in keys {
+            b.delete(Column::Consensus, k.clone());
+        }
+        self.store.write(b, false)
+    }
+
+    /// The consensus records whose keys start with `prefix`, in key order.
+    pub fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<ConsensusRecord>, StoreError> {
+        let mut out = Vec::new();
+        // Keys sort bytewise: the prefix's entries are one contiguous run.
+        self.store.scan(Column::Consensus, &mut |k, v| {
+            if k.starts_with(prefix) {
+                out.push((k.to_vec(), v.to_vec()));
+                true
+            } else {
+                k < prefix
+            }
+        })?;
+        Ok(out)
     }
 
     /// Every non-empty account, in address order. Reads the whole table: for checks and
