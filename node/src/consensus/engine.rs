@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use grapevine_ledger::{Block, Hash, Keypair, Signature};
 
 use super::types::{
-    ConsensusMsg, Proposal, QuorumCert, SafetyState, Timeout, TimeoutCert, ValidatorIndex,
-    ValidatorSet, Vote, timeout_bytes, vote_bytes,
+    Certificate, ConsensusMsg, Proposal, QuorumCert, SafetyState, Timeout, TimeoutCert,
+    ValidatorIndex, ValidatorSet, Vote, timeout_bytes, vote_bytes,
 };
 
 /// Decides whether a proposed block may be voted for, given its parent.
@@ -38,13 +38,11 @@ pub enum Action {
     Send(ValidatorIndex, ConsensusMsg),
     /// Send to every validator.
     Broadcast(ConsensusMsg),
-    /// These blocks are final, in height order; `proof` holds the two QCs of the
-    /// two-chain rule for the last one (its QC and its child's).
+    /// These blocks are final, in height order, each with its certificate (the last
+    /// one's holds the two-chain proof; see [`Certificate`]).
     Commit {
-        /// Newly final blocks.
-        blocks: Vec<Block>,
-        /// QC of the last block and QC of its child.
-        proof: (QuorumCert, QuorumCert),
+        /// Newly final blocks and their certificates.
+        blocks: Vec<(Block, Certificate)>,
     },
     /// Call [`Engine::handle_timer`] at this time (replaces earlier timers).
     SetTimer(u64),
@@ -144,7 +142,11 @@ impl Engine {
             genesis: genesis_block,
             check,
             timing,
-            round: safety.high_qc.round.max(safety.last_voted_round) + 1,
+            // Resume in the last round signed in, not after it: a validator that voted
+            // in round r and restarted must still be able to time out r, or the others
+            // (who cannot certify r without it) wait forever. It will not vote in r
+            // again, nor propose there (see `enter_round`).
+            round: (safety.high_qc.round + 1).max(safety.last_voted_round),
             safety,
             last_tc: None,
             consecutive_timeouts: 0,
@@ -170,6 +172,11 @@ impl Engine {
         self.actions.pop_front()
     }
 
+    /// The proposal of a known block (to answer a block request).
+    pub fn proposal(&self, hash: &Hash) -> Option<&Proposal> {
+        self.blocks.get(hash).and_then(|s| s.proposal.as_ref())
+    }
+
     /// The current round.
     pub fn round(&self) -> u64 {
         self.round
@@ -179,11 +186,6 @@ impl Engine {
     #[cfg(test)]
     pub fn debug_counts(&self) -> (usize, usize, usize) {
         (self.waiting.len(), self.requested.len(), self.blocks.len())
-    }
-
-    /// Height and hash of the last final block.
-    pub fn committed(&self) -> (Hash, u64) {
-        self.committed
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -216,7 +218,9 @@ impl Engine {
         // Forget what belongs to rounds long past.
         self.votes.retain(|(r, _), _| *r + 2 >= round);
         self.timeouts.retain(|r, _| *r + 2 >= round);
-        if self.is_leader(round) {
+        // A round this node already signed in (as leader it voted for its own
+        // proposal) gets no second proposal: that would be equivocation.
+        if self.is_leader(round) && round > self.safety.last_voted_round {
             self.want_build = true;
             self.try_build();
         }
@@ -605,7 +609,9 @@ impl Engine {
         {
             return;
         }
-        let proof = (child_p.qc.clone(), qc.clone());
+        let mut proof = Some((child.block.header, qc.clone()));
+        // Each block's QC is in its child's proposal.
+        let mut cert_qc = child_p.qc.clone();
         // Walk back to the last final block; every ancestor must be known.
         let mut chain = Vec::new();
         let mut cur = b_hash;
@@ -614,16 +620,26 @@ impl Engine {
                 self.request(cur, None);
                 return;
             };
+            let Some(p) = s.proposal.as_ref() else {
+                return; // only the last final block is stored without its proposal
+            };
             if s.block.header.height <= self.committed.1 {
                 // Conflicts with what is final: a safety failure if certificates are
                 // honest; refuse to commit rather than fork.
                 return;
             }
-            chain.push(s.block.clone());
+            let next_qc = p.qc.clone();
+            chain.push((
+                s.block.clone(),
+                Certificate {
+                    qc: std::mem::replace(&mut cert_qc, next_qc),
+                    commit: proof.take(),
+                },
+            ));
             cur = s.block.header.parent_hash;
         }
         chain.reverse();
-        let Some(last) = chain.last() else {
+        let Some((last, _)) = chain.last() else {
             return;
         };
         self.committed = (last.hash(), last.header.height);
@@ -631,9 +647,6 @@ impl Engine {
         let floor = self.committed.1;
         self.blocks
             .retain(|_, s| s.block.header.height + 64 >= floor);
-        self.actions.push_back(Action::Commit {
-            blocks: chain,
-            proof,
-        });
+        self.actions.push_back(Action::Commit { blocks: chain });
     }
 }

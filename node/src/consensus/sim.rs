@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair};
 
 use super::engine::{Action, BlockCheck, Engine, Timing};
-use super::types::{ConsensusMsg, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet};
+use super::types::{
+    Certificate, ConsensusMsg, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet,
+};
 
 const CHAIN: u32 = 99;
 
@@ -100,8 +102,12 @@ struct Sim {
     partition: Option<Vec<u8>>, // side of each node while partitioned
     loss_percent: u64,
     heal_at: u64,
-    /// Every vote/timeout an honest validator signed: (validator, kind, round) -> content.
+    /// Every vote an honest validator signed: (validator, kind, round) -> block.
     signed: HashMap<(ValidatorIndex, u8, u64), Hash>,
+    /// The highest QC round of the last timeout an honest validator signed per round.
+    timeouts_signed: HashMap<(ValidatorIndex, u64), u64>,
+    /// Certificates already found valid, by hash of block and certificate.
+    checked_certs: std::collections::HashSet<Hash>,
     proposed: HashSet<Hash>,
     violations: Vec<String>,
     builds: HashMap<usize, (u64, Block)>,
@@ -163,6 +169,8 @@ impl Sim {
             loss_percent,
             heal_at,
             signed: HashMap::new(),
+            timeouts_signed: HashMap::new(),
+            checked_certs: std::collections::HashSet::new(),
             proposed: HashSet::new(),
             violations: vec![],
             builds: HashMap::new(),
@@ -248,20 +256,29 @@ impl Sim {
             return;
         }
         let v = self.nodes[i].validator;
-        let (kind, round, content) = match msg {
-            ConsensusMsg::Vote(vote) if vote.voter == v => (0u8, vote.round, vote.block_hash),
-            ConsensusMsg::Timeout(t) if t.voter == v => (
-                1u8,
-                t.round,
-                Hash([u8::try_from(t.high_qc.round % 256).unwrap_or(0); 32]),
-            ),
-            _ => return,
-        };
-        match self.signed.insert((v, kind, round), content) {
-            Some(old) if old != content => self.violations.push(format!(
-                "validator {v} signed two different {} in round {round}",
-                if kind == 0 { "votes" } else { "timeouts" }
-            )),
+        match msg {
+            ConsensusMsg::Vote(vote) if vote.voter == v => {
+                match self.signed.insert((v, 0, vote.round), vote.block_hash) {
+                    Some(old) if old != vote.block_hash => self.violations.push(format!(
+                        "validator {v} signed two different votes in round {}",
+                        vote.round
+                    )),
+                    _ => {}
+                }
+            }
+            // A validator restarted in a round it timed out in may time it out again
+            // (as in Aptos' safety rules), but never with a lower highest QC than it
+            // reported before: that could let a TC justify a block below a lock.
+            ConsensusMsg::Timeout(t) if t.voter == v => {
+                let hq = t.high_qc.round;
+                match self.timeouts_signed.insert((v, t.round), hq) {
+                    Some(old) if old > hq => self.violations.push(format!(
+                        "validator {v} signed a timeout in round {} with a lower highest QC ({hq}) than before ({old})",
+                        t.round
+                    )),
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }
@@ -290,8 +307,26 @@ impl Sim {
                         }
                     }
                 }
-                Action::Commit { blocks, .. } => {
-                    for b in blocks {
+                Action::Commit { blocks } => {
+                    let last = blocks.len().saturating_sub(1);
+                    for (k, (b, cert)) in blocks.into_iter().enumerate() {
+                        let genesis_hash = self.genesis.hash();
+                        // Honest nodes mostly commit the same certificates: check each
+                        // distinct one once.
+                        let bytes = cert.to_bytes();
+                        let key = grapevine_ledger::crypto::sha256(&[&b.hash().0, &bytes]);
+                        let ok = self.checked_certs.contains(&key)
+                            || (Certificate::from_bytes(&bytes).ok().as_ref() == Some(&cert)
+                                && cert.verify(&b.header, &self.set, &genesis_hash));
+                        if ok {
+                            self.checked_certs.insert(key);
+                        }
+                        if !ok || cert.commit.is_some() != (k == last) {
+                            self.violations.push(format!(
+                                "node {i} finalized block {} with a certificate that does not prove it",
+                                b.header.height
+                            ));
+                        }
                         let prev = self.nodes[i]
                             .finalized
                             .last()

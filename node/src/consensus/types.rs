@@ -3,8 +3,9 @@
 
 use std::collections::HashSet;
 
+use grapevine_ledger::codec;
 use grapevine_ledger::crypto::verify;
-use grapevine_ledger::{Address, Block, Hash, Keypair, Signature};
+use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair, Signature};
 use serde::{Deserialize, Serialize};
 
 /// Domain tags, one per signed message kind.
@@ -213,16 +214,8 @@ impl Proposal {
         }
     }
 
-    /// Signed by the round's leader, the leader is the block's proposer, the block
-    /// extends the QC's block, and the certificates verify.
-    pub fn verify(&self, set: &ValidatorSet, genesis_block: &Hash) -> bool {
-        self.verify_signed(set)
-            && self.qc.verify(set, genesis_block)
-            && self.tc.as_ref().is_none_or(|tc| tc.verify(set))
-    }
-
-    /// [`Proposal::verify`] without the certificates' signatures (for callers that
-    /// check those separately, or already have).
+    /// Signed by the round's leader, the leader is the block's proposer, and the block
+    /// extends the QC's block. The certificates' signatures are checked separately.
     pub fn verify_signed(&self, set: &ValidatorSet) -> bool {
         let r = self.round();
         let Some(key) = set.key(set.leader(r)) else {
@@ -278,11 +271,6 @@ pub struct Timeout {
 }
 
 impl Timeout {
-    /// Whether the voter signed it and its QC verifies.
-    pub fn verify(&self, set: &ValidatorSet, genesis_block: &Hash) -> bool {
-        self.verify_signed(set) && self.high_qc.verify(set, genesis_block)
-    }
-
     /// The voter's signature only (the QC checked separately).
     pub fn verify_signed(&self, set: &ValidatorSet) -> bool {
         set.check(
@@ -321,4 +309,51 @@ pub struct SafetyState {
     pub last_voted_round: u64,
     /// The highest QC it knows.
     pub high_qc: QuorumCert,
+}
+
+/// Largest encoded [`Certificate`] accepted (ample for thousands of validators).
+pub const MAX_CERTIFICATE_BYTES: u64 = 1 << 20;
+
+/// The proof of finality stored with every final block, so that any node can prove a
+/// block final to another (docs/CONSENSUS.md, "Certificates").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// A quorum certificate on this block.
+    pub qc: QuorumCert,
+    /// For the block a commit ended at: its child, proposed one round later, and the
+    /// child's QC (the two-chain rule). `None` for the blocks committed with it as its
+    /// ancestors: their finality follows from that descendant through parent hashes.
+    pub commit: Option<(BlockHeader, QuorumCert)>,
+}
+
+impl Certificate {
+    /// Whether `qc` is a valid quorum on `block` (its hash and round) and, when
+    /// present, the commit proof is a valid two-chain on it. A certificate without a
+    /// commit proof shows the block certified; its finality needs a final descendant.
+    pub fn verify(&self, block: &BlockHeader, set: &ValidatorSet, genesis_block: &Hash) -> bool {
+        let hash = block.hash();
+        self.qc.block_hash == hash
+            && self.qc.round == block.round
+            && self.qc.round > 0
+            && self.qc.verify(set, genesis_block)
+            && self.commit.as_ref().is_none_or(|(child, child_qc)| {
+                child.parent_hash == hash
+                    && child.height == block.height + 1
+                    && child.round == block.round + 1
+                    && child_qc.block_hash == child.hash()
+                    && child_qc.round == child.round
+                    && child_qc.verify(set, genesis_block)
+            })
+    }
+
+    /// The encoding stored next to the block.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes a stored or received certificate (bounded, no trailing bytes).
+    #[cfg(test)]
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, codec::CodecError> {
+        codec::decode(bytes, MAX_CERTIFICATE_BYTES)
+    }
 }
