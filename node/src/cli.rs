@@ -6,12 +6,13 @@ use clap::{Parser, Subcommand};
 use grapevine_ledger::{Address, Hash};
 use serde_json::json;
 
-use crate::{bench_ledger, dev, keyfile, wallet};
+use crate::{bench_ledger, dev, keyfile, run, testnet, wallet};
 
 /// Grapevine: a validating node for a gossip ledger.
 ///
 /// Start a local chain with `grapevine dev`, then use the wallet commands against it.
-/// Networked validators (`run`, `testnet`) arrive with the consensus issue.
+/// For a network of validators: `grapevine testnet` writes the node homes and
+/// `grapevine run --home DIR` runs one node (scripts/testnet.sh does both).
 #[derive(Debug, Parser)]
 #[command(name = "grapevine", version, about, long_about)]
 pub struct Cli {
@@ -23,6 +24,11 @@ pub struct Cli {
 enum Command {
     /// Run a single-validator dev chain with funded accounts (like anvil).
     Dev(dev::Args),
+    /// Run a networked validator or full node from its home directory (config.toml).
+    Run(run::Args),
+    /// Write the homes of a local network: genesis, funded accounts, and per node its
+    /// config, node key and validator key.
+    Testnet(testnet::Args),
     /// Generate an account key pair and write it as a key file (JSON, mode 0600).
     Keygen {
         /// Where to write the key file. Refuses to overwrite an existing file. Without
@@ -94,6 +100,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging();
             dev::run(&args)
         }
+        Command::Run(args) => {
+            init_logging();
+            run::run(&args)
+        }
+        Command::Testnet(args) => testnet::run(&args),
         Command::Keygen { out } => keyfile::keygen(out.as_deref()),
         Command::Balance { rpc, address } => wallet::balance(&rpc, &address),
         Command::Transfer(args) => wallet::transfer(&args),

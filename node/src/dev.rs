@@ -63,15 +63,27 @@ fn default_home() -> PathBuf {
         .join("dev")
 }
 
-/// One entry of `dev-accounts.json`.
+/// One entry of `dev-accounts.json` (and of a testnet's `accounts.json`).
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct DevAccount {
+pub(crate) struct DevAccount {
     address: String,
     public_key: String,
     secret_key: String,
     #[serde(with = "grapevine_ledger::json_u64")]
     balance: u64,
+}
+
+impl DevAccount {
+    /// The entry of account `k` funded with `balance`.
+    pub(crate) fn new(k: &Keypair, balance: u64) -> Self {
+        DevAccount {
+            address: k.address().to_string(),
+            public_key: k.address().public_key_hex(),
+            secret_key: k.secret_hex().to_string(),
+            balance,
+        }
+    }
 }
 
 /// The `i`-th dev account: a fixed, public key (like anvil's), never for real funds.
@@ -117,12 +129,7 @@ fn create_home(home: &Path, accounts: u32) -> anyhow::Result<()> {
     genesis.validate()?;
     let dev: Vec<DevAccount> = keys
         .iter()
-        .map(|k| DevAccount {
-            address: k.address().to_string(),
-            public_key: k.address().public_key_hex(),
-            secret_key: k.secret_hex().to_string(),
-            balance: DEV_BALANCE,
-        })
+        .map(|k| DevAccount::new(k, DEV_BALANCE))
         .collect();
     keyfile::write(&home.join("validator-key.json"), &validator)?;
     // One key file per dev account, ready for `grapevine transfer --key`.

@@ -6,7 +6,6 @@ use clap::Parser;
 
 mod bench_ledger;
 mod cli;
-#[allow(dead_code)] // the driver that runs it between processes is not written yet
 mod consensus;
 mod dev;
 mod keyfile;
@@ -14,7 +13,9 @@ mod mempool;
 mod node;
 mod producer;
 mod recent;
+mod run;
 mod runtime;
+mod testnet;
 mod wallet;
 
 fn main() -> ExitCode {

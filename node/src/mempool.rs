@@ -272,6 +272,14 @@ impl Mempool {
     }
 
     /// Counts of pending and queued transactions.
+    /// Whether some sender's next transaction can run now. Stops at the first.
+    pub fn has_executable(&self) -> bool {
+        self.senders
+            .values()
+            .any(|s| s.txs.contains_key(&s.base_nonce))
+    }
+
+    /// Pending and queued counts. Walks every sender: not for hot paths.
     pub fn counts(&self) -> (usize, usize) {
         let mut pending = 0;
         for s in self.senders.values() {
@@ -502,12 +510,26 @@ impl Mempool {
     /// nonce order. Leaves them in the pool until [`Mempool::on_commit`] and protects them
     /// from replacement, eviction and expiry until then (or [`Mempool::release`]).
     pub fn select(&mut self, max: usize) -> Vec<SignedTx> {
+        self.select_after(max, &HashMap::new())
+    }
+
+    /// [`Mempool::select`] for a block whose parent is not final yet: `next_nonce`
+    /// holds the next nonce of the senders that the unfinalized ancestors touched, so
+    /// their transactions already in those blocks are skipped.
+    pub fn select_after(
+        &mut self,
+        max: usize,
+        next_nonce: &HashMap<Address, u64>,
+    ) -> Vec<SignedTx> {
         // Heap of each sender's next executable transaction, by fee then age.
         let mut heap: BinaryHeap<(u64, Reverse<u64>, Address, u64)> = BinaryHeap::new();
         for (addr, s) in &self.senders {
-            if let Some(h) = s.txs.get(&s.base_nonce) {
+            let start = next_nonce
+                .get(addr)
+                .map_or(s.base_nonce, |n| (*n).max(s.base_nonce));
+            if let Some(h) = s.txs.get(&start) {
                 let e = &self.entries[h];
-                heap.push((e.tx.tx.fee, Reverse(e.seq), *addr, s.base_nonce));
+                heap.push((e.tx.tx.fee, Reverse(e.seq), *addr, start));
             }
         }
         let mut out = Vec::with_capacity(max.min(self.entries.len()));
@@ -764,6 +786,29 @@ mod tests {
         let a = f.submit(better).unwrap();
         assert_eq!(a.state, PoolState::Pending);
         assert_eq!(f.pool.select(10), vec![better]);
+    }
+
+    #[test]
+    fn selection_after_unfinalized_blocks_skips_their_nonces() {
+        let mut f = fixture(MempoolConfig::default());
+        let a = f.keys[0].address();
+        let txs: Vec<SignedTx> = (0..4).map(|n| tx(&f.keys[0], n, 1, 1)).collect();
+        for t in &txs {
+            f.submit(*t).unwrap();
+        }
+        let other = tx(&f.keys[1], 0, 1, 1);
+        f.submit(other).unwrap();
+        assert!(f.pool.has_executable());
+        // An unfinalized parent already holds nonces 0 and 1 of the first sender.
+        let next = HashMap::from([(a, 2)]);
+        let mut sel = f.pool.select_after(10, &next);
+        sel.sort_by_key(|t| (t.tx.from, t.tx.nonce));
+        let mut want = vec![txs[2], txs[3], other];
+        want.sort_by_key(|t| (t.tx.from, t.tx.nonce));
+        assert_eq!(sel, want);
+        // With no unfinalized ancestors, every pending transaction is selectable.
+        f.pool.release();
+        assert_eq!(f.pool.select_after(10, &HashMap::new()).len(), 5);
     }
 
     #[test]

@@ -4,13 +4,17 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use grapevine_ledger::state::build_block;
-use grapevine_ledger::{Address, Hash, Ledger, SignedTx, StateView};
+use std::collections::HashMap;
+
+use grapevine_ledger::state::{Execution, build_block};
+use grapevine_ledger::{Address, Block, Hash, Ledger, SignedTx, StateView, StoreError};
+use grapevine_net::{NetStats, PeerSummary, Verdict};
 use grapevine_rpc::api::{
     AccountInfo, AccountTxPage, ApiError, BlockInfo, HeadEvent, MempoolInfo, NodeApi, PeerInfo,
     Reason, ReceiptView, Status, TxInfo, TxState, TxView,
 };
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, broadcast};
@@ -39,6 +43,12 @@ struct Metrics {
     mempool_queued: Gauge,
     mempool_bytes: Gauge,
     peers: Gauge,
+    net_bytes_in: Counter,
+    net_bytes_out: Counter,
+    net_tx_bodies: Counter,
+    net_tx_duplicates: Counter,
+    net_bans: Counter,
+    net_messages: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -79,6 +89,32 @@ impl Metrics {
             self.mempool_bytes.clone(),
         );
         r.register("grapevine_peers", "Connected peers", self.peers.clone());
+        r.register(
+            "grapevine_net_bytes_in",
+            "Bytes received from peers",
+            self.net_bytes_in.clone(),
+        );
+        r.register(
+            "grapevine_net_bytes_out",
+            "Bytes sent to peers",
+            self.net_bytes_out.clone(),
+        );
+        r.register(
+            "grapevine_net_tx_bodies",
+            "Transaction bodies received from peers",
+            self.net_tx_bodies.clone(),
+        );
+        r.register(
+            "grapevine_net_tx_duplicates",
+            "Transaction bodies received that the node already had",
+            self.net_tx_duplicates.clone(),
+        );
+        r.register("grapevine_net_bans", "Peers banned", self.net_bans.clone());
+        r.register(
+            "grapevine_net_messages",
+            "Messages received from peers, by kind",
+            self.net_messages.clone(),
+        );
     }
 }
 
@@ -98,6 +134,22 @@ pub struct Node {
     proposer: Address,
     /// The genesis validator set.
     validators: Vec<Address>,
+    /// What the network reports, for RPC and metrics.
+    net: Mutex<NetView>,
+    /// Client transactions accepted and not yet handed to the network.
+    gossip: Mutex<Vec<SignedTx>>,
+    /// Wakes the task that hands [`Node::take_gossip`] to the network.
+    pub gossip_ready: Notify,
+}
+
+/// The network as RPC sees it: refreshed by the runtime about once a second.
+#[derive(Debug, Default)]
+struct NetView {
+    networked: bool,
+    peers: Vec<PeerInfo>,
+    /// Last totals copied into the metrics (bytes in, out, bodies, duplicates, bans,
+    /// then messages by kind).
+    last: Vec<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -193,6 +245,9 @@ impl Node {
             registry,
             proposer,
             validators,
+            net: Mutex::new(NetView::default()),
+            gossip: Mutex::new(Vec::new()),
+            gossip_ready: Notify::new(),
         };
         (Arc::new(node), rpc_metrics)
     }
@@ -260,7 +315,8 @@ impl Node {
 
     /// Takes up to `max_txs` pending transactions, executes them into a block on top of
     /// the head, commits it durably, and publishes the results. Returns the number of
-    /// transactions included (0: nothing to do).
+    /// transactions included (0: nothing to do). For a single-validator dev chain, whose
+    /// blocks are final when written.
     pub fn produce_block(
         &self,
         max_txs: usize,
@@ -281,32 +337,55 @@ impl Node {
         );
         let (block, exec) = match built {
             Ok(b) => b,
-            Err(e @ grapevine_ledger::state::BlockError::Store(_)) => {
-                // A storage fault is not the transactions' fault: keep them.
-                self.pool().release();
-                return Err(e);
-            }
             Err(e) => {
-                // The pool admitted something a block cannot hold: drop the selection
-                // rather than fail the same way forever.
-                tracing::error!(error = %e, "building a block failed; dropping its transactions from the mempool");
-                let mut pool = self.pool();
-                let (dropped, _) = pool.on_commit(&txs, &*self.ledger);
-                drop(pool);
-                let why = Dropped::Invalidated(format!("could not be included in a block: {e}"));
-                let mut all: Vec<_> = txs
-                    .iter()
-                    .map(|t| (t.hash(), why.clone(), Some(*t)))
-                    .collect();
-                all.extend(dropped.into_iter().map(|(h, d)| (h, d, None)));
-                self.publish_dropped(all);
+                self.unbuildable(&txs, &e);
                 return Err(e);
             }
         };
-        if let Err(e) = self.ledger.commit(&block, &[], &exec) {
+        if let Err(e) = self.commit_block(&block, &[], &exec) {
             self.pool().release();
             return Err(e.into());
         }
+        Ok(block.txs.len())
+    }
+
+    /// Up to `max` pending transactions for a block on a parent that is not final yet;
+    /// `next_nonce` holds the next nonce of senders the unfinalized ancestors touched.
+    pub fn select_txs(&self, max: usize, next_nonce: &HashMap<Address, u64>) -> Vec<SignedTx> {
+        self.pool().select_after(max, next_nonce)
+    }
+
+    /// Building a block of `txs` failed with `e`: a storage fault keeps them; anything
+    /// else means the pool admitted what a block cannot hold, so they are dropped
+    /// rather than fail the same way forever.
+    pub fn unbuildable(&self, txs: &[SignedTx], e: &grapevine_ledger::state::BlockError) {
+        if matches!(e, grapevine_ledger::state::BlockError::Store(_)) {
+            self.pool().release();
+            return;
+        }
+        tracing::error!(error = %e, "building a block failed; dropping its transactions from the mempool");
+        let mut pool = self.pool();
+        let (dropped, _) = pool.on_commit(txs, &*self.ledger);
+        drop(pool);
+        let why = Dropped::Invalidated(format!("could not be included in a block: {e}"));
+        let mut all: Vec<_> = txs
+            .iter()
+            .map(|t| (t.hash(), why.clone(), Some(*t)))
+            .collect();
+        all.extend(dropped.into_iter().map(|(h, d)| (h, d, None)));
+        self.publish_dropped(all);
+    }
+
+    /// Writes a final block with its certificate atomically and durably, then removes
+    /// its transactions from the pool and publishes the results. `exec` is the block's
+    /// execution on the current head.
+    pub fn commit_block(
+        &self,
+        block: &Block,
+        certificate: &[u8],
+        exec: &Execution,
+    ) -> Result<(), StoreError> {
+        self.ledger.commit(block, certificate, exec)?;
         // From here the transactions are final in the ledger; only now leave the pool,
         // so a reader sees them in one place or the other, never in neither.
         let mut pool = self.pool();
@@ -347,8 +426,148 @@ impl Node {
             hash,
             header: block.header,
         });
-        tracing::info!(height = block.header.height, txs = n, hash = %hash, "block committed");
-        Ok(n)
+        if n > 0 {
+            tracing::info!(height = block.header.height, round = block.header.round, txs = n, hash = %hash, "block committed");
+        } else {
+            tracing::debug!(height = block.header.height, round = block.header.round, hash = %hash, "empty block committed");
+        }
+        Ok(())
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Whether any transaction is waiting for a block.
+    pub fn has_pending(&self) -> bool {
+        self.pool().has_executable()
+    }
+
+    fn net_view(&self) -> MutexGuard<'_, NetView> {
+        self.net.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the node as one that runs the peer-to-peer network: client transactions
+    /// are then queued for gossip, and readiness needs peers.
+    pub fn set_networked(&self) {
+        self.net_view().networked = true;
+    }
+
+    /// Client transactions accepted since the last call, for the network to announce.
+    pub fn take_gossip(&self) -> Vec<SignedTx> {
+        std::mem::take(&mut *self.gossip.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Refreshes `getPeers` and the network metrics from the network's counters.
+    pub fn update_network(&self, peers: &[PeerSummary], stats: &NetStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut view = self.net_view();
+        view.peers = peers
+            .iter()
+            .map(|p| PeerInfo {
+                id: p.id.to_string(),
+                address: p.address.to_string(),
+                direction: if p.inbound { "inbound" } else { "outbound" }.into(),
+                score: p.score,
+                bytes_in: p.bytes_in,
+                bytes_out: p.bytes_out,
+                latency_ms: p.latency.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        self.metrics.peers.set(peers.len() as i64);
+        let mut totals = vec![
+            stats.bytes_in.load(Relaxed),
+            stats.bytes_out.load(Relaxed),
+            stats.tx_bodies.load(Relaxed),
+            stats.tx_duplicates.load(Relaxed),
+            stats.bans.load(Relaxed),
+        ];
+        totals.extend(stats.messages.iter().map(|m| m.load(Relaxed)));
+        view.last.resize(totals.len(), 0);
+        let delta: Vec<u64> = totals
+            .iter()
+            .zip(&view.last)
+            .map(|(now, before)| now.saturating_sub(*before))
+            .collect();
+        view.last = totals;
+        drop(view);
+        let m = &self.metrics;
+        for (c, d) in [
+            &m.net_bytes_in,
+            &m.net_bytes_out,
+            &m.net_tx_bodies,
+            &m.net_tx_duplicates,
+            &m.net_bans,
+        ]
+        .into_iter()
+        .zip(&delta)
+        {
+            c.inc_by(*d);
+        }
+        for (kind, d) in grapevine_net::network::MESSAGE_KINDS
+            .iter()
+            .zip(&delta[5..])
+        {
+            m.net_messages
+                .get_or_create(&vec![("kind".to_string(), (*kind).to_string())])
+                .inc_by(*d);
+        }
+    }
+
+    /// Admits transactions a peer relayed: each gets a [`Verdict`] for the network
+    /// (only accepted ones are announced onwards; invalid ones cost the peer score).
+    pub fn admit_from_peer(&self, txs: &[SignedTx]) -> Vec<Verdict> {
+        let chain_id = self.ledger.chain_id();
+        // One batch verification for the common all-valid case.
+        let all_signed = grapevine_ledger::tx::first_invalid_signature(txs).is_none();
+        let mut verdicts = Vec::with_capacity(txs.len());
+        let mut wake = false;
+        let mut infos = Vec::new();
+        let mut dropped_all = Vec::new();
+        let now = Instant::now();
+        {
+            let mut pool = self.pool();
+            for t in txs {
+                if t.tx.chain_id != chain_id || (!all_signed && !t.verify()) {
+                    verdicts.push(Verdict::Invalid);
+                    continue;
+                }
+                let hash = t.hash();
+                match pool.submit_verified(*t, hash, &*self.ledger, now) {
+                    Ok(admitted) => {
+                        wake |=
+                            admitted.state == PoolState::Pending || !admitted.promoted.is_empty();
+                        if let Some(info) =
+                            pool.get(&hash).map(|(t, s)| self.pooled_info(hash, t, s))
+                        {
+                            infos.push(info);
+                        }
+                        infos.extend(
+                            admitted.promoted.iter().filter_map(|h| {
+                                pool.get(h).map(|(t, s)| self.pooled_info(*h, t, s))
+                            }),
+                        );
+                        dropped_all.extend(admitted.dropped.into_iter().map(|(h, d)| (h, d, None)));
+                        verdicts.push(Verdict::Accepted);
+                    }
+                    Err(
+                        Refusal::Malformed(_) | Refusal::WrongChain { .. } | Refusal::BadSignature,
+                    ) => {
+                        verdicts.push(Verdict::Invalid);
+                    }
+                    Err(_) => verdicts.push(Verdict::Ignored),
+                }
+            }
+        }
+        self.publish_dropped(dropped_all);
+        for info in infos {
+            self.publish(info);
+        }
+        if wake {
+            self.new_work.notify_one();
+        }
+        verdicts
     }
 
     fn finalized_info(&self, hash: &Hash) -> Result<Option<TxInfo>, ApiError> {
@@ -388,7 +607,7 @@ impl NodeApi for Node {
             height: head.height,
             head_hash: head.hash(),
             state_root: head.state_root,
-            peer_count: 0,
+            peer_count: self.net_view().peers.len(),
             syncing: false,
             version: env!("CARGO_PKG_VERSION").to_string(),
             validators: self.validators.clone(),
@@ -447,6 +666,15 @@ impl NodeApi for Node {
                 }
                 if wake {
                     self.new_work.notify_one();
+                }
+                if self.net_view().networked
+                    && let Some((t, _)) = self.pool().get(&admitted.hash)
+                {
+                    self.gossip
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(t);
+                    self.gossip_ready.notify_one();
                 }
                 Ok(admitted.hash)
             }
@@ -556,7 +784,7 @@ impl NodeApi for Node {
     }
 
     fn peers(&self) -> Vec<PeerInfo> {
-        Vec::new()
+        self.net_view().peers.clone()
     }
 
     fn mempool(&self, with_hashes: bool) -> MempoolInfo {
@@ -571,8 +799,11 @@ impl NodeApi for Node {
     }
 
     fn not_ready_reason(&self) -> Option<String> {
-        // A single-validator chain is always caught up and needs no peers.
-        None
+        // A single-validator chain needs no peers; a networked node without any can
+        // neither hear of new blocks nor spread transactions.
+        let view = self.net_view();
+        (view.networked && self.validators.len() > 1 && view.peers.is_empty())
+            .then(|| "no peers connected".to_string())
     }
 
     fn subscribe_heads(&self) -> broadcast::Receiver<HeadEvent> {
@@ -589,6 +820,12 @@ impl NodeApi for Node {
             tracing::error!("encoding metrics failed");
         }
         out
+    }
+}
+
+impl grapevine_net::TxValidator for Node {
+    fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict> {
+        self.admit_from_peer(txs)
     }
 }
 

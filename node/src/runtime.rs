@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::consensus::driver;
 use crate::node::Node;
 use crate::producer;
 
@@ -81,5 +82,138 @@ pub fn run_node(
             tracing::warn!("shutdown drain timed out; stopping anyway");
         }
         Ok(())
+    })
+}
+
+/// How often `getPeers`, the network metrics and mempool expiry are refreshed.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// What a networked node runs besides RPC.
+#[derive(Debug)]
+pub struct Networked {
+    /// The peer-to-peer network.
+    pub net: grapevine_net::NetConfig,
+    /// Consensus (as a validator or a follower).
+    pub consensus: driver::Setup,
+}
+
+/// Runs a networked node (RPC, peer-to-peer network, consensus) until Ctrl-C or
+/// SIGTERM, then drains. `on_ready` gets the bound RPC and peer addresses. Fails if
+/// consensus stops because the node can no longer take part safely.
+pub fn run_networked(
+    node: Arc<Node>,
+    rpc_addr: SocketAddr,
+    rpc_cfg: grapevine_rpc::RpcConfig,
+    rpc_metrics: grapevine_rpc::RpcMetrics,
+    networked: Networked,
+    on_ready: impl FnOnce(SocketAddr, SocketAddr),
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("grapevine")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(rpc_addr)
+            .await
+            .with_context(|| format!("cannot listen for RPC on {rpc_addr}"))?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        node.set_networked();
+        let p2p_listen = networked.net.listen;
+        let validator: Arc<dyn grapevine_net::TxValidator> = node.clone();
+        let (net, events) = grapevine_net::start(networked.net, validator, stop_rx.clone())
+            .await
+            .with_context(|| format!("cannot listen for peers on {p2p_listen}"))?;
+        let p2p_addr = net.listen_addr;
+
+        // Client transactions go to the network in batches.
+        let gossip = {
+            let (node, net, mut stop) = (node.clone(), net.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = node.gossip_ready.notified() => {}
+                        () = producer::stopped(&mut stop) => return,
+                    }
+                    // A short pause gathers a burst of submissions into one announcement.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let txs = node.take_gossip();
+                    if !txs.is_empty() {
+                        net.broadcast_txs(txs).await;
+                    }
+                }
+            })
+        };
+        let refresh = {
+            let (node, net, mut stop) = (node.clone(), net.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let peers = net.peers().await;
+                    node.update_network(&peers, &net.stats);
+                    let n = node.clone();
+                    let _ = tokio::task::spawn_blocking(move || n.expire()).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(REFRESH) => {}
+                        () = producer::stopped(&mut stop) => return,
+                    }
+                }
+            })
+        };
+        let mut consensus = tokio::spawn(driver::run(
+            node.clone(),
+            networked.consensus,
+            net.clone(),
+            events,
+            stop_rx.clone(),
+        ));
+        let router = grapevine_rpc::app(node.clone(), &rpc_cfg, rpc_metrics);
+        let mut rpc_stop = stop_rx.clone();
+        let rpc = tokio::spawn(grapevine_rpc::serve(listener, router, async move {
+            producer::stopped(&mut rpc_stop).await;
+        }));
+        tracing::info!(rpc = %addr, p2p = %p2p_addr, id = %net.local_id, "node running");
+        on_ready(addr, p2p_addr);
+
+        let mut failure = None;
+        tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutting down: draining RPC and consensus");
+            }
+            res = &mut consensus => {
+                let e = match res {
+                    Ok(Ok(())) => anyhow::anyhow!("consensus stopped unexpectedly"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("consensus task panicked: {e}"),
+                };
+                tracing::error!(error = %format!("{e:#}"), "consensus failed; stopping the node");
+                failure = Some(e);
+            }
+        }
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            if failure.is_none() {
+                match consensus.await {
+                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "consensus failed"),
+                    Err(e) => tracing::error!(error = %e, "consensus task panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            let _ = gossip.await;
+            let _ = refresh.await;
+            match rpc.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "RPC server failed"),
+                Err(e) => tracing::error!(error = %e, "RPC server task panicked"),
+                Ok(Ok(())) => {}
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown drain timed out; stopping anyway");
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     })
 }

@@ -1,9 +1,10 @@
 //! End-to-end tests of the `grapevine` binary: each test under `tests/tests/` runs real
 //! node processes on 127.0.0.1 with ephemeral ports and temporary homes.
 //!
-//! This library holds what those tests share: locating the binary, starting a dev node
-//! and waiting for its RPC address, and a small JSON-RPC client.
+//! This library holds what those tests share: locating the binary, starting a node
+//! (`dev` or `run`) and waiting for its RPC address, and a small JSON-RPC client.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,9 +25,9 @@ pub fn grapevine_bin() -> PathBuf {
     profile_dir.join("grapevine")
 }
 
-/// A `grapevine dev` process; killed when dropped.
+/// A `grapevine` node process (`dev` or `run`); killed when dropped.
 #[derive(Debug)]
-pub struct DevNode {
+pub struct NodeProcess {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub rpc: String,
@@ -34,16 +35,25 @@ pub struct DevNode {
     pub home: PathBuf,
 }
 
-impl DevNode {
+impl NodeProcess {
     /// Starts `grapevine dev --home HOME --rpc-addr 127.0.0.1:0 EXTRA...` and waits (at
     /// most 60 s) for its banner to name the RPC address.
-    pub fn start(home: &Path, extra: &[&str]) -> DevNode {
+    pub fn start(home: &Path, extra: &[&str]) -> NodeProcess {
+        let mut args: Vec<OsString> = vec!["dev".into(), "--home".into(), home.into()];
+        args.extend(["--rpc-addr", "127.0.0.1:0"].map(OsString::from));
+        args.extend(extra.iter().map(OsString::from));
+        Self::spawn(home, &args)
+    }
+
+    /// Starts `grapevine run --home HOME` (a testnet node) and waits (at most 60 s) for
+    /// its banner to name the RPC address.
+    pub fn run(home: &Path) -> NodeProcess {
+        Self::spawn(home, &["run".into(), "--home".into(), home.into()])
+    }
+
+    fn spawn(home: &Path, args: &[OsString]) -> NodeProcess {
         let mut child = Command::new(grapevine_bin())
-            .arg("dev")
-            .arg("--home")
-            .arg(home)
-            .args(["--rpc-addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
             .env("GRAPEVINE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -58,13 +68,29 @@ impl DevNode {
                 }
             }
         });
-        let rpc = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the dev node prints its RPC URL within 60 s");
-        DevNode {
+        let rpc = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(rpc) => rpc,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "grapevine {args:?} did not print its RPC URL within 60 s \
+                     (exit: {status:?}; its stderr is above)"
+                );
+            }
+        };
+        NodeProcess {
             child: Some(child),
             rpc,
             home: home.to_path_buf(),
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -109,7 +135,7 @@ impl DevNode {
     }
 }
 
-impl Drop for DevNode {
+impl Drop for NodeProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grapevine_ledger::{Address, Keypair, SignedTx, Transaction};
-use grapevine_tests::{DevNode, grapevine_bin, post_json};
+use grapevine_tests::{NodeProcess, grapevine_bin, post_json};
 use serde_json::{Value, json};
 
 const CHAIN: u32 = 1337;
@@ -39,11 +39,11 @@ fn signed(k: &Keypair, to: Address, amount: u64, fee: u64, nonce: u64) -> Signed
     .sign(k)
 }
 
-fn send(node: &DevNode, t: &SignedTx) -> Value {
+fn send(node: &NodeProcess, t: &SignedTx) -> Value {
     node.call("sendTransaction", json!([hex::encode(t.to_bytes())]))
 }
 
-fn balance(node: &DevNode, a: &Address) -> u64 {
+fn balance(node: &NodeProcess, a: &Address) -> u64 {
     node.result("getBalance", json!([a.to_string()]))
         .as_str()
         .unwrap()
@@ -51,7 +51,7 @@ fn balance(node: &DevNode, a: &Address) -> u64 {
         .unwrap()
 }
 
-fn wait_status(node: &DevNode, hash: &str, want: &str) -> Value {
+fn wait_status(node: &NodeProcess, hash: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let info = node.result("getTransaction", json!([hash]));
@@ -85,7 +85,7 @@ fn announce_huge_body(rpc: &str) -> u16 {
     head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-fn cli(node: &DevNode, args: &[&str]) -> std::process::Output {
+fn cli(node: &NodeProcess, args: &[&str]) -> std::process::Output {
     Command::new(grapevine_bin())
         .args(args)
         .args(["--rpc", &node.rpc])
@@ -97,7 +97,7 @@ fn cli(node: &DevNode, args: &[&str]) -> std::process::Output {
 fn wallet_lifecycle_bad_input_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let node = DevNode::start(&home, &["--accounts", "3", "--block-interval-ms", "20"]);
+    let node = NodeProcess::start(&home, &["--accounts", "3", "--block-interval-ms", "20"]);
     let keys = dev_keys(&home);
     assert_eq!(keys.len(), 3);
     let (alice, bob) = (&keys[0], &keys[1]);
@@ -240,7 +240,7 @@ fn wallet_lifecycle_bad_input_and_restart() {
 
     // Restart: clean shutdown, same head and balances after.
     assert!(node.stop(), "SIGTERM gives a clean exit");
-    let node = DevNode::start(&home, &[]);
+    let node = NodeProcess::start(&home, &[]);
     assert_eq!(node.result("getStatus", json!([]))["height"], height);
     assert_eq!(balance(&node, &alice.address()), alice_balance);
     let info = node.result("getTransaction", json!([hash]));
@@ -250,7 +250,7 @@ fn wallet_lifecycle_bad_input_and_restart() {
 #[test]
 fn websocket_follows_a_transaction_to_finality_and_streams_heads() {
     let dir = tempfile::tempdir().unwrap();
-    let node = DevNode::start(&dir.path().join("h"), &["--ephemeral", "--accounts", "2"]);
+    let node = NodeProcess::start(&dir.path().join("h"), &["--ephemeral", "--accounts", "2"]);
     let keys = {
         // --ephemeral keeps its home in a temporary directory: derive the keys instead.
         let status = node.result("getStatus", json!([]));
@@ -329,7 +329,7 @@ fn websocket_follows_a_transaction_to_finality_and_streams_heads() {
 #[test]
 fn health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let node = DevNode::start(&dir.path().join("h"), &["--ephemeral"]);
+    let node = NodeProcess::start(&dir.path().join("h"), &["--ephemeral"]);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

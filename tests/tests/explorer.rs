@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use grapevine_tests::DevNode;
+use grapevine_tests::NodeProcess;
 use serde_json::json;
 
 fn chromium() -> Option<PathBuf> {
@@ -129,7 +129,7 @@ fn explorer_shows_a_transfer_and_never_runs_markup() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let node = DevNode::start(&dir.path().join("home"), &["--accounts", "2"]);
+    let node = NodeProcess::start(&dir.path().join("home"), &["--accounts", "2"]);
     let accounts: serde_json::Value =
         serde_json::from_slice(&std::fs::read(node.home.join("dev-accounts.json")).unwrap())
             .unwrap();

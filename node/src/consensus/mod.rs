@@ -8,6 +8,7 @@
 //!   faulty virtual network, checking agreement, validity, no double-signing and
 //!   liveness on every run.
 
+pub mod driver;
 pub mod engine;
 pub mod types;
 

@@ -1,0 +1,577 @@
+//! The consensus driver: runs the sans-IO [`Engine`] against the network, the mempool
+//! and the ledger.
+//!
+//! One task owns the engine. It feeds it consensus messages from peers (after checking
+//! their signatures, so only valid ones are relayed), timer expiries and the blocks it
+//! builds from the mempool, and carries out the engine's actions in order: safety state
+//! is written (synced) before any later action leaves the node, final blocks are
+//! written with their certificates.
+//!
+//! Proposals this node has checked are kept in the ledger's consensus records until
+//! final, so a restarted validator (even a lone one) still knows the blocks its
+//! persisted highest QC points to.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use grapevine_ledger::state::{Execution, Overlay, build_block, validate_block};
+use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair, Ledger, codec};
+use grapevine_net::network::MAX_CONSENSUS_BYTES;
+use grapevine_net::{NetEvent, NetworkHandle, Offence};
+use tokio::sync::{mpsc, watch};
+
+use super::engine::{Action, BlockCheck, Engine, Timing};
+use super::types::{ConsensusMsg, Proposal, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet};
+use crate::node::Node;
+
+/// Key of the safety state in the ledger's consensus records.
+const SAFETY_KEY: &[u8] = b"safety";
+/// Prefix of kept proposals: prefix || height (BE) || block hash.
+const PROPOSAL_PREFIX: &[u8] = b"proposal/";
+/// A block whose timestamp is further ahead of this node's clock is refused.
+const MAX_CLOCK_AHEAD_MS: u64 = 30_000;
+/// A block request for the same block is answered at most this often.
+const ANSWER_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Consensus settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Round timeouts.
+    pub timing: Timing,
+    /// Most transactions in a proposed block.
+    pub max_block_txs: usize,
+    /// How long a leader with nothing to include waits for transactions before it
+    /// proposes an empty block (keep it well under the round timeout).
+    pub idle_block: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Executions of checked blocks that are not final yet, by block hash.
+#[derive(Default)]
+struct ExecCache {
+    map: HashMap<Hash, (BlockHeader, Arc<Execution>)>,
+}
+
+impl ExecCache {
+    /// Executions from the ledger's head (exclusive) to `tip` (inclusive), oldest
+    /// first; `None` if `tip` does not descend from the head through known blocks.
+    fn layers(&self, ledger: &Ledger, tip: &Hash) -> Option<Vec<Arc<Execution>>> {
+        let head = ledger.head().hash();
+        let mut out = Vec::new();
+        let mut cur = *tip;
+        while cur != head {
+            let (header, exec) = self.map.get(&cur)?;
+            out.push(exec.clone());
+            cur = header.parent_hash;
+        }
+        out.reverse();
+        Some(out)
+    }
+
+    /// Forgets blocks at or below a final height (final ones and dead forks).
+    fn prune(&mut self, final_height: u64) {
+        self.map.retain(|_, (h, _)| h.height > final_height);
+    }
+}
+
+/// The engine's block validity check: the block executes correctly on its parent's
+/// state (the ledger plus the unfinalized ancestors) and its time is sane.
+struct LedgerCheck {
+    ledger: Arc<Ledger>,
+    cache: Arc<Mutex<ExecCache>>,
+}
+
+impl BlockCheck for LedgerCheck {
+    fn check(&mut self, block: &Block, parent: &Block) -> bool {
+        let hash = block.hash();
+        let mut cache = lock(&self.cache);
+        if cache.map.contains_key(&hash) {
+            return true;
+        }
+        let ts = block.header.timestamp_ms;
+        if ts < parent.header.timestamp_ms || ts > now_ms().saturating_add(MAX_CLOCK_AHEAD_MS) {
+            tracing::warn!(height = block.header.height, %hash, "refusing a block whose time is before its parent's or too far ahead");
+            return false;
+        }
+        let Some(layers) = cache.layers(&self.ledger, &parent.hash()) else {
+            tracing::debug!(%hash, "cannot check a block whose parent does not extend the final chain");
+            return false;
+        };
+        let refs: Vec<&Execution> = layers.iter().map(|e| &**e).collect();
+        let overlay = Overlay::new(&*self.ledger, &refs);
+        match validate_block(&overlay, self.ledger.chain_id(), &parent.header, block) {
+            Ok(exec) => {
+                cache.map.insert(hash, (block.header, Arc::new(exec)));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(height = block.header.height, %hash, error = %e, "refusing an invalid proposed block");
+                false
+            }
+        }
+    }
+}
+
+fn proposal_key(height: u64, hash: &Hash) -> Vec<u8> {
+    [PROPOSAL_PREFIX, &height.to_be_bytes(), &hash.0].concat()
+}
+
+/// Everything the driver needs to start.
+#[derive(Debug)]
+pub struct Setup {
+    /// The validator set from genesis.
+    pub set: ValidatorSet,
+    /// This node's validator key, if it is a validator.
+    pub validator_key: Option<Keypair>,
+    /// Settings.
+    pub config: Config,
+}
+
+struct Driver {
+    node: Arc<Node>,
+    ledger: Arc<Ledger>,
+    net: NetworkHandle,
+    engine: Engine,
+    set: ValidatorSet,
+    me: Option<ValidatorIndex>,
+    proposer: Address,
+    cache: Arc<Mutex<ExecCache>>,
+    cfg: Config,
+    genesis_block: Hash,
+    epoch: Instant,
+    timer: Option<u64>,
+    build: Option<(u64, Block, Instant)>,
+    local: VecDeque<ConsensusMsg>,
+    answered: HashMap<Hash, Instant>,
+    /// Keys of the kept proposals, by height.
+    kept: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
+}
+
+/// Runs consensus until `stop` turns true. Returns an error if the node can no longer
+/// take part safely (its safety state or a final block cannot be written).
+pub async fn run(
+    node: Arc<Node>,
+    setup: Setup,
+    net: NetworkHandle,
+    mut events: mpsc::Receiver<NetEvent>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let ledger = node.ledger().clone();
+    let genesis_block = ledger
+        .block(0)?
+        .context("the ledger has no genesis block")?
+        .block
+        .hash();
+    let head = ledger.head();
+    let committed = ledger
+        .block(head.height)?
+        .context("the ledger's head block is missing")?
+        .block;
+    let safety = match ledger.consensus_get(SAFETY_KEY)? {
+        Some(bytes) => codec::decode::<SafetyState>(&bytes, super::types::MAX_CERTIFICATE_BYTES)
+            .context("the stored consensus safety state is unreadable")?,
+        None => SafetyState {
+            last_voted_round: 0,
+            high_qc: QuorumCert::genesis(genesis_block),
+        },
+    };
+    let me = match &setup.validator_key {
+        Some(k) => Some(setup.set.index_of(&k.address()).with_context(|| {
+            format!(
+                "validator key {} is not in the genesis validator set",
+                k.address()
+            )
+        })?),
+        None => None,
+    };
+    let proposer = setup
+        .validator_key
+        .as_ref()
+        .map(Keypair::address)
+        .unwrap_or_default();
+    let cache = Arc::new(Mutex::new(ExecCache::default()));
+    let check = LedgerCheck {
+        ledger: ledger.clone(),
+        cache: cache.clone(),
+    };
+    let engine = Engine::new(
+        setup.set.clone(),
+        me.zip(setup.validator_key),
+        genesis_block,
+        committed,
+        safety,
+        Box::new(check),
+        setup.config.timing,
+    );
+    tracing::info!(
+        validators = setup.set.len(),
+        validator = ?me,
+        height = head.height,
+        round = engine.round(),
+        "consensus starting"
+    );
+    let mut d = Driver {
+        node,
+        ledger,
+        net,
+        engine,
+        set: setup.set,
+        me,
+        proposer,
+        cache,
+        cfg: setup.config,
+        genesis_block,
+        epoch: Instant::now(),
+        timer: None,
+        build: None,
+        local: VecDeque::new(),
+        answered: HashMap::new(),
+        kept: std::collections::BTreeMap::new(),
+    };
+    let now = d.now();
+    tokio::task::block_in_place(|| d.engine.start(now));
+    d.replay_kept_proposals()?;
+    d.drain().await?;
+
+    loop {
+        let timer_at = d.timer.map(|t| d.epoch + Duration::from_millis(t));
+        let build_at = d
+            .build
+            .as_ref()
+            .map(|(_, _, since)| *since + d.cfg.idle_block);
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(NetEvent::Consensus { from, payload }) => d.on_net(from, payload).await,
+                None => {
+                    tracing::info!("network stopped; consensus stops");
+                    return Ok(());
+                }
+            },
+            () = sleep_until(timer_at) => {
+                d.timer = None;
+                let now = d.now();
+                tokio::task::block_in_place(|| d.engine.handle_timer(now));
+            }
+            () = sleep_until(build_at) => {}
+            () = d.node.new_work.notified(), if d.build.is_some() => {}
+            () = crate::producer::stopped(&mut stop) => return Ok(()),
+        }
+        d.maybe_build();
+        d.drain().await?;
+    }
+}
+
+async fn broadcast(net: &NetworkHandle, msg: &ConsensusMsg) {
+    net.broadcast_consensus(Bytes::from(codec::encode(msg)))
+        .await;
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Feeds the proposals kept from before a restart back to the engine, oldest
+    /// first, so it knows the unfinalized blocks its certificates point to.
+    fn replay_kept_proposals(&mut self) -> anyhow::Result<()> {
+        let final_height = self.ledger.head().height;
+        let mut stale = Vec::new();
+        let mut kept = Vec::new();
+        for (key, value) in self.ledger.consensus_scan(PROPOSAL_PREFIX)? {
+            match codec::decode::<Proposal>(&value, MAX_CONSENSUS_BYTES as u64) {
+                Ok(p) if p.block.header.height > final_height => {
+                    self.kept
+                        .entry(p.block.header.height)
+                        .or_default()
+                        .push(key);
+                    kept.push(p);
+                }
+                Ok(_) => stale.push(key),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping an unreadable kept proposal");
+                    stale.push(key);
+                }
+            }
+        }
+        self.ledger.consensus_delete(&stale)?;
+        let now = self.now();
+        for p in kept {
+            tokio::task::block_in_place(|| {
+                self.engine
+                    .handle_message(now, None, ConsensusMsg::Proposal(Box::new(p)));
+            });
+        }
+        Ok(())
+    }
+
+    fn keep_proposal(&mut self, p: &Proposal) {
+        let height = p.block.header.height;
+        if height <= self.ledger.head().height {
+            return;
+        }
+        let key = proposal_key(height, &p.block.hash());
+        match self.ledger.consensus_put_unsynced(&key, &codec::encode(p)) {
+            Ok(()) => self.kept.entry(height).or_default().push(key),
+            Err(e) => tracing::warn!(error = %e, "cannot keep a proposal for restart"),
+        }
+    }
+
+    /// A consensus message from peer `from`: checked, relayed if valid, then handed to
+    /// the engine.
+    async fn on_net(&mut self, from: Address, payload: Bytes) {
+        let msg = match codec::decode::<ConsensusMsg>(&payload, MAX_CONSENSUS_BYTES as u64) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(peer = %from, error = %e, "undecodable consensus message");
+                self.net
+                    .report(
+                        from,
+                        Offence::InvalidConsensus,
+                        "undecodable consensus message",
+                    )
+                    .await;
+                return;
+            }
+        };
+        let valid = match &msg {
+            ConsensusMsg::Proposal(p) => p.verify_signed(&self.set),
+            ConsensusMsg::Vote(v) => v.verify(&self.set),
+            ConsensusMsg::Timeout(t) => t.verify_signed(&self.set),
+            ConsensusMsg::BlockRequest(hash) => {
+                self.answer_request(*hash).await;
+                return;
+            }
+            // Certificates verify inside the engine; a sync hint is not relayed.
+            ConsensusMsg::Sync { .. } => true,
+        };
+        if !valid {
+            self.net
+                .report(
+                    from,
+                    Offence::InvalidConsensus,
+                    "consensus message with a bad signature",
+                )
+                .await;
+            return;
+        }
+        if !matches!(msg, ConsensusMsg::Sync { .. }) {
+            self.net.broadcast_consensus(payload).await;
+        }
+        if let ConsensusMsg::Proposal(p) = &msg {
+            self.keep_proposal(p);
+        }
+        let now = self.now();
+        tokio::task::block_in_place(|| self.engine.handle_message(now, None, msg));
+    }
+
+    async fn answer_request(&mut self, hash: Hash) {
+        let now = Instant::now();
+        if self
+            .answered
+            .get(&hash)
+            .is_some_and(|at| now.duration_since(*at) < ANSWER_INTERVAL)
+        {
+            return;
+        }
+        let Some(p) = self.engine.proposal(&hash).cloned() else {
+            return;
+        };
+        if self.answered.len() > 1024 {
+            self.answered.clear();
+        }
+        self.answered.insert(hash, now);
+        broadcast(&self.net, &ConsensusMsg::Proposal(Box::new(p))).await;
+    }
+
+    /// Whether a block on `parent` should carry the chain forward now even if empty:
+    /// the parent or grandparent holds transactions, which become final only once two
+    /// descendants are certified.
+    fn ancestors_busy(&self, parent: &Block) -> bool {
+        if parent.header.tx_count > 0 {
+            return true;
+        }
+        let grandparent = parent.header.parent_hash;
+        if let Some((h, _)) = lock(&self.cache).map.get(&grandparent) {
+            return h.tx_count > 0;
+        }
+        let head = self.ledger.head();
+        head.hash() == grandparent && head.tx_count > 0
+    }
+
+    /// Builds the block the engine asked for once there is something to put in it, the
+    /// chain needs it to finalize earlier transactions, or the idle wait is over.
+    fn maybe_build(&mut self) {
+        let Some((round, parent, since)) = self.build.take() else {
+            return;
+        };
+        if round != self.engine.round() {
+            return; // the round moved on
+        }
+        let ready = since.elapsed() >= self.cfg.idle_block
+            || self.ancestors_busy(&parent)
+            || self.node.has_pending();
+        if !ready {
+            self.build = Some((round, parent, since));
+            return;
+        }
+        let built = tokio::task::block_in_place(|| self.build_block(round, &parent));
+        if let Some(block) = built {
+            let now = self.now();
+            tokio::task::block_in_place(|| self.engine.handle_block_built(now, block));
+        }
+    }
+
+    fn build_block(&self, round: u64, parent: &Block) -> Option<Block> {
+        let parent_hash = parent.hash();
+        let layers = lock(&self.cache).layers(&self.ledger, &parent_hash);
+        let Some(layers) = layers else {
+            tracing::warn!(%parent_hash, "cannot build on a parent that does not extend the final chain");
+            return None;
+        };
+        let mut next_nonce = HashMap::new();
+        for e in &layers {
+            for (addr, acct) in &e.accounts {
+                next_nonce.insert(*addr, acct.nonce);
+            }
+        }
+        let txs = self.node.select_txs(self.cfg.max_block_txs, &next_nonce);
+        let refs: Vec<&Execution> = layers.iter().map(|e| &**e).collect();
+        let overlay = Overlay::new(&*self.ledger, &refs);
+        let ts = now_ms().max(parent.header.timestamp_ms);
+        let chain_id = self.ledger.chain_id();
+        match build_block(
+            &overlay,
+            chain_id,
+            &parent.header,
+            self.proposer,
+            round,
+            ts,
+            txs.clone(),
+        ) {
+            Ok((block, exec)) => {
+                lock(&self.cache)
+                    .map
+                    .insert(block.hash(), (block.header, Arc::new(exec)));
+                tracing::debug!(
+                    round,
+                    height = block.header.height,
+                    txs = block.txs.len(),
+                    "proposing"
+                );
+                Some(block)
+            }
+            Err(e) => {
+                self.node.unbuildable(&txs, &e);
+                None
+            }
+        }
+    }
+
+    /// Carries out the engine's actions, delivering messages to self, until none are
+    /// left.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        loop {
+            while let Some(a) = self.engine.poll_action() {
+                self.act(a).await?;
+            }
+            let Some(msg) = self.local.pop_front() else {
+                return Ok(());
+            };
+            let now = self.now();
+            let me = self.me;
+            tokio::task::block_in_place(|| self.engine.handle_message(now, me, msg));
+        }
+    }
+
+    async fn act(&mut self, action: Action) -> anyhow::Result<()> {
+        match action {
+            Action::Persist(s) => {
+                // Synced before anything signed after it leaves the node.
+                tokio::task::block_in_place(|| {
+                    self.ledger.consensus_put(SAFETY_KEY, &codec::encode(&s))
+                })
+                .context("cannot persist the consensus safety state; stopping consensus")?;
+            }
+            Action::Send(to, msg) => {
+                if Some(to) == self.me {
+                    self.local.push_back(msg);
+                } else {
+                    broadcast(&self.net, &msg).await;
+                }
+            }
+            Action::Broadcast(msg) => {
+                if let ConsensusMsg::Proposal(p) = &msg {
+                    self.keep_proposal(p);
+                }
+                broadcast(&self.net, &msg).await;
+            }
+            Action::Commit { blocks } => {
+                tokio::task::block_in_place(|| self.commit(blocks))?;
+            }
+            Action::SetTimer(at) => self.timer = Some(at),
+            Action::BuildBlock { round, parent } => {
+                self.build = Some((round, parent, Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, blocks: Vec<(Block, super::types::Certificate)>) -> anyhow::Result<()> {
+        for (block, cert) in blocks {
+            let hash = block.hash();
+            let cached = lock(&self.cache).map.get(&hash).map(|(_, e)| e.clone());
+            let exec = match cached {
+                Some(e) => e,
+                None => {
+                    // Checked before a restart: execute it again on the head.
+                    let head = self.ledger.head();
+                    Arc::new(
+                        validate_block(&*self.ledger, self.ledger.chain_id(), &head, &block)
+                            .with_context(|| {
+                                format!("final block {} does not execute", block.header.height)
+                            })?,
+                    )
+                }
+            };
+            // The engine built this proof; checking it (a handful of signatures) keeps
+            // an engine bug from writing a block nobody could prove final.
+            anyhow::ensure!(
+                cert.verify(&block.header, &self.set, &self.genesis_block),
+                "the certificate of final block {} does not verify; refusing to write it",
+                block.header.height
+            );
+            self.node
+                .commit_block(&block, &cert.to_bytes(), &exec)
+                .with_context(|| format!("cannot write final block {}", block.header.height))?;
+        }
+        let final_height = self.ledger.head().height;
+        lock(&self.cache).prune(final_height);
+        // Kept proposals of final heights (and of forks there) are no longer needed.
+        let above = self.kept.split_off(&(final_height + 1));
+        let stale: Vec<Vec<u8>> = std::mem::replace(&mut self.kept, above)
+            .into_values()
+            .flatten()
+            .collect();
+        self.ledger.consensus_delete(&stale)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! `grapevine run`: a networked validator or full node from a home directory.
+//!
+//! Home layout (docs/OPERATIONS.md):
+//! - `config.toml`: the settings below; relative paths in it are relative to the home.
+//! - `genesis.json`: the chain, shared by every node.
+//! - `node-key.json`: the node's network identity (peers know it by this key).
+//! - `validator-key.json`: a validator's signing key (absent on a full node).
+//! - `data/`: the RocksDB ledger; `peers.json`: the address book.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use grapevine_ledger::{Genesis, Ledger, RocksStore};
+use serde::{Deserialize, Serialize};
+
+use crate::consensus::driver;
+use crate::consensus::engine::Timing;
+use crate::consensus::types::ValidatorSet;
+use crate::mempool::MempoolConfig;
+use crate::node::Node;
+use crate::{keyfile, runtime};
+
+/// Flags of `grapevine run`. Each overrides the home's config.toml.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The node's home directory, holding config.toml (see `grapevine testnet` for a
+    /// generated one, docs/OPERATIONS.md for writing one by hand).
+    #[arg(long, env = "GRAPEVINE_HOME")]
+    home: PathBuf,
+    /// Address the JSON-RPC server listens on (overrides `[rpc] listen`).
+    #[arg(long, env = "GRAPEVINE_RPC_ADDR")]
+    rpc_addr: Option<SocketAddr>,
+    /// Address peers connect to (overrides `[p2p] listen`).
+    #[arg(long, env = "GRAPEVINE_P2P_ADDR")]
+    p2p_addr: Option<SocketAddr>,
+    /// More peers to dial at start, comma-separated host:port (added to `[p2p]
+    /// bootstrap`).
+    #[arg(long, env = "GRAPEVINE_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<SocketAddr>,
+}
+
+/// config.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Path of the genesis file.
+    #[serde(default = "default_genesis")]
+    pub genesis: PathBuf,
+    /// Path of the node key file.
+    #[serde(default = "default_node_key")]
+    pub node_key: PathBuf,
+    /// Path of the validator key file; absent on a full node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_key: Option<PathBuf>,
+    /// Directory of the ledger database.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// JSON-RPC server.
+    #[serde(default)]
+    pub rpc: RpcSection,
+    /// Peer-to-peer network.
+    #[serde(default)]
+    pub p2p: P2pSection,
+    /// Consensus.
+    #[serde(default)]
+    pub consensus: ConsensusSection,
+    /// Mempool.
+    #[serde(default)]
+    pub mempool: MempoolSection,
+}
+
+fn default_genesis() -> PathBuf {
+    "genesis.json".into()
+}
+fn default_node_key() -> PathBuf {
+    "node-key.json".into()
+}
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+
+/// `[rpc]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcSection {
+    /// Listen address (keep it on 127.0.0.1 unless a proxy guards it).
+    pub listen: SocketAddr,
+    /// Requests per second per client IP (0: unlimited).
+    pub rate_limit: u32,
+}
+
+impl Default for RpcSection {
+    fn default() -> Self {
+        RpcSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            rate_limit: 2_000,
+        }
+    }
+}
+
+/// `[p2p]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pSection {
+    /// Listen address for peers.
+    pub listen: SocketAddr,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Outbound links to keep.
+    pub target_outbound: usize,
+    /// Most inbound links.
+    pub max_inbound: usize,
+    /// Most links from one IP address.
+    pub max_per_ip: usize,
+}
+
+impl Default for P2pSection {
+    fn default() -> Self {
+        P2pSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 26656)),
+            bootstrap: Vec::new(),
+            target_outbound: 8,
+            max_inbound: 32,
+            max_per_ip: 16,
+        }
+    }
+}
+
+/// `[consensus]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsensusSection {
+    /// First round timeout in milliseconds (doubles on consecutive timeouts).
+    pub base_timeout_ms: u64,
+    /// Largest round timeout in milliseconds.
+    pub max_timeout_ms: u64,
+    /// How long a leader with no transactions waits before proposing an empty block.
+    pub idle_block_ms: u64,
+    /// Most transactions in a proposed block (1 to 50,000).
+    pub max_block_txs: usize,
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        ConsensusSection {
+            base_timeout_ms: 2_000,
+            max_timeout_ms: 10_000,
+            idle_block_ms: 500,
+            max_block_txs: 10_000,
+        }
+    }
+}
+
+/// `[mempool]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MempoolSection {
+    /// Most transactions held.
+    pub max_txs: usize,
+    /// Most pooled transactions per sender.
+    pub max_per_sender: usize,
+    /// Seconds a transaction may wait for a block before it is dropped.
+    pub ttl_secs: u64,
+}
+
+impl Default for MempoolSection {
+    fn default() -> Self {
+        let d = MempoolConfig::default();
+        MempoolSection {
+            max_txs: d.max_txs,
+            max_per_sender: d.max_per_sender,
+            ttl_secs: d.ttl.as_secs(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks `home/config.toml`.
+    pub fn load(home: &Path) -> anyhow::Result<Config> {
+        let path = home.join("config.toml");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        let c = &cfg.consensus;
+        anyhow::ensure!(
+            (1..=grapevine_ledger::block::MAX_BLOCK_TXS).contains(&c.max_block_txs),
+            "{}: consensus.max_block_txs must be 1 to {}",
+            path.display(),
+            grapevine_ledger::block::MAX_BLOCK_TXS
+        );
+        anyhow::ensure!(
+            c.base_timeout_ms >= 100 && c.max_timeout_ms >= c.base_timeout_ms,
+            "{}: consensus.base_timeout_ms must be at least 100 and at most max_timeout_ms",
+            path.display()
+        );
+        anyhow::ensure!(
+            c.idle_block_ms < c.base_timeout_ms,
+            "{}: consensus.idle_block_ms must be below base_timeout_ms, or idle rounds time out",
+            path.display()
+        );
+        Ok(cfg)
+    }
+
+    /// The file's text, with a header comment.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "# Grapevine node configuration (docs/OPERATIONS.md). Relative paths are\n\
+             # relative to this file's directory.\n\n{}",
+            toml::to_string(self)?
+        ))
+    }
+}
+
+fn resolve(home: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        home.join(p)
+    }
+}
+
+/// Runs `grapevine run` until Ctrl-C or SIGTERM.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let home = &args.home;
+    let mut cfg = Config::load(home)?;
+    if let Some(a) = args.rpc_addr {
+        cfg.rpc.listen = a;
+    }
+    if let Some(a) = args.p2p_addr {
+        cfg.p2p.listen = a;
+    }
+    cfg.p2p.bootstrap.extend(args.bootstrap.iter().copied());
+
+    let genesis = Genesis::load(&resolve(home, &cfg.genesis))?;
+    let node_key = keyfile::read(&resolve(home, &cfg.node_key))?;
+    let validator_key = match &cfg.validator_key {
+        Some(p) => Some(keyfile::read(&resolve(home, p))?),
+        None => None,
+    };
+    let set = ValidatorSet::new(genesis.validator_keys(), genesis.chain_id);
+    if let Some(k) = &validator_key {
+        anyhow::ensure!(
+            set.index_of(&k.address()).is_some(),
+            "validator key {} is not one of the genesis validators; remove validator_key \
+             from config.toml to run a full node",
+            k.address()
+        );
+    }
+    let data_dir = resolve(home, &cfg.data_dir);
+    let store = RocksStore::open(&data_dir)?;
+    let ledger = Arc::new(Ledger::open(Box::new(store), &genesis)?);
+    let pool = MempoolConfig {
+        max_txs: cfg.mempool.max_txs,
+        max_per_sender: cfg.mempool.max_per_sender,
+        ttl: Duration::from_secs(cfg.mempool.ttl_secs),
+        ..MempoolConfig::default()
+    };
+    let proposer = validator_key
+        .as_ref()
+        .map(grapevine_ledger::Keypair::address)
+        .unwrap_or_default();
+    let (node, rpc_metrics) = Node::new(ledger.clone(), pool, proposer, genesis.validator_keys());
+    let rpc_cfg = grapevine_rpc::RpcConfig {
+        rate_limit_per_ip: cfg.rpc.rate_limit,
+        rate_limit_burst: cfg.rpc.rate_limit.saturating_mul(2),
+        ..grapevine_rpc::RpcConfig::default()
+    };
+    let mut net =
+        grapevine_net::NetConfig::new(cfg.p2p.listen, node_key, genesis.chain_id, genesis.hash());
+    net.bootstrap = cfg.p2p.bootstrap.clone();
+    net.target_outbound = cfg.p2p.target_outbound;
+    net.max_inbound = cfg.p2p.max_inbound;
+    net.max_per_ip = cfg.p2p.max_per_ip;
+    net.address_book = Some(home.join("peers.json"));
+    let role = if validator_key.is_some() {
+        "validator"
+    } else {
+        "full node"
+    };
+    let consensus = driver::Setup {
+        set,
+        validator_key,
+        config: driver::Config {
+            timing: Timing {
+                base_timeout_ms: cfg.consensus.base_timeout_ms,
+                max_timeout_ms: cfg.consensus.max_timeout_ms,
+            },
+            max_block_txs: cfg.consensus.max_block_txs,
+            idle_block: Duration::from_millis(cfg.consensus.idle_block_ms),
+        },
+    };
+    let head = ledger.head();
+    runtime::run_networked(
+        node,
+        cfg.rpc.listen,
+        rpc_cfg,
+        rpc_metrics,
+        runtime::Networked { net, consensus },
+        |rpc, p2p| {
+            println!("Grapevine {role}");
+            println!("  chain id:   {}", genesis.chain_id);
+            println!("  genesis:    {}", genesis.hash());
+            println!("  home:       {}", home.display());
+            println!("  head:       height {} ({})", head.height, head.hash());
+            println!("  RPC:        http://{rpc}");
+            println!("  P2P:        {p2p}");
+        },
+    )?;
+    ledger.flush()?;
+    tracing::info!(height = ledger.head().height, "stopped cleanly");
+    Ok(())
+}
