@@ -1,0 +1,520 @@
+#!/usr/bin/env bash
+# Runs a local multi-node network on this machine: builds the node in release mode,
+# writes the homes with `grapevine testnet` (first start only), runs every node in the
+# background and waits until the chain finalizes. State, logs and pids live in
+# ./testnet (gitignored; TESTNET_DIR moves it); `clean` removes it for a fresh chain.
+#   scripts/testnet.sh start 4        # 4 validators; then: status, logs validator0, stop
+#   TESTNET_FULL_NODES=2 scripts/testnet.sh start
+# Run without arguments for every command and setting. Needs curl.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+TESTNET_DIR="${TESTNET_DIR:-$REPO_ROOT/testnet}"
+TESTNET_BASE_PORT="${TESTNET_BASE_PORT:-27000}"
+TESTNET_FULL_NODES="${TESTNET_FULL_NODES:-0}"
+TESTNET_WAIT="${TESTNET_WAIT:-60}"
+TESTNET_STOP_WAIT="${TESTNET_STOP_WAIT:-15}"
+NODES_TSV="$TESTNET_DIR/nodes.tsv"
+PIDS_DIR="$TESTNET_DIR/pids"
+LOGS_DIR="$TESTNET_DIR/logs"
+
+usage() {
+  cat <<EOF
+Usage: scripts/testnet.sh COMMAND [ARGS]
+
+Commands:
+  start [N]          Build, write a testnet of N validators (default 4) unless one exists,
+                     start every node in the background, wait until blocks finalize
+  stop               SIGTERM every node, SIGKILL what is left after ${TESTNET_STOP_WAIT} s
+  status             Per node: pid and state, height, peer count
+  logs NAME [ARGS]   Follow a node's log (tail -n 100 -f; ARGS replace those tail options)
+  kill NAME          SIGKILL one node (status then shows it dead)
+  restart NAME       Stop one node if running, start it again, wait until it catches up
+  pause NAME         SIGSTOP one node (it stops answering and voting)
+  resume NAME        SIGCONT a paused node
+  clean              stop, then remove the testnet directory
+  help               This text
+
+Node names are validator0.., full0.. (see status). Settings (environment), with their
+current values:
+  TESTNET_DIR=$TESTNET_DIR
+      the testnet's directory
+  TESTNET_BASE_PORT=$TESTNET_BASE_PORT
+      first port of a new testnet: node i uses base+2i (RPC) and base+2i+1 (p2p)
+  TESTNET_FULL_NODES=$TESTNET_FULL_NODES
+      non-validating full nodes of a new testnet
+  TESTNET_ACCOUNTS=${TESTNET_ACCOUNTS:-}
+      funded accounts of a new testnet (empty: grapevine's default, 10)
+  TESTNET_WAIT=$TESTNET_WAIT
+      seconds start and restart wait for the chain
+  TESTNET_SKIP_BUILD=${TESTNET_SKIP_BUILD:-}
+      1: use the binary as built ($GRAPEVINE_BIN), do not run cargo
+  GRAPEVINE_LOG=${GRAPEVINE_LOG:-}
+      passed through to the nodes (their log filter)
+
+Files in the testnet directory: nodes.tsv (written by grapevine testnet), nodes.json
+(name, rpc, p2p, home, pid of each node), logs/NAME.log, pids/NAME, accounts.json, keys/.
+EOF
+}
+
+die() {
+  echo "error: $*" >&2
+  exit 1
+}
+
+need_curl() {
+  command -v curl >/dev/null 2>&1 && return 0
+  echo "error: this command talks to the nodes' RPC with curl, which is missing. Run:" >&2
+  echo "  sudo apt-get install -y curl" >&2
+  exit 1
+}
+
+need_testnet() {
+  [ -f "$NODES_TSV" ] || die "no testnet in $TESTNET_DIR (run: scripts/testnet.sh start)"
+}
+
+is_uint() {
+  [[ "$1" =~ ^[0-9]+$ ]]
+}
+
+# ---- nodes.tsv: name, rpc host:port, p2p host:port, home --------------------------
+
+node_names() {
+  cut -f1 "$NODES_TSV"
+}
+
+# node_field NAME COLUMN (2 rpc, 3 p2p, 4 home); fails on an unknown name.
+node_field() {
+  local v
+  v="$(awk -F'\t' -v n="$1" -v c="$2" '$1 == n { print $c; found = 1 } END { exit !found }' "$NODES_TSV")" ||
+    die "no node named '$1' in $TESTNET_DIR; nodes: $(node_names | tr '\n' ' ')"
+  printf '%s\n' "$v"
+}
+
+# ---- pids ---------------------------------------------------------------------------
+
+pid_of() {
+  local f="$PIDS_DIR/$1"
+  [ -f "$f" ] && cat "$f"
+  return 0
+}
+
+# alive PID HOME: the process exists, is no zombie, and (where /proc tells) is the node
+# of HOME, so a recycled pid is not taken for a node.
+alive() {
+  local pid="$1" home="$2"
+  is_uint "$pid" || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  if [ -r "/proc/$pid/stat" ]; then
+    [ "$(proc_state "$pid")" != Z ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--home $home " || return 1
+  fi
+  return 0
+}
+
+# proc_state PID: the one-letter state of /proc/PID/stat (R, S, T for stopped, Z, ...).
+proc_state() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  stat="${stat##*) }"
+  printf '%s\n' "${stat%% *}"
+}
+
+node_alive() {
+  alive "$(pid_of "$1")" "$(node_field "$1" 4)"
+}
+
+# ---- nodes.json ---------------------------------------------------------------------
+
+json_str() {
+  local s="$1"
+  s="${s//\\/\\\\}"
+  s="${s//\"/\\\"}"
+  printf '"%s"' "$s"
+}
+
+write_nodes_json() {
+  local tmp="$TESTNET_DIR/nodes.json.tmp" name rpc p2p home pid sep=""
+  {
+    printf '['
+    while IFS=$'\t' read -r name rpc p2p home; do
+      [ -n "$name" ] || continue
+      pid="$(pid_of "$name")"
+      is_uint "$pid" || pid=null
+      printf '%s\n  {"name": %s, "rpc": %s, "p2p": %s, "home": %s, "pid": %s}' "$sep" \
+        "$(json_str "$name")" "$(json_str "http://$rpc")" "$(json_str "$p2p")" \
+        "$(json_str "$home")" "$pid"
+      sep=","
+    done <"$NODES_TSV"
+    printf '\n]\n'
+  } >"$tmp"
+  mv "$tmp" "$TESTNET_DIR/nodes.json"
+}
+
+# ---- RPC ----------------------------------------------------------------------------
+
+# get_status RPC (host:port): the getStatus response, empty if the node does not answer.
+get_status() {
+  curl -sS -m 2 -X POST -H 'content-type: application/json' \
+    -d '{"jsonrpc":"2.0","id":1,"method":"getStatus","params":[]}' "http://$1/" 2>/dev/null || true
+}
+
+json_height() {
+  sed -n 's/.*"height"[[:space:]]*:[[:space:]]*"\{0,1\}\([0-9][0-9]*\).*/\1/p' <<<"$1"
+}
+
+json_peers() {
+  sed -n 's/.*"peerCount"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p' <<<"$1"
+}
+
+json_syncing() {
+  sed -n 's/.*"syncing"[[:space:]]*:[[:space:]]*\(true\|false\).*/\1/p' <<<"$1"
+}
+
+# height_of RPC: the node's final height, empty if it does not answer.
+height_of() {
+  json_height "$(get_status "$1")"
+}
+
+# ---- starting and stopping ------------------------------------------------------------
+
+# start_node NAME: runs the node in the background, in its own session so that a
+# Ctrl-C in this terminal does not reach it, and records its pid.
+start_node() {
+  local name="$1" home pid
+  home="$(node_field "$name" 4)"
+  mkdir -p "$LOGS_DIR" "$PIDS_DIR"
+  {
+    echo
+    echo "=== $(date '+%F %T') scripts/testnet.sh: starting $name ==="
+  } >>"$LOGS_DIR/$name.log"
+  if command -v setsid >/dev/null 2>&1; then
+    # setsid execs the node (this background child is no group leader), so $! is its pid.
+    nohup setsid "$GRAPEVINE_BIN" run --home "$home" </dev/null >>"$LOGS_DIR/$name.log" 2>&1 &
+  else
+    nohup "$GRAPEVINE_BIN" run --home "$home" </dev/null >>"$LOGS_DIR/$name.log" 2>&1 &
+  fi
+  pid=$!
+  echo "$pid" >"$PIDS_DIR/$name"
+}
+
+# stop_nodes TIMEOUT NAME...: SIGTERM the live ones among NAME..., wait up to TIMEOUT
+# seconds, SIGKILL the rest; prints one line per node.
+stop_nodes() {
+  local timeout="$1" name pid home deadline left
+  shift
+  local -a names=() pids=() homes=()
+  for name in "$@"; do
+    pid="$(pid_of "$name")"
+    home="$(node_field "$name" 4)"
+    if alive "$pid" "$home"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      kill -CONT "$pid" 2>/dev/null || true # a paused node handles SIGTERM only once resumed
+      names+=("$name")
+      pids+=("$pid")
+      homes+=("$home")
+    else
+      echo "  $name: not running"
+      rm -f "$PIDS_DIR/$name"
+    fi
+  done
+  [ "${#names[@]}" -gt 0 ] || return 0
+  deadline=$((SECONDS + timeout))
+  while :; do
+    left=0
+    for i in "${!names[@]}"; do
+      alive "${pids[$i]}" "${homes[$i]}" && left=$((left + 1))
+    done
+    [ "$left" -eq 0 ] && break
+    [ "$SECONDS" -ge "$deadline" ] && break
+    sleep 0.2
+  done
+  for i in "${!names[@]}"; do
+    if alive "${pids[$i]}" "${homes[$i]}"; then
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+      echo "  ${names[$i]}: still running after ${timeout} s, killed (pid ${pids[$i]})"
+    else
+      echo "  ${names[$i]}: stopped (pid ${pids[$i]})"
+    fi
+    rm -f "$PIDS_DIR/${names[$i]}"
+  done
+}
+
+print_log_tail() {
+  local name="$1" lines="${2:-20}"
+  echo "--- last $lines lines of $LOGS_DIR/$name.log ---" >&2
+  tail -n "$lines" "$LOGS_DIR/$name.log" >&2 2>/dev/null || echo "(no log)" >&2
+}
+
+# ---- commands -----------------------------------------------------------------------
+
+cmd_start() {
+  local n="${1:-4}" name rpc p2p home h first="" v0 deadline ok
+  if ! is_uint "$n" || [ "$n" -lt 1 ]; then
+    die "start: N must be a number of validators >= 1, got '$n'"
+  fi
+  is_uint "$TESTNET_BASE_PORT" || die "TESTNET_BASE_PORT must be a number"
+  is_uint "$TESTNET_FULL_NODES" || die "TESTNET_FULL_NODES must be a number"
+  need_curl
+
+  # shellcheck disable=SC2119 # neither takes this script's arguments
+  if [ "${TESTNET_SKIP_BUILD:-0}" != 1 ]; then
+    ensure_build_deps
+    build_release
+  fi
+  [ -x "$GRAPEVINE_BIN" ] || die "no node binary at $GRAPEVINE_BIN (unset TESTNET_SKIP_BUILD to build it)"
+
+  if [ -f "$TESTNET_DIR/genesis.json" ]; then
+    [ -f "$NODES_TSV" ] || die "$TESTNET_DIR has a genesis.json but no nodes.tsv; remove it (scripts/testnet.sh clean)"
+    local have
+    have="$(grep -c '^validator' "$NODES_TSV" || true)"
+    if [ $# -gt 0 ] && [ "$have" != "$n" ]; then
+      echo "note: $TESTNET_DIR holds a testnet of $have validators already; starting it as it is" \
+        "(scripts/testnet.sh clean for a new one)" >&2
+    fi
+  else
+    local -a args=(testnet --validators "$n" --full-nodes "$TESTNET_FULL_NODES"
+      --base-port "$TESTNET_BASE_PORT" --out "$TESTNET_DIR")
+    [ -n "${TESTNET_ACCOUNTS:-}" ] && args+=(--accounts "$TESTNET_ACCOUNTS")
+    mkdir -p "$(dirname "$TESTNET_DIR")"
+    "$GRAPEVINE_BIN" "${args[@]}"
+  fi
+  need_testnet
+
+  local running=()
+  for name in $(node_names); do
+    node_alive "$name" && running+=("$name (pid $(pid_of "$name"))")
+  done
+  if [ "${#running[@]}" -gt 0 ]; then
+    echo "error: nodes of $TESTNET_DIR are running already: ${running[*]}" >&2
+    echo "  scripts/testnet.sh status | stop | restart NAME" >&2
+    exit 1
+  fi
+  # Something else on a node's RPC port would answer for it: refuse rather than mislead.
+  while IFS=$'\t' read -r name rpc p2p home; do
+    if curl -s -m 1 -o /dev/null "http://$rpc/health"; then
+      die "$rpc ($name's RPC port) is in use by another process; stop it or use another TESTNET_DIR/TESTNET_BASE_PORT"
+    fi
+  done <"$NODES_TSV"
+
+  mkdir -p "$LOGS_DIR" "$PIDS_DIR"
+  for name in $(node_names); do
+    start_node "$name"
+  done
+  write_nodes_json
+  echo "started $(node_names | wc -l) nodes of $TESTNET_DIR; waiting up to ${TESTNET_WAIT} s for blocks to finalize"
+
+  # Ready: every node answers getStatus, and validator0's height grew since first seen
+  # (so a chain restarted at height 50 must finalize a block too).
+  v0="$(node_names | head -n 1)"
+  deadline=$((SECONDS + TESTNET_WAIT))
+  local -A heights=()
+  while :; do
+    ok=1
+    while IFS=$'\t' read -r name rpc p2p home; do
+      if ! node_alive "$name"; then
+        echo "error: $name exited during start" >&2
+        print_log_tail "$name" 30
+        echo "the other nodes are left running: scripts/testnet.sh status | stop" >&2
+        exit 1
+      fi
+      h="$(height_of "$rpc")"
+      heights[$name]="$h"
+      [ -n "$h" ] || ok=0
+    done <"$NODES_TSV"
+    h="${heights[$v0]}"
+    if [ -n "$h" ] && [ -z "$first" ]; then first="$h"; fi
+    if [ "$ok" = 1 ] && [ "$h" -gt "$first" ]; then
+      break
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "error: the testnet is not finalizing after ${TESTNET_WAIT} s" >&2
+      local shown=0
+      for name in $(node_names); do
+        echo "  $name: height ${heights[$name]:-(no answer)}" >&2
+      done
+      for name in $(node_names); do
+        if [ -z "${heights[$name]}" ]; then
+          print_log_tail "$name"
+          shown=1
+        fi
+      done
+      if [ "$shown" = 0 ]; then # all answer, none finalizes: the validators' logs tell why
+        for name in $(node_names); do
+          case "$name" in validator*) print_log_tail "$name" ;; esac
+        done
+      fi
+      echo "the nodes are left running: scripts/testnet.sh status | logs NAME | stop" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+
+  echo "testnet is finalizing (validator0 at height ${heights[$v0]}):"
+  while IFS=$'\t' read -r name rpc p2p home; do
+    printf '  %-12s http://%-21s height %s\n' "$name" "$rpc" "${heights[$name]}"
+  done <"$NODES_TSV"
+  echo "accounts: $TESTNET_DIR/accounts.json (keys in $TESTNET_DIR/keys), nodes: $TESTNET_DIR/nodes.json"
+}
+
+cmd_stop() {
+  if [ ! -f "$NODES_TSV" ]; then
+    echo "no testnet in $TESTNET_DIR"
+    return 0
+  fi
+  echo "stopping the nodes of $TESTNET_DIR"
+  # shellcheck disable=SC2046 # node names hold no spaces
+  stop_nodes "$TESTNET_STOP_WAIT" $(node_names)
+  write_nodes_json
+}
+
+cmd_status() {
+  need_testnet
+  need_curl
+  local name rpc p2p home pid state s h peers syncing
+  printf '%-12s %-22s %-8s %-8s %-8s %-6s %s\n' NODE RPC PID STATE HEIGHT PEERS SYNCING
+  while IFS=$'\t' read -r name rpc p2p home; do
+    pid="$(pid_of "$name")"
+    h="-" peers="-" syncing="-"
+    if [ -z "$pid" ]; then
+      state=stopped pid="-"
+    elif ! alive "$pid" "$home"; then
+      state=dead
+    else
+      state=running
+      [ "$(proc_state "$pid")" = T ] && state=paused
+      s="$(get_status "$rpc")"
+      if [ -n "$s" ]; then
+        h="$(json_height "$s")"
+        peers="$(json_peers "$s")"
+        syncing="$(json_syncing "$s")"
+      else
+        h="?"
+      fi
+    fi
+    printf '%-12s %-22s %-8s %-8s %-8s %-6s %s\n' "$name" "http://$rpc" "$pid" "$state" \
+      "${h:-?}" "${peers:-?}" "${syncing:-?}"
+  done <"$NODES_TSV"
+}
+
+cmd_logs() {
+  [ $# -ge 1 ] || die "usage: scripts/testnet.sh logs NAME [tail options]"
+  need_testnet
+  local name="$1" log
+  shift
+  node_field "$name" 1 >/dev/null
+  log="$LOGS_DIR/$name.log"
+  [ -f "$log" ] || die "no log for $name yet ($log)"
+  if [ $# -gt 0 ]; then
+    exec tail "$@" "$log"
+  fi
+  exec tail -n 100 -f "$log"
+}
+
+cmd_kill() {
+  [ $# -eq 1 ] || die "usage: scripts/testnet.sh kill NAME"
+  need_testnet
+  local name="$1" pid home i
+  home="$(node_field "$name" 4)"
+  pid="$(pid_of "$name")"
+  alive "$pid" "$home" || die "$name is not running"
+  kill -KILL "$pid"
+  for i in $(seq 50); do
+    alive "$pid" "$home" || break
+    sleep 0.1
+  done
+  # The pid stays recorded, so status reports the node dead rather than stopped.
+  write_nodes_json
+  echo "killed $name (pid $pid)"
+}
+
+cmd_restart() {
+  [ $# -eq 1 ] || die "usage: scripts/testnet.sh restart NAME"
+  need_testnet
+  need_curl
+  local name="$1" rpc target=0 h other orpc deadline
+  rpc="$(node_field "$name" 2)"
+  [ -x "$GRAPEVINE_BIN" ] || die "no node binary at $GRAPEVINE_BIN"
+  if node_alive "$name"; then
+    echo "stopping $name"
+    stop_nodes "$TESTNET_STOP_WAIT" "$name"
+  fi
+  # The height to catch up to: the highest among the other nodes now.
+  for other in $(node_names); do
+    if [ "$other" = "$name" ] || ! node_alive "$other"; then continue; fi
+    orpc="$(node_field "$other" 2)"
+    h="$(height_of "$orpc")"
+    if [ -n "$h" ] && [ "$h" -gt "$target" ]; then target="$h"; fi
+  done
+  start_node "$name"
+  write_nodes_json
+  echo "started $name (pid $(pid_of "$name")); waiting up to ${TESTNET_WAIT} s for it to reach height $target"
+  deadline=$((SECONDS + TESTNET_WAIT))
+  while :; do
+    if ! node_alive "$name"; then
+      echo "error: $name exited" >&2
+      print_log_tail "$name" 30
+      exit 1
+    fi
+    h="$(height_of "$rpc")"
+    if [ -n "$h" ] && [ "$h" -ge "$target" ]; then
+      echo "$name is at height $h (caught up with $target)"
+      return 0
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "error: $name is at height ${h:-(no answer)} after ${TESTNET_WAIT} s, short of $target" >&2
+      print_log_tail "$name"
+      exit 1
+    fi
+    sleep 1
+  done
+}
+
+cmd_signal() { # cmd_signal STOP|CONT NAME
+  local sig="$1" name="${2:-}" pid verb
+  if [ -z "$name" ] || [ $# -ne 2 ]; then die "usage: scripts/testnet.sh pause|resume NAME"; fi
+  need_testnet
+  node_field "$name" 1 >/dev/null
+  node_alive "$name" || die "$name is not running"
+  pid="$(pid_of "$name")"
+  kill "-$sig" "$pid"
+  [ "$sig" = STOP ] && verb=paused || verb=resumed
+  echo "$verb $name (pid $pid)"
+}
+
+cmd_clean() {
+  local dir
+  if [ ! -e "$TESTNET_DIR" ]; then
+    echo "nothing to clean: $TESTNET_DIR does not exist"
+    return 0
+  fi
+  dir="$(cd "$TESTNET_DIR" && pwd -P)"
+  case "$dir" in
+    / | "$HOME" | "$(cd "$REPO_ROOT" && pwd -P)") die "refusing to remove $dir" ;;
+  esac
+  [ -f "$dir/nodes.tsv" ] || [ -f "$dir/genesis.json" ] ||
+    die "$dir does not look like a testnet (no nodes.tsv or genesis.json); not removing it"
+  cmd_stop
+  rm -rf "$dir"
+  echo "removed $dir"
+}
+
+cmd="${1:-help}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  start) [ $# -le 1 ] || die "usage: scripts/testnet.sh start [N]"; cmd_start "$@" ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  logs) cmd_logs "$@" ;;
+  kill) cmd_kill "$@" ;;
+  restart) cmd_restart "$@" ;;
+  pause) cmd_signal STOP "$@" ;;
+  resume) cmd_signal CONT "$@" ;;
+  clean) cmd_clean ;;
+  help | -h | --help) usage ;;
+  *)
+    usage >&2
+    exit 1
+    ;;
+esac
