@@ -515,17 +515,26 @@ impl Engine {
         };
         self.safety.last_voted_round = r;
         self.actions.push_back(Action::Persist(self.safety.clone()));
-        // Even a vote for ourselves goes out through the driver (which loops it back),
-        // so every signature leaves through one path.
-        let next = self.set.leader(r + 1);
+        // Votes go to every validator, not only the next leader: whoever sees a quorum
+        // forms the QC and moves on at once. With the next leader down, the others
+        // then wait out one round timer (that leader's round) instead of two.
         self.actions
-            .push_back(Action::Send(next, ConsensusMsg::Vote(v)));
+            .push_back(Action::Broadcast(ConsensusMsg::Vote(v.clone())));
+        let now = self.now;
+        self.on_vote(now, v);
     }
 
     fn on_vote(&mut self, now: u64, v: Vote) {
-        if !self.is_leader(v.round + 1)
-            || v.round + 1 < self.round
-            || v.round > self.round + MAX_ROUNDS_AHEAD
+        if v.round + 1 < self.round || v.round > self.round + MAX_ROUNDS_AHEAD {
+            return;
+        }
+        // Every validator receives every vote: check a signature only if it can still
+        // count (no QC yet, and not a voter already counted).
+        let quorum = self.set.quorum();
+        if self
+            .votes
+            .get(&(v.round, v.block_hash))
+            .is_some_and(|e| e.len() >= quorum || e.contains_key(&v.voter))
             || !v.verify(&self.set)
         {
             return;

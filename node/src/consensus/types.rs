@@ -18,17 +18,31 @@ pub const TIMEOUT_TAG: &[u8] = b"grapevine/timeout/v1";
 /// A validator's position in the genesis list.
 pub type ValidatorIndex = u16;
 
+/// Signatures already found valid, shared by the clones of one [`ValidatorSet`]: the
+/// driver checks a message before relaying it and the engine checks it again, and a
+/// vote or timeout reaches a node inside many certificates.
+#[derive(Debug, Default)]
+struct VerifiedCache(std::sync::Mutex<HashSet<Hash>>);
+
+/// Entries kept before the cache starts over (bounded memory).
+const VERIFIED_CACHE_CAPACITY: usize = 100_000;
+
 /// The fixed validator set from genesis.
 #[derive(Clone, Debug)]
 pub struct ValidatorSet {
     keys: Vec<Address>,
     chain_id: u32,
+    verified: std::sync::Arc<VerifiedCache>,
 }
 
 impl ValidatorSet {
     /// The set of `keys` (in leader order) for `chain_id`.
     pub fn new(keys: Vec<Address>, chain_id: u32) -> Self {
-        ValidatorSet { keys, chain_id }
+        ValidatorSet {
+            keys,
+            chain_id,
+            verified: std::sync::Arc::default(),
+        }
     }
 
     /// Number of validators.
@@ -64,8 +78,27 @@ impl ValidatorSet {
         self.chain_id
     }
 
+    /// Whether validator `i` signed `msg`. Remembers valid signatures (by a hash of
+    /// key, message and signature, so only the same triple hits).
     fn check(&self, i: ValidatorIndex, msg: &[u8], sig: &Signature) -> bool {
-        self.key(i).is_some_and(|k| verify(k, msg, sig))
+        let Some(k) = self.key(i) else {
+            return false;
+        };
+        let id = grapevine_ledger::crypto::sha256(&[&k.0, &sig.0, msg]);
+        let mut cache = self.verified.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.contains(&id) {
+            return true;
+        }
+        drop(cache);
+        let ok = verify(k, msg, sig);
+        if ok {
+            cache = self.verified.0.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= VERIFIED_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(id);
+        }
+        ok
     }
 }
 
