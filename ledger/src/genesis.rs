@@ -21,22 +21,30 @@ pub const MAX_GENESIS_FILE: u64 = 512 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum GenesisError {
     /// The file could not be read.
-    #[error("cannot read genesis file {path}: {source}")]
+    // The causes are part of the message and deliberately not `source`s: an error
+    // chain printer (anyhow's `{:#}`) would print them twice.
+    #[error("cannot read genesis file {path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid genesis JSON.
     #[error("genesis file is not valid: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// The file is larger than [`MAX_GENESIS_FILE`].
     #[error("genesis file is {0} bytes, larger than the {MAX_GENESIS_FILE}-byte limit")]
     TooLarge(u64),
     /// A rule of the genesis format is broken.
     #[error("invalid genesis: {0}")]
     Invalid(String),
+}
+
+impl From<serde_json::Error> for GenesisError {
+    fn from(e: serde_json::Error) -> Self {
+        GenesisError::Json(e)
+    }
 }
 
 /// One funded account in the genesis file.
@@ -90,9 +98,9 @@ struct GenesisCommitment<'a> {
 impl Genesis {
     /// Reads, parses and validates a genesis file.
     pub fn load(path: &Path) -> Result<Genesis, GenesisError> {
-        let io = |source| GenesisError::Io {
+        let io = |error| GenesisError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let len = std::fs::metadata(path).map_err(io)?.len();
         if len > MAX_GENESIS_FILE {
