@@ -195,6 +195,7 @@ enum Command {
     BroadcastConsensus(Bytes),
     Peers(oneshot::Sender<Vec<PeerSummary>>),
     Report(Address, Offence, &'static str),
+    SendTo(Address, Bytes),
 }
 
 /// Control of a running network.
@@ -229,6 +230,12 @@ impl NetworkHandle {
             .commands
             .send(Command::BroadcastConsensus(payload))
             .await;
+    }
+
+    /// Sends a consensus-channel message to peer `id` only (requests and answers of
+    /// block sync); dropped if that peer is not connected.
+    pub async fn send_consensus_to(&self, id: Address, payload: Bytes) {
+        let _ = self.commands.send(Command::SendTo(id, payload)).await;
     }
 
     /// Lowers the score of peer `id` for `offence` (the node found what it sent
@@ -1145,6 +1152,11 @@ impl Actor {
             Command::BroadcastConsensus(payload) => {
                 self.seen_consensus.insert(sha256(&[&payload]));
                 self.flood_consensus(&payload, None);
+            }
+            Command::SendTo(id, payload) => {
+                if let Some(conn) = self.by_id.get(&id).copied() {
+                    self.send(conn, &Message::Consensus(payload.to_vec()));
+                }
             }
             Command::Report(id, offence, detail) => {
                 if let Some(conn) = self.by_id.get(&id).copied() {

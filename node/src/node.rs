@@ -11,7 +11,7 @@ use grapevine_ledger::{Address, Block, Hash, Ledger, SignedTx, StateView, StoreE
 use grapevine_net::{NetStats, PeerSummary, Verdict};
 use grapevine_rpc::api::{
     AccountInfo, AccountTxPage, ApiError, BlockInfo, HeadEvent, MempoolInfo, NodeApi, PeerInfo,
-    Reason, ReceiptView, Status, TxInfo, TxState, TxView,
+    Reason, ReceiptView, Status, SyncStatus, TxInfo, TxState, TxView,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, broadcast};
 
+use crate::consensus::sync::Progress;
 use crate::mempool::{Dropped, Mempool, MempoolConfig, PoolState, Refusal};
 use crate::recent::RecentOutcomes;
 
@@ -43,6 +44,8 @@ struct Metrics {
     mempool_queued: Gauge,
     mempool_bytes: Gauge,
     peers: Gauge,
+    sync_target: Gauge,
+    syncing: Gauge,
     net_bytes_in: Counter,
     net_bytes_out: Counter,
     net_tx_bodies: Counter,
@@ -89,6 +92,16 @@ impl Metrics {
             self.mempool_bytes.clone(),
         );
         r.register("grapevine_peers", "Connected peers", self.peers.clone());
+        r.register(
+            "grapevine_sync_target_height",
+            "Highest final height peers report",
+            self.sync_target.clone(),
+        );
+        r.register(
+            "grapevine_syncing",
+            "1 while the node fetches final blocks from peers",
+            self.syncing.clone(),
+        );
         r.register(
             "grapevine_net_bytes_in",
             "Bytes received from peers",
@@ -140,7 +153,12 @@ pub struct Node {
     gossip: Mutex<Vec<SignedTx>>,
     /// Wakes the task that hands [`Node::take_gossip`] to the network.
     pub gossip_ready: Notify,
+    /// Block sync progress, from the consensus driver.
+    sync: Mutex<Option<Progress>>,
 }
+
+/// A networked node this many blocks behind its peers reports not ready on `/health`.
+pub const HEALTH_MAX_LAG: u64 = 5;
 
 /// The network as RPC sees it: refreshed by the runtime about once a second.
 #[derive(Debug, Default)]
@@ -248,6 +266,7 @@ impl Node {
             net: Mutex::new(NetView::default()),
             gossip: Mutex::new(Vec::new()),
             gossip_ready: Notify::new(),
+            sync: Mutex::new(None),
         };
         (Arc::new(node), rpc_metrics)
     }
@@ -342,7 +361,7 @@ impl Node {
                 return Err(e);
             }
         };
-        if let Err(e) = self.commit_block(&block, &[], &exec) {
+        if let Err(e) = self.commit_block(&block, &[], &exec, true) {
             self.pool().release();
             return Err(e.into());
         }
@@ -378,12 +397,14 @@ impl Node {
 
     /// Writes a final block with its certificate atomically and durably, then removes
     /// its transactions from the pool and publishes the results. `exec` is the block's
-    /// execution on the current head.
+    /// execution on the current head. `log` makes a block with transactions an info
+    /// line (block sync passes false: it logs progress at an interval instead).
     pub fn commit_block(
         &self,
         block: &Block,
         certificate: &[u8],
         exec: &Execution,
+        log: bool,
     ) -> Result<(), StoreError> {
         self.ledger.commit(block, certificate, exec)?;
         // From here the transactions are final in the ledger; only now leave the pool,
@@ -426,10 +447,10 @@ impl Node {
             hash,
             header: block.header,
         });
-        if n > 0 {
+        if n > 0 && log {
             tracing::info!(height = block.header.height, round = block.header.round, txs = n, hash = %hash, "block committed");
         } else {
-            tracing::debug!(height = block.header.height, round = block.header.round, hash = %hash, "empty block committed");
+            tracing::debug!(height = block.header.height, round = block.header.round, txs = n, hash = %hash, "block committed");
         }
         Ok(())
     }
@@ -457,6 +478,19 @@ impl Node {
     /// Client transactions accepted since the last call, for the network to announce.
     pub fn take_gossip(&self) -> Vec<SignedTx> {
         std::mem::take(&mut *self.gossip.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records block sync progress (for `getSyncStatus`, `/health` and metrics).
+    pub fn set_sync_progress(&self, p: Progress) {
+        self.metrics
+            .sync_target
+            .set(i64::try_from(p.target).unwrap_or(i64::MAX));
+        self.metrics.syncing.set(i64::from(p.syncing));
+        *self.sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    fn sync_progress(&self) -> Option<Progress> {
+        *self.sync.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Refreshes `getPeers` and the network metrics from the network's counters.
@@ -608,7 +642,7 @@ impl NodeApi for Node {
             head_hash: head.hash(),
             state_root: head.state_root,
             peer_count: self.net_view().peers.len(),
-            syncing: false,
+            syncing: self.sync_progress().is_some_and(|p| p.syncing),
             version: env!("CARGO_PKG_VERSION").to_string(),
             validators: self.validators.clone(),
         })
@@ -802,8 +836,38 @@ impl NodeApi for Node {
         // A single-validator chain needs no peers; a networked node without any can
         // neither hear of new blocks nor spread transactions.
         let view = self.net_view();
-        (view.networked && self.validators.len() > 1 && view.peers.is_empty())
-            .then(|| "no peers connected".to_string())
+        if view.networked && self.validators.len() > 1 && view.peers.is_empty() {
+            return Some("no peers connected".to_string());
+        }
+        drop(view);
+        let p = self.sync_progress()?;
+        let behind = p.target.saturating_sub(self.ledger.head().height);
+        (behind > HEALTH_MAX_LAG).then(|| {
+            format!(
+                "syncing: {behind} blocks behind peers (height {} of {})",
+                p.current, p.target
+            )
+        })
+    }
+
+    fn sync_status(&self) -> SyncStatus {
+        let height = self.ledger.head().height;
+        match self.sync_progress() {
+            Some(p) => SyncStatus {
+                syncing: p.syncing,
+                current_height: height,
+                target_height: p.target.max(height),
+                blocks_per_second: p.blocks_per_second,
+                eta_seconds: p.eta_seconds,
+            },
+            None => SyncStatus {
+                syncing: false,
+                current_height: height,
+                target_height: height,
+                blocks_per_second: 0.0,
+                eta_seconds: None,
+            },
+        }
     }
 
     fn subscribe_heads(&self) -> broadcast::Receiver<HeadEvent> {

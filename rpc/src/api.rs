@@ -38,6 +38,17 @@ pub trait NodeApi: Send + Sync + 'static {
     fn mempool(&self, with_hashes: bool) -> MempoolInfo;
     /// `None` when the node is ready to serve (caught up, enough peers), else why not.
     fn not_ready_reason(&self) -> Option<String>;
+    /// Block sync progress. A node without a network (a dev chain) is always synced.
+    fn sync_status(&self) -> SyncStatus {
+        let h = self.head_height();
+        SyncStatus {
+            syncing: false,
+            current_height: h,
+            target_height: h,
+            blocks_per_second: 0.0,
+            eta_seconds: None,
+        }
+    }
     /// Each new final block's header.
     fn subscribe_heads(&self) -> broadcast::Receiver<HeadEvent>;
     /// Every transaction lifecycle change.
@@ -261,6 +272,24 @@ pub struct PeerInfo {
     pub bytes_out: u64,
     /// Round-trip time in milliseconds, if measured.
     pub latency_ms: Option<f64>,
+}
+
+/// `getSyncStatus`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// Whether the node is fetching final blocks from peers.
+    pub syncing: bool,
+    /// Its final height.
+    #[serde(with = "json_u64")]
+    pub current_height: u64,
+    /// The highest final height its peers report (at least its own).
+    #[serde(with = "json_u64")]
+    pub target_height: u64,
+    /// Blocks applied per second over the last seconds.
+    pub blocks_per_second: f64,
+    /// Seconds to reach the target at that rate, when known.
+    pub eta_seconds: Option<f64>,
 }
 
 /// `getMempool`.

@@ -355,6 +355,10 @@ pub fn call<A: NodeApi + ?Sized>(
             let p = Params::new(params, &["hashes"])?;
             to_value(api.mempool(p.flag(0, "hashes")?))
         }
+        "getSyncStatus" => {
+            Params::new(params, &[])?;
+            to_value(api.sync_status())
+        }
         _ => Err(RpcError::new(
             codes::METHOD_NOT_FOUND,
             format!("Method not found: {method}"),

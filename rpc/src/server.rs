@@ -70,7 +70,7 @@ pub struct RpcMetrics {
     rate_limited: Counter,
 }
 
-const KNOWN_METHODS: [&str; 10] = [
+const KNOWN_METHODS: [&str; 11] = [
     "getAccountTransactions",
     "getStatus",
     "getBalance",
@@ -81,6 +81,7 @@ const KNOWN_METHODS: [&str; 10] = [
     "getBlockHeight",
     "getPeers",
     "getMempool",
+    "getSyncStatus",
 ];
 
 impl RpcMetrics {

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use grapevine_ledger::Keypair;
 use serde_json::{Value, json};
 
 /// Path of the `grapevine` binary of this build (the release profile under
@@ -159,4 +160,106 @@ pub fn post_json(url: &str, body: &str) -> (u16, Option<Value>) {
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).ok())
+}
+
+/// A base port with `ports` free ports after it (checked by binding each). Below
+/// Linux's ephemeral range (32768 and up), so outgoing connections of this or other
+/// tests cannot take a port between this check and the node's bind.
+pub fn free_base_port(ports: u16) -> u16 {
+    let seed = u64::from(std::process::id());
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed * 7919 + attempt * 104_729) % 12_000) as u16;
+        if (0..ports).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free block of {ports} ports on 127.0.0.1");
+}
+
+/// Runs `grapevine testnet` into `out` on free ports; returns the node names
+/// (`validator0`.., then `full0`..).
+pub fn generate_testnet(
+    out: &Path,
+    validators: u16,
+    full_nodes: u16,
+    accounts: u16,
+) -> Vec<String> {
+    let base = free_base_port(2 * (validators + full_nodes));
+    let generated = Command::new(grapevine_bin())
+        .arg("testnet")
+        .args(["--validators", &validators.to_string()])
+        .args(["--full-nodes", &full_nodes.to_string()])
+        .args(["--accounts", &accounts.to_string()])
+        .arg("--out")
+        .arg(out)
+        .args(["--base-port", &base.to_string()])
+        .output()
+        .expect("grapevine testnet runs");
+    assert!(
+        generated.status.success(),
+        "grapevine testnet failed: {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    (0..validators)
+        .map(|i| format!("validator{i}"))
+        .chain((0..full_nodes).map(|i| format!("full{i}")))
+        .collect()
+}
+
+/// In every home of `names` under `out`, replaces `key = …` in config.toml's
+/// `[consensus]` section (e.g. shorter timeouts for a test).
+pub fn set_consensus_option(out: &Path, names: &[String], key: &str, value: u64) {
+    for n in names {
+        let path = out.join(n).join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("config.toml");
+        let replaced: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&format!("{key} =")) {
+                    format!("{key} = {value}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&path, replaced.join("\n") + "\n").expect("config.toml written");
+    }
+}
+
+/// The funded accounts' keys of a testnet (`accounts.json`).
+pub fn account_keys(dir: &Path) -> Vec<Keypair> {
+    let v: Value = serde_json::from_slice(&std::fs::read(dir.join("accounts.json")).unwrap())
+        .expect("accounts.json is JSON");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|a| Keypair::from_secret_hex(a["secretKey"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// Polls until `f` holds, at most `limit`; returns whether it did.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+impl NodeProcess {
+    /// The node's final height (`getStatus`).
+    pub fn height(&self) -> u64 {
+        self.result("getStatus", json!([]))["height"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .expect("height is a decimal string")
+    }
+
+    /// The block at `height` (`getBlock`, without transactions).
+    pub fn block(&self, height: u64) -> Value {
+        self.result("getBlock", json!([height.to_string(), false]))
+    }
 }

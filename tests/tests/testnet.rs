@@ -7,42 +7,15 @@
 //! other is reported with a reason; with one validator killed the rest keep finalizing;
 //! with two killed nothing new is finalized, and finality resumes when one returns.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use grapevine_ledger::{Address, Keypair, SignedTx, Transaction};
-use grapevine_tests::{NodeProcess, grapevine_bin};
+use grapevine_tests::{NodeProcess, account_keys, eventually, generate_testnet};
 use serde_json::{Value, json};
 
 const CHAIN: u32 = 4242;
 const VALIDATORS: usize = 4;
 const NODES: usize = 5;
-
-/// A base port with 2 x NODES free ports after it (checked by binding each). Below
-/// Linux's ephemeral range (32768 and up), so outgoing connections of this or other
-/// tests cannot take a port between this check and the node's bind.
-fn free_base_port() -> u16 {
-    let seed = std::process::id() as u64;
-    for attempt in 0..200u64 {
-        let base = 20_000 + ((seed * 7919 + attempt * 104_729) % 12_000) as u16;
-        if (0..2 * NODES as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free block of {} ports on 127.0.0.1", 2 * NODES);
-}
-
-fn account_keys(dir: &Path) -> Vec<Keypair> {
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("accounts.json")).unwrap()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|a| Keypair::from_secret_hex(a["secretKey"].as_str().unwrap()).unwrap())
-        .collect()
-}
 
 fn signed(k: &Keypair, to: Address, amount: u64, nonce: u64) -> SignedTx {
     Transaction {
@@ -60,28 +33,8 @@ fn send(node: &NodeProcess, t: &SignedTx) -> Value {
     node.call("sendTransaction", json!([hex::encode(t.to_bytes())]))
 }
 
-fn height(node: &NodeProcess) -> u64 {
-    node.result("getStatus", json!([]))["height"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn tx_status(node: &NodeProcess, hash: &str) -> Value {
     node.result("getTransaction", json!([hash]))
-}
-
-/// Polls until `f` holds, at most `limit`; returns whether it did.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 /// Waits until `hash` is final on every node in `nodes`; returns its block hash.
@@ -107,7 +60,7 @@ fn final_everywhere(nodes: &[&NodeProcess], hash: &str, limit: Duration) -> Stri
 
 /// Every node's block at the highest height they all have: same hash and state root.
 fn assert_agreement(nodes: &[&NodeProcess]) {
-    let h = nodes.iter().map(|n| height(n)).min().unwrap();
+    let h = nodes.iter().map(|n| n.height()).min().unwrap();
     assert!(h > 0);
     let blocks: Vec<Value> = nodes
         .iter()
@@ -133,31 +86,7 @@ fn assert_agreement(nodes: &[&NodeProcess]) {
 fn four_validators_and_a_full_node_agree_and_survive_one_failure() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("net");
-    let base = free_base_port();
-    let generated = Command::new(grapevine_bin())
-        .args([
-            "testnet",
-            "--validators",
-            "4",
-            "--full-nodes",
-            "1",
-            "--accounts",
-            "8",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .args(["--base-port", &base.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        generated.status.success(),
-        "grapevine testnet failed: {}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
-    let names: Vec<String> = (0..VALIDATORS)
-        .map(|i| format!("validator{i}"))
-        .chain(["full0".to_string()])
-        .collect();
+    let names = generate_testnet(&out, VALIDATORS as u16, 1, 8);
     let mut nodes: Vec<Option<NodeProcess>> = names
         .iter()
         .map(|n| Some(NodeProcess::run(&out.join(n))))
@@ -169,7 +98,7 @@ fn four_validators_and_a_full_node_agree_and_survive_one_failure() {
     assert!(
         eventually(Duration::from_secs(60), || all
             .iter()
-            .all(|n| height(n) >= 2)),
+            .all(|n| n.height() >= 2)),
         "every node reaches height 2"
     );
 
@@ -271,11 +200,11 @@ fn four_validators_and_a_full_node_agree_and_survive_one_failure() {
     let all: Vec<&NodeProcess> = nodes.iter().flatten().collect();
     // Votes already in flight may still complete a block: let them land.
     std::thread::sleep(Duration::from_secs(3));
-    let before: Vec<u64> = all.iter().map(|n| height(n)).collect();
+    let before: Vec<u64> = all.iter().map(|n| n.height()).collect();
     let t = signed(&keys[7], sink, 1, 0);
     assert!(send(all[0], &t).get("error").is_none());
     std::thread::sleep(Duration::from_secs(8));
-    let after: Vec<u64> = all.iter().map(|n| height(n)).collect();
+    let after: Vec<u64> = all.iter().map(|n| n.height()).collect();
     assert_eq!(
         before, after,
         "no node finalizes with two of four validators down"
@@ -290,7 +219,7 @@ fn four_validators_and_a_full_node_agree_and_survive_one_failure() {
     nodes[2] = Some(NodeProcess::run(&out.join("validator2")));
     let all: Vec<&NodeProcess> = nodes.iter().flatten().collect();
     final_everywhere(&all, &t.hash().to_string(), Duration::from_secs(90));
-    assert!(all.iter().zip(&before).all(|(n, b)| height(n) > *b));
+    assert!(all.iter().zip(&before).all(|(n, b)| n.height() > *b));
     assert_agreement(&all);
     drop(all);
 

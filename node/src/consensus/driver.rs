@@ -24,8 +24,28 @@ use grapevine_net::{NetEvent, NetworkHandle, Offence};
 use tokio::sync::{mpsc, watch};
 
 use super::engine::{Action, BlockCheck, Engine, Timing};
+use super::sync::{Progress, SyncMsg, Syncer};
 use super::types::{ConsensusMsg, Proposal, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet};
 use crate::node::Node;
+use serde::{Deserialize, Serialize};
+
+/// What travels in the network's consensus channel.
+#[derive(Debug, Serialize, Deserialize)]
+enum Wire {
+    /// Consensus proper (relayed once checked).
+    Consensus(ConsensusMsg),
+    /// Block sync between two peers (never relayed).
+    Sync(SyncMsg),
+}
+
+/// How often sync looks at peers' heights and its requests.
+const SYNC_TICK: Duration = Duration::from_millis(250);
+/// How often a node tells its peers its final height.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often progress is logged while syncing.
+const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Most bytes of blocks in one sync answer (the consensus channel takes 12 MiB).
+const MAX_SERVE_BYTES: usize = 8 << 20;
 
 /// Key of the safety state in the ledger's consensus records.
 const SAFETY_KEY: &[u8] = b"safety";
@@ -157,6 +177,11 @@ struct Driver {
     answered: HashMap<Hash, Instant>,
     /// Keys of the kept proposals, by height.
     kept: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
+    syncer: Syncer,
+    last_status: Instant,
+    last_progress_log: Instant,
+    status_nonce: u64,
+    was_syncing: bool,
 }
 
 /// Runs consensus until `stop` turns true. Returns an error if the node can no longer
@@ -239,12 +264,19 @@ pub async fn run(
         local: VecDeque::new(),
         answered: HashMap::new(),
         kept: std::collections::BTreeMap::new(),
+        syncer: Syncer::default(),
+        last_status: Instant::now() - STATUS_INTERVAL,
+        last_progress_log: Instant::now(),
+        status_nonce: 0,
+        was_syncing: false,
     };
     let now = d.now();
     tokio::task::block_in_place(|| d.engine.start(now));
     d.replay_kept_proposals()?;
     d.drain().await?;
 
+    let mut sync_tick = tokio::time::interval(SYNC_TICK);
+    sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let timer_at = d.timer.map(|t| d.epoch + Duration::from_millis(t));
         let build_at = d
@@ -266,6 +298,7 @@ pub async fn run(
             }
             () = sleep_until(build_at) => {}
             () = d.node.new_work.notified(), if d.build.is_some() => {}
+            _ = sync_tick.tick() => d.sync_tick().await,
             () = crate::producer::stopped(&mut stop) => return Ok(()),
         }
         d.maybe_build();
@@ -274,7 +307,12 @@ pub async fn run(
 }
 
 async fn broadcast(net: &NetworkHandle, msg: &ConsensusMsg) {
-    net.broadcast_consensus(Bytes::from(codec::encode(msg)))
+    net.broadcast_consensus(Bytes::from(codec::encode(&Wire::Consensus(msg.clone()))))
+        .await;
+}
+
+async fn send_sync(net: &NetworkHandle, to: Address, msg: SyncMsg) {
+    net.send_consensus_to(to, Bytes::from(codec::encode(&Wire::Sync(msg))))
         .await;
 }
 
@@ -338,8 +376,12 @@ impl Driver {
     /// A consensus message from peer `from`: checked, relayed if valid, then handed to
     /// the engine.
     async fn on_net(&mut self, from: Address, payload: Bytes) {
-        let msg = match codec::decode::<ConsensusMsg>(&payload, MAX_CONSENSUS_BYTES as u64) {
-            Ok(m) => m,
+        let msg = match codec::decode::<Wire>(&payload, MAX_CONSENSUS_BYTES as u64) {
+            Ok(Wire::Consensus(m)) => m,
+            Ok(Wire::Sync(m)) => {
+                self.on_sync(from, m).await;
+                return;
+            }
             Err(e) => {
                 tracing::debug!(peer = %from, error = %e, "undecodable consensus message");
                 self.net
@@ -486,6 +528,140 @@ impl Driver {
         }
     }
 
+    /// Every [`SYNC_TICK`]: tells peers the final height now and then, sends the block
+    /// requests sync wants, publishes and logs progress.
+    async fn sync_tick(&mut self) {
+        let now = Instant::now();
+        let local = self.ledger.head().height;
+        if now.duration_since(self.last_status) >= STATUS_INTERVAL {
+            self.last_status = now;
+            self.status_nonce += 1;
+            let msg = Wire::Sync(SyncMsg::Status {
+                final_height: local,
+                nonce: self.status_nonce,
+            });
+            self.net
+                .broadcast_consensus(Bytes::from(codec::encode(&msg)))
+                .await;
+        }
+        for (peer, msg) in self.syncer.poll(local, now) {
+            send_sync(&self.net, peer, msg).await;
+        }
+        let p = self.syncer.progress(local, now);
+        self.node.set_sync_progress(p);
+        if p.syncing && !self.was_syncing {
+            tracing::info!(
+                height = p.current,
+                target = p.target,
+                "behind the network: syncing final blocks from peers"
+            );
+            self.last_progress_log = now;
+        } else if !p.syncing && self.was_syncing {
+            tracing::info!(height = p.current, "caught up with the network");
+        } else if p.syncing && now.duration_since(self.last_progress_log) >= PROGRESS_LOG_INTERVAL {
+            self.last_progress_log = now;
+            log_progress(&p);
+        }
+        self.was_syncing = p.syncing;
+    }
+
+    async fn on_sync(&mut self, from: Address, msg: SyncMsg) {
+        match msg {
+            SyncMsg::Status { final_height, .. } => self.syncer.on_status(from, final_height),
+            SyncMsg::GetBlocks {
+                id,
+                from: start,
+                count,
+            } => {
+                let blocks = tokio::task::block_in_place(|| self.serve(start, count));
+                send_sync(&self.net, from, SyncMsg::Blocks { id, blocks }).await;
+            }
+            SyncMsg::Blocks { id, blocks } => {
+                let (set, genesis) = (&self.set, &self.genesis_block);
+                if let Err(e) = self
+                    .syncer
+                    .on_blocks(from, id, blocks, |h, c| c.verify(h, set, genesis))
+                {
+                    tracing::warn!(peer = %from, error = %e, "refusing a block sync answer");
+                    self.net
+                        .report(from, Offence::InvalidConsensus, "invalid block sync answer")
+                        .await;
+                    return;
+                }
+                match tokio::task::block_in_place(|| self.apply_synced()) {
+                    Ok(Some(bad_peer)) => {
+                        self.net
+                            .report(
+                                bad_peer,
+                                Offence::InvalidConsensus,
+                                "served a block that does not execute",
+                            )
+                            .await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "writing synced blocks failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Final blocks from `start` on, with certificates, at most `count` (and
+    /// [`super::sync::CHUNK`], and [`MAX_SERVE_BYTES`]); fewer if this node has fewer.
+    fn serve(&self, start: u64, count: u16) -> Vec<(Block, super::types::Certificate)> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let end = start.saturating_add(u64::from(count).min(super::sync::CHUNK));
+        for h in start.max(1)..end {
+            let Ok(Some(stored)) = self.ledger.block(h) else {
+                break;
+            };
+            let Ok(cert) = super::types::Certificate::from_bytes(&stored.certificate) else {
+                break; // a dev chain's blocks carry none
+            };
+            bytes += 256 + stored.block.txs.len() * grapevine_ledger::tx::SIGNED_TX_LEN;
+            if bytes > MAX_SERVE_BYTES && !out.is_empty() {
+                break;
+            }
+            out.push((stored.block, cert));
+        }
+        out
+    }
+
+    /// Executes and writes the blocks sync has proven final, then moves the engine on.
+    /// Returns the peer that served a block that does not execute, if one did.
+    fn apply_synced(&mut self) -> anyhow::Result<Option<Address>> {
+        let ready = self.syncer.ready(&self.ledger.head());
+        let mut last = None;
+        let mut bad = None;
+        for (block, cert, peer) in ready {
+            let head = self.ledger.head();
+            let exec = match validate_block(&*self.ledger, self.ledger.chain_id(), &head, &block) {
+                Ok(e) => e,
+                Err(e) => {
+                    // A quorum certified it, so this means our own state is wrong or
+                    // the certificates lie; either way, not from this peer again.
+                    tracing::error!(height = block.header.height, peer = %peer, error = %e, "a certified block does not execute here");
+                    self.syncer.reject(peer, block.header.height);
+                    bad = Some(peer);
+                    break;
+                }
+            };
+            self.node
+                .commit_block(&block, &cert.to_bytes(), &exec, false)
+                .with_context(|| format!("cannot write synced block {}", block.header.height))?;
+            last = Some((block, cert));
+        }
+        if let Some((block, cert)) = last {
+            let qc = cert.commit.map(|(_, qc)| qc);
+            let now = self.now();
+            self.engine.synced_to(now, block, qc);
+            self.forget_final()?;
+        }
+        Ok(bad)
+    }
+
     /// Carries out the engine's actions, delivering messages to self, until none are
     /// left.
     async fn drain(&mut self) -> anyhow::Result<()> {
@@ -538,6 +714,20 @@ impl Driver {
     fn commit(&mut self, blocks: Vec<(Block, super::types::Certificate)>) -> anyhow::Result<()> {
         for (block, cert) in blocks {
             let hash = block.hash();
+            let head = self.ledger.head();
+            if block.header.height <= head.height {
+                // Block sync wrote it already; it must be the same block.
+                let stored = self
+                    .ledger
+                    .block(block.header.height)?
+                    .map(|b| b.block.hash());
+                anyhow::ensure!(
+                    stored == Some(hash),
+                    "consensus finalized block {} ({hash}) but the ledger holds another at that height; refusing to fork",
+                    block.header.height
+                );
+                continue;
+            }
             let cached = lock(&self.cache).map.get(&hash).map(|(_, e)| e.clone());
             let exec = match cached {
                 Some(e) => e,
@@ -560,9 +750,15 @@ impl Driver {
                 block.header.height
             );
             self.node
-                .commit_block(&block, &cert.to_bytes(), &exec)
+                .commit_block(&block, &cert.to_bytes(), &exec, true)
                 .with_context(|| format!("cannot write final block {}", block.header.height))?;
         }
+        self.forget_final()
+    }
+
+    /// Drops what final blocks made useless: cached executions and kept proposals at
+    /// or below the final height.
+    fn forget_final(&mut self) -> anyhow::Result<()> {
         let final_height = self.ledger.head().height;
         lock(&self.cache).prune(final_height);
         // Kept proposals of final heights (and of forks there) are no longer needed.
@@ -573,5 +769,18 @@ impl Driver {
             .collect();
         self.ledger.consensus_delete(&stale)?;
         Ok(())
+    }
+}
+
+fn log_progress(p: &Progress) {
+    match p.eta_seconds {
+        Some(eta) => tracing::info!(
+            height = p.current,
+            target = p.target,
+            blocks_per_second = format!("{:.1}", p.blocks_per_second),
+            eta_seconds = format!("{eta:.0}"),
+            "syncing"
+        ),
+        None => tracing::info!(height = p.current, target = p.target, "syncing"),
     }
 }

@@ -172,6 +172,33 @@ impl Engine {
         self.actions.pop_front()
     }
 
+    /// `block` became final without this engine (block sync wrote it, with `qc` the
+    /// QC of its child from its certificate, if any): continue from it.
+    pub fn synced_to(&mut self, now: u64, block: Block, qc: Option<QuorumCert>) {
+        self.now = now;
+        let height = block.header.height;
+        if height <= self.committed.1 {
+            return;
+        }
+        let hash = block.hash();
+        self.committed = (hash, height);
+        self.blocks.retain(|_, s| s.block.header.height > height);
+        self.blocks.insert(
+            hash,
+            Stored {
+                block,
+                proposal: None,
+            },
+        );
+        self.waiting.retain(|w| w.block.header.height > height);
+        if let Some(qc) = qc
+            && self.qc_ok(&qc)
+        {
+            self.process_qc(now, &qc);
+        }
+        self.try_build();
+    }
+
     /// The proposal of a known block (to answer a block request).
     pub fn proposal(&self, hash: &Hash) -> Option<&Proposal> {
         self.blocks.get(hash).and_then(|s| s.proposal.as_ref())

@@ -385,7 +385,6 @@ impl Certificate {
     }
 
     /// Decodes a stored or received certificate (bounded, no trailing bytes).
-    #[cfg(test)]
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, codec::CodecError> {
         codec::decode(bytes, MAX_CERTIFICATE_BYTES)
     }
