@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use grapevine_ledger::{Address, Hash};
 use serde_json::json;
 
-use crate::{bench_ledger, dev, keyfile, run, testnet, wallet};
+use crate::{bench_ledger, dev, keyfile, rebuild, run, testnet, wallet};
 
 /// Grapevine: a validating node for a gossip ledger.
 ///
@@ -26,6 +26,9 @@ enum Command {
     Dev(dev::Args),
     /// Run a networked validator or full node from its home directory (config.toml).
     Run(run::Args),
+    /// Set a damaged data directory aside so the node syncs its chain from peers again
+    /// (keeps a validator's consensus safety state).
+    Rebuild(rebuild::Args),
     /// Write the homes of a local network: genesis, funded accounts, and per node its
     /// config, node key and validator key.
     Testnet(testnet::Args),
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             run::run(&args)
         }
         Command::Testnet(args) => testnet::run(&args),
+        Command::Rebuild(args) => rebuild::run(&args),
         Command::Keygen { out } => keyfile::keygen(out.as_deref()),
         Command::Balance { rpc, address } => wallet::balance(&rpc, &address),
         Command::Transfer(args) => wallet::transfer(&args),

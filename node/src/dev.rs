@@ -183,6 +183,15 @@ fn print_banner(home: &Path, genesis: &Genesis, ledger: &Ledger, rpc: SocketAddr
     );
 }
 
+/// A dev chain whose data cannot be used: say how to start over.
+fn damaged(home: &Path, e: grapevine_ledger::StoreError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{e}\nA dev chain's data can simply be started over: remove {} (or pass another \
+         --home, or --ephemeral)",
+        home.display()
+    )
+}
+
 /// Runs `grapevine dev` until Ctrl-C or SIGTERM.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let temp;
@@ -208,9 +217,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let store: Box<dyn Store> = if args.ephemeral {
         Box::new(MemoryStore::new())
     } else {
-        Box::new(RocksStore::open(&home.join("data"))?)
+        Box::new(RocksStore::open(&home.join("data")).map_err(|e| damaged(&home, e))?)
     };
-    let ledger = Arc::new(Ledger::open(store, &genesis)?);
+    let ledger = Arc::new(Ledger::open(store, &genesis).map_err(|e| damaged(&home, e))?);
     let (node, rpc_metrics) = Node::new(
         ledger.clone(),
         MempoolConfig::default(),

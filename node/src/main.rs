@@ -12,6 +12,7 @@ mod keyfile;
 mod mempool;
 mod node;
 mod producer;
+mod rebuild;
 mod recent;
 mod run;
 mod runtime;

@@ -5,6 +5,8 @@
 //! - `genesis.json`: the chain, shared by every node.
 //! - `node-key.json`: the node's network identity (peers know it by this key).
 //! - `validator-key.json`: a validator's signing key (absent on a full node).
+//! - `consensus-safety.bin`: a validator's safety state (last round signed in, highest
+//!   QC), outside `data/` so that rebuilding the data never loses it.
 //! - `data/`: the RocksDB ledger; `peers.json`: the address book.
 
 use std::net::SocketAddr;
@@ -58,6 +60,9 @@ pub struct Config {
     /// Directory of the ledger database.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// A validator's consensus safety state (kept outside `data_dir` on purpose).
+    #[serde(default = "default_safety_state")]
+    pub safety_state: PathBuf,
     /// JSON-RPC server.
     #[serde(default)]
     pub rpc: RpcSection,
@@ -80,6 +85,9 @@ fn default_node_key() -> PathBuf {
 }
 fn default_data_dir() -> PathBuf {
     "data".into()
+}
+pub(crate) fn default_safety_state() -> PathBuf {
+    "consensus-safety.bin".into()
 }
 
 /// `[rpc]`.
@@ -215,7 +223,8 @@ impl Config {
     }
 }
 
-fn resolve(home: &Path, p: &Path) -> PathBuf {
+/// `p` relative to `home` unless absolute.
+pub(crate) fn resolve(home: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -251,8 +260,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let data_dir = resolve(home, &cfg.data_dir);
-    let store = RocksStore::open(&data_dir)?;
-    let ledger = Arc::new(Ledger::open(Box::new(store), &genesis)?);
+    let opened =
+        RocksStore::open(&data_dir).and_then(|store| Ledger::open(Box::new(store), &genesis));
+    let ledger = match opened {
+        Ok(l) => Arc::new(l),
+        Err(e @ grapevine_ledger::StoreError::GenesisMismatch { .. }) => return Err(e.into()),
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "{e}\nThe node's data cannot be used. To set it aside and sync the chain from \
+                 peers again: grapevine rebuild --home {}",
+                home.display()
+            ));
+        }
+    };
     let pool = MempoolConfig {
         max_txs: cfg.mempool.max_txs,
         max_per_sender: cfg.mempool.max_per_sender,
@@ -281,9 +301,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         "full node"
     };
+    let safety_file = validator_key
+        .as_ref()
+        .map(|_| crate::consensus::safety_file::SafetyFile::new(resolve(home, &cfg.safety_state)));
     let consensus = driver::Setup {
         set,
         validator_key,
+        safety_file,
         config: driver::Config {
             timing: Timing {
                 base_timeout_ms: cfg.consensus.base_timeout_ms,

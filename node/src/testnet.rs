@@ -145,6 +145,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             node_key: "node-key.json".into(),
             validator_key: is_validator.then(|| "validator-key.json".into()),
             data_dir: "data".into(),
+            safety_state: crate::run::default_safety_state(),
             rpc: RpcSection {
                 listen: rpc,
                 // Local benchmarks drive many requests from one address.

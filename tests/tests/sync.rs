@@ -1,7 +1,10 @@
 //! Block sync end to end, with real `grapevine run` processes: 4 validators finalize
 //! 2,000+ transfers; a fifth node started from scratch well past the blocks that
 //! consensus keeps in memory reaches the head with the same state root; a validator
-//! killed for a while under load restarts, catches up, and every node agrees.
+//! killed for a while under load restarts, catches up, and every node agrees; a node
+//! with damaged data refuses to start with an error naming the damage and the fix, and
+//! after `grapevine rebuild` syncs back; a validator whose data is deleted syncs back
+//! and signs again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -178,7 +181,91 @@ fn a_new_node_and_a_restarted_validator_catch_up_by_block_sync() {
         .iter()
         .all(|n| n.height() > h + 3)));
     drop(all);
+
+    // Damaged data: the node refuses to start, naming the problem and the fix...
+    assert!(full.stop());
+    let data = out.join("full0").join("data");
+    let mut truncated = 0;
+    for f in std::fs::read_dir(&data).unwrap().flatten() {
+        if f.path().extension().is_some_and(|e| e == "sst") {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(f.path())
+                .unwrap();
+            file.set_len(file.metadata().unwrap().len() / 2).unwrap();
+            truncated += 1;
+        }
+    }
+    assert!(truncated > 0, "the stopped node left table files to damage");
+    let refused = run_to_exit(&["run", "--home"], &out.join("full0"));
+    assert!(
+        !refused.status.success(),
+        "a node with damaged data does not start"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Corruption")
+            && err.contains("grapevine rebuild")
+            && !err.contains("panicked"),
+        "the error names the damage and the fix: {err}"
+    );
+    // ...and `grapevine rebuild` sets it aside; the node syncs back from its peers.
+    let rebuilt = run_to_exit(&["rebuild", "--home"], &out.join("full0"));
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let full = NodeProcess::run(&out.join("full0"));
+    let v0 = validators[0].as_ref().unwrap();
+    assert!(
+        eventually(Duration::from_secs(90), || full.height() + 1 >= v0.height()),
+        "the rebuilt node reaches the head again"
+    );
+
+    // A validator whose data is lost entirely syncs back and signs again; its safety
+    // state file (outside the data directory) is untouched.
+    let safety = out.join("validator2").join("consensus-safety.bin");
+    let before = std::fs::read(&safety).expect("a validator that voted has a safety file");
+    validators[2].take().unwrap().kill();
+    std::fs::remove_dir_all(out.join("validator2").join("data")).unwrap();
+    validators[2] = Some(NodeProcess::run(&out.join("validator2")));
+    let all: Vec<&NodeProcess> = validators.iter().flatten().chain([&full]).collect();
+    assert!(
+        eventually(Duration::from_secs(90), || all[2].height() + 1
+            >= all[0].height()),
+        "the validator without data catches up"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::read(&safety).unwrap()
+            != before),
+        "it takes part in consensus again (its safety state moves on)"
+    );
+    assert_agreement(&all);
+    drop(all);
+
     for n in validators.into_iter().flatten().chain([full]) {
         assert!(n.stop(), "a node stops cleanly");
     }
+}
+
+/// Runs `grapevine ARGS HOME` to its end (at most 60 s).
+fn run_to_exit(args: &[&str], home: &std::path::Path) -> std::process::Output {
+    let mut child = std::process::Command::new(grapevine_tests::grapevine_bin())
+        .args(args)
+        .arg(home)
+        .env("GRAPEVINE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("grapevine {args:?} did not exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }

@@ -22,8 +22,17 @@ fn db_err(e: rocksdb::Error) -> StoreError {
 }
 
 impl RocksStore {
-    /// Opens (creating if needed) the database in directory `path`.
+    /// Opens (creating if needed) the database in directory `path`. A directory that
+    /// holds files but no database (its `CURRENT` file gone) is refused as damaged
+    /// rather than silently replaced by a new, empty database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let has_files = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+        if has_files && !path.join("CURRENT").exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds files but no database (its CURRENT file is missing)",
+                path.display()
+            )));
+        }
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);

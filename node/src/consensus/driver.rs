@@ -47,8 +47,6 @@ const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Most bytes of blocks in one sync answer (the consensus channel takes 12 MiB).
 const MAX_SERVE_BYTES: usize = 8 << 20;
 
-/// Key of the safety state in the ledger's consensus records.
-const SAFETY_KEY: &[u8] = b"safety";
 /// Prefix of kept proposals: prefix || height (BE) || block hash.
 const PROPOSAL_PREFIX: &[u8] = b"proposal/";
 /// A block whose timestamp is further ahead of this node's clock is refused.
@@ -155,6 +153,8 @@ pub struct Setup {
     pub set: ValidatorSet,
     /// This node's validator key, if it is a validator.
     pub validator_key: Option<Keypair>,
+    /// Where a validator keeps its safety state (required with a validator key).
+    pub safety_file: Option<super::safety_file::SafetyFile>,
     /// Settings.
     pub config: Config,
 }
@@ -178,6 +178,7 @@ struct Driver {
     /// Keys of the kept proposals, by height.
     kept: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
     syncer: Syncer,
+    safety_file: Option<super::safety_file::SafetyFile>,
     last_status: Instant,
     last_progress_log: Instant,
     status_nonce: u64,
@@ -204,14 +205,21 @@ pub async fn run(
         .block(head.height)?
         .context("the ledger's head block is missing")?
         .block;
-    let safety = match ledger.consensus_get(SAFETY_KEY)? {
-        Some(bytes) => codec::decode::<SafetyState>(&bytes, super::types::MAX_CERTIFICATE_BYTES)
-            .context("the stored consensus safety state is unreadable")?,
-        None => SafetyState {
-            last_voted_round: 0,
-            high_qc: QuorumCert::genesis(genesis_block),
-        },
+    let stored = match &setup.safety_file {
+        Some(f) => f.load()?,
+        None => None,
     };
+    if stored.is_none() && setup.validator_key.is_some() && head.height > 0 {
+        tracing::warn!(
+            "no consensus safety state found; starting as a validator that never signed. \
+             If this validator signed before and its state file was removed, it could sign \
+             twice in a round"
+        );
+    }
+    let safety = stored.unwrap_or_else(|| SafetyState {
+        last_voted_round: 0,
+        high_qc: QuorumCert::genesis(genesis_block),
+    });
     let me = match &setup.validator_key {
         Some(k) => Some(setup.set.index_of(&k.address()).with_context(|| {
             format!(
@@ -241,6 +249,7 @@ pub async fn run(
         setup.config.timing,
     );
     tracing::info!(
+        safety_state = ?setup.safety_file.as_ref().map(|f| f.path().display().to_string()),
         validators = setup.set.len(),
         validator = ?me,
         height = head.height,
@@ -265,6 +274,7 @@ pub async fn run(
         answered: HashMap::new(),
         kept: std::collections::BTreeMap::new(),
         syncer: Syncer::default(),
+        safety_file: setup.safety_file.clone(),
         last_status: Instant::now() - STATUS_INTERVAL,
         last_progress_log: Instant::now(),
         status_nonce: 0,
@@ -367,7 +377,9 @@ impl Driver {
             return;
         }
         let key = proposal_key(height, &p.block.hash());
-        match self.ledger.consensus_put_unsynced(&key, &codec::encode(p)) {
+        // Synced: the safety state is in a file of its own now, so no later synced
+        // ledger write is certain to come before a crash.
+        match self.ledger.consensus_put(&key, &codec::encode(p)) {
             Ok(()) => self.kept.entry(height).or_default().push(key),
             Err(e) => tracing::warn!(error = %e, "cannot keep a proposal for restart"),
         }
@@ -682,10 +694,10 @@ impl Driver {
         match action {
             Action::Persist(s) => {
                 // Synced before anything signed after it leaves the node.
-                tokio::task::block_in_place(|| {
-                    self.ledger.consensus_put(SAFETY_KEY, &codec::encode(&s))
-                })
-                .context("cannot persist the consensus safety state; stopping consensus")?;
+                if let Some(f) = &self.safety_file {
+                    tokio::task::block_in_place(|| f.store(&s))
+                        .context("cannot persist the consensus safety state; stopping consensus")?;
+                }
             }
             Action::Send(to, msg) => {
                 if Some(to) == self.me {

@@ -10,6 +10,7 @@
 
 pub mod driver;
 pub mod engine;
+pub mod safety_file;
 pub mod sync;
 pub mod types;
 
