@@ -71,6 +71,10 @@ pub struct NetConfig {
     pub address_book: Option<PathBuf>,
     /// Limit for the Noise handshake and hello exchange.
     pub handshake_timeout: Duration,
+    /// Learn peers' addresses (ask for address lists, keep inbound peers' listen
+    /// addresses). Off, the node dials only its bootstrap addresses (sentry setups,
+    /// or a test that routes every link through a fault-injecting proxy).
+    pub peer_exchange: bool,
 }
 
 impl NetConfig {
@@ -89,6 +93,7 @@ impl NetConfig {
             ban_duration: Duration::from_secs(600),
             address_book: None,
             handshake_timeout: Duration::from_secs(5),
+            peer_exchange: true,
         }
     }
 }
@@ -837,7 +842,14 @@ impl Actor {
                 }
                 let listen_addr =
                     (listen_port != 0).then(|| SocketAddr::new(addr.ip(), listen_port));
-                if let Some(l) = listen_addr {
+                // Without peer exchange only dialed addresses count: a peer's own
+                // listen address may be one this node is not meant to use.
+                let good = if self.cfg.peer_exchange {
+                    listen_addr
+                } else {
+                    (!inbound).then_some(addr)
+                };
+                if let Some(l) = good {
                     self.book.connected(l);
                 }
                 tracing::info!(peer = %link_id, %addr, inbound, "peer connected");
@@ -856,7 +868,7 @@ impl Actor {
                         tasks,
                         ping_sent: None,
                         latency: None,
-                        asked_peers: true,
+                        asked_peers: self.cfg.peer_exchange,
                         announce: Vec::new(),
                     },
                 );
@@ -864,7 +876,9 @@ impl Actor {
                 self.stats
                     .peers
                     .store(self.peers.len() as u64, Ordering::Relaxed);
-                self.send(conn, &Message::GetPeers);
+                if self.cfg.peer_exchange {
+                    self.send(conn, &Message::GetPeers);
+                }
             }
             LinkEvent::Down { conn, error } => {
                 self.pending.remove(&conn);

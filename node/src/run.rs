@@ -123,6 +123,9 @@ pub struct P2pSection {
     pub max_inbound: usize,
     /// Most links from one IP address.
     pub max_per_ip: usize,
+    /// Learn peers from peers. Off, the node dials only `bootstrap` (a sentry setup,
+    /// or a testnet whose links all go through a fault-injecting proxy).
+    pub peer_exchange: bool,
 }
 
 impl Default for P2pSection {
@@ -133,6 +136,7 @@ impl Default for P2pSection {
             target_outbound: 8,
             max_inbound: 32,
             max_per_ip: 16,
+            peer_exchange: true,
         }
     }
 }
@@ -295,6 +299,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     net.target_outbound = cfg.p2p.target_outbound;
     net.max_inbound = cfg.p2p.max_inbound;
     net.max_per_ip = cfg.p2p.max_per_ip;
+    net.peer_exchange = cfg.p2p.peer_exchange;
     net.address_book = Some(home.join("peers.json"));
     let role = if validator_key.is_some() {
         "validator"

@@ -6,6 +6,10 @@
 //! - `keys/account-N.json`: each account's key file, for `grapevine transfer --key`.
 //! - `validatorN/`, `fullN/`: node homes for `grapevine run --home`.
 //! - `nodes.tsv`: one line per node: name, RPC address, P2P address, home.
+//! - with `--fault-proxy`, `proxies.tsv`: one route per line, `FROM>TO LISTEN TARGET`:
+//!   node FROM reaches validator TO only through LISTEN, which `gv-proxy` forwards to
+//!   TO's peer port (and can cut, for partition tests). Peer exchange is off, so no
+//!   link bypasses the proxy.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,11 @@ pub struct Args {
     /// Balance of each funded account.
     #[arg(long, default_value_t = 1_000_000_000_000_000)]
     balance: u64,
+    /// Route every link between nodes through `gv-proxy` routes (written to
+    /// proxies.tsv, on the ports after the nodes'), so links can be cut to test
+    /// partitions (`scripts/testnet.sh partition`).
+    #[arg(long)]
+    fault_proxy: bool,
 }
 
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -63,7 +72,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         out.display()
     );
     let nodes = args.validators + args.full_nodes;
-    let last_port = u32::from(args.base_port) + 2 * nodes;
+    let routes = if args.fault_proxy {
+        nodes * args.validators
+    } else {
+        0
+    };
+    let last_port = u32::from(args.base_port) + 2 * nodes + routes;
     anyhow::ensure!(
         last_port <= u32::from(u16::MAX),
         "--base-port {} leaves no room for {nodes} nodes (two ports each)",
@@ -120,14 +134,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
 
     let validator_p2p: Vec<SocketAddr> = (0..args.validators).map(|i| port(i, 1)).collect();
-    let mut table = String::new();
-    for i in 0..nodes {
-        let is_validator = i < args.validators;
-        let name = if is_validator {
+    let name_of = |i: u32| {
+        if i < args.validators {
             format!("validator{i}")
         } else {
             format!("full{}", i - args.validators)
-        };
+        }
+    };
+    // Route from node i to validator j listens on base + 2 x nodes + i x validators + j.
+    let route_port = |i: u32, j: u32| {
+        let p = u32::from(args.base_port) + 2 * nodes + i * args.validators + j;
+        SocketAddr::from(([127, 0, 0, 1], u16::try_from(p).unwrap_or(u16::MAX)))
+    };
+    let mut proxies = String::new();
+    let mut table = String::new();
+    for i in 0..nodes {
+        let is_validator = i < args.validators;
+        let name = name_of(i);
         let home = out.join(&name);
         std::fs::create_dir_all(&home)
             .with_context(|| format!("cannot create {}", home.display()))?;
@@ -151,14 +174,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 // Local benchmarks drive many requests from one address.
                 rate_limit: 0,
             },
-            p2p: P2pSection {
-                listen: p2p,
-                bootstrap: validator_p2p
-                    .iter()
-                    .copied()
-                    .filter(|a| *a != p2p)
-                    .collect(),
-                ..P2pSection::default()
+            p2p: if args.fault_proxy {
+                let mut bootstrap = Vec::new();
+                for j in (0..args.validators).filter(|j| *j != i) {
+                    let listen = route_port(i, j);
+                    proxies.push_str(&format!(
+                        "{}>{}\t{listen}\t{}\n",
+                        name_of(i),
+                        name_of(j),
+                        validator_p2p[j as usize]
+                    ));
+                    bootstrap.push(listen);
+                }
+                P2pSection {
+                    listen: p2p,
+                    bootstrap,
+                    peer_exchange: false,
+                    ..P2pSection::default()
+                }
+            } else {
+                P2pSection {
+                    listen: p2p,
+                    bootstrap: validator_p2p
+                        .iter()
+                        .copied()
+                        .filter(|a| *a != p2p)
+                        .collect(),
+                    ..P2pSection::default()
+                }
             },
             consensus: ConsensusSection::default(),
             mempool: MempoolSection::default(),
@@ -166,6 +209,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         write(&home.join("config.toml"), &cfg.to_toml()?)?;
         let abs = std::path::absolute(&home).unwrap_or(home);
         table.push_str(&format!("{name}\t{rpc}\t{p2p}\t{}\n", abs.display()));
+    }
+    if args.fault_proxy {
+        write(&out.join("proxies.tsv"), &proxies)?;
     }
     // Written last: its presence marks a complete testnet.
     write(&out.join("nodes.tsv"), &table)?;

@@ -184,9 +184,23 @@ pub fn generate_testnet(
     full_nodes: u16,
     accounts: u16,
 ) -> Vec<String> {
-    let base = free_base_port(2 * (validators + full_nodes));
+    generate_testnet_with(out, validators, full_nodes, accounts, &[])
+}
+
+/// [`generate_testnet`] with more flags (e.g. `--fault-proxy`, whose routes take
+/// `validators x (validators + full_nodes)` more ports).
+pub fn generate_testnet_with(
+    out: &Path,
+    validators: u16,
+    full_nodes: u16,
+    accounts: u16,
+    extra: &[&str],
+) -> Vec<String> {
+    let nodes = validators + full_nodes;
+    let base = free_base_port(2 * nodes + validators * nodes);
     let generated = Command::new(grapevine_bin())
         .arg("testnet")
+        .args(extra)
         .args(["--validators", &validators.to_string()])
         .args(["--full-nodes", &full_nodes.to_string()])
         .args(["--accounts", &accounts.to_string()])
