@@ -482,7 +482,13 @@ async fn run_link(stream: TcpStream, addr: SocketAddr, inbound: bool, conn: Conn
     {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
-            tracing::warn!(%addr, error = %e, "handshake failed");
+            // A link dropped mid-handshake is ordinary churn; a refusal (another
+            // chain, a bad signature) is worth an operator's attention.
+            if matches!(e, LinkError::Io(_)) {
+                tracing::debug!(%addr, error = %e, "handshake failed");
+            } else {
+                tracing::warn!(%addr, error = %e, "handshake failed");
+            }
             let _ = events
                 .send(if inbound {
                     LinkEvent::Down { conn, error: None }

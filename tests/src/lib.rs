@@ -87,6 +87,15 @@ impl NodeProcess {
         }
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Kills the process with SIGKILL (no chance to clean up) and waits for it.
     pub fn kill(mut self) {
         if let Some(mut c) = self.child.take() {
@@ -276,4 +285,87 @@ impl NodeProcess {
     pub fn block(&self, height: u64) -> Value {
         self.result("getBlock", json!([height.to_string(), false]))
     }
+}
+
+/// `gv-proxy` over a testnet generated with `--fault-proxy`; killed when dropped.
+#[derive(Debug)]
+pub struct FaultProxy {
+    child: Child,
+    control: PathBuf,
+    routes: Vec<(String, String)>,
+}
+
+impl FaultProxy {
+    /// Starts it on `out/proxies.tsv` and waits until it listens.
+    pub fn start(out: &Path) -> FaultProxy {
+        let routes_file = out.join("proxies.tsv");
+        let routes = std::fs::read_to_string(&routes_file)
+            .expect("proxies.tsv")
+            .lines()
+            .filter_map(|l| l.split('\t').next())
+            .filter_map(|name| name.split_once('>'))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let control = out.join("faults.txt");
+        let mut child = Command::new(grapevine_bin().with_file_name("gv-proxy"))
+            .arg(&routes_file)
+            .arg(&control)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gv-proxy starts");
+        let mut line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("gv-proxy says it is ready");
+        assert_eq!(line.trim(), "gv-proxy ready");
+        FaultProxy {
+            child,
+            control,
+            routes,
+        }
+    }
+
+    /// Cuts every route between nodes of different groups (a node in no group is
+    /// cut off from all).
+    pub fn partition(&self, groups: &[&[&str]]) {
+        let group = |n: &str| groups.iter().position(|g| g.contains(&n));
+        let cut: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(a, b)| group(a) != group(b))
+            .map(|(a, b)| format!("{a}>{b}"))
+            .collect();
+        assert!(!cut.is_empty());
+        std::fs::write(&self.control, cut.join("\n") + "\n").unwrap();
+    }
+
+    /// Restores every route.
+    pub fn heal(&self) {
+        std::fs::write(&self.control, "").unwrap();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// POSTs `body` to `url` with a 2 s limit; `None` if the node does not answer (killed,
+/// paused, partitioned): for tests that inject faults.
+pub fn try_post_json(url: &str, body: &str) -> Option<(u16, Option<Value>)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .ok()?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Some((status, serde_json::from_str(&text).ok()))
 }

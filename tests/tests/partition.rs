@@ -6,77 +6,13 @@
 //! resumes. 3|1: the majority keeps finalizing (a transfer becomes final), the minority
 //! does not; healed, the minority catches up and every node agrees.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use grapevine_ledger::{Keypair, Transaction};
 use grapevine_tests::{
-    NodeProcess, account_keys, eventually, generate_testnet_with, grapevine_bin,
-    set_consensus_option,
+    FaultProxy, NodeProcess, account_keys, eventually, generate_testnet_with, set_consensus_option,
 };
 use serde_json::json;
-
-/// The proxy process; killed when dropped.
-struct Proxy {
-    child: Child,
-    control: PathBuf,
-    routes: Vec<(String, String)>,
-}
-
-impl Proxy {
-    fn start(out: &Path) -> Proxy {
-        let routes_file = out.join("proxies.tsv");
-        let routes = std::fs::read_to_string(&routes_file)
-            .expect("proxies.tsv")
-            .lines()
-            .filter_map(|l| l.split('\t').next())
-            .filter_map(|name| name.split_once('>'))
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let control = out.join("faults.txt");
-        let mut child = Command::new(grapevine_bin().with_file_name("gv-proxy"))
-            .arg(&routes_file)
-            .arg(&control)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gv-proxy starts");
-        let mut line = String::new();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-        std::io::BufRead::read_line(&mut stdout, &mut line).expect("gv-proxy says it is ready");
-        assert_eq!(line.trim(), "gv-proxy ready");
-        Proxy {
-            child,
-            control,
-            routes,
-        }
-    }
-
-    /// Cuts every route between different groups.
-    fn partition(&self, groups: &[&[&str]]) {
-        let group = |n: &str| groups.iter().position(|g| g.contains(&n));
-        let cut: Vec<String> = self
-            .routes
-            .iter()
-            .filter(|(a, b)| group(a) != group(b))
-            .map(|(a, b)| format!("{a}>{b}"))
-            .collect();
-        assert!(!cut.is_empty());
-        std::fs::write(&self.control, cut.join("\n") + "\n").unwrap();
-    }
-
-    fn heal(&self) {
-        std::fs::write(&self.control, "").unwrap();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn heights(nodes: &[NodeProcess]) -> Vec<u64> {
     nodes.iter().map(NodeProcess::height).collect()
@@ -101,7 +37,7 @@ fn partitions_halt_or_keep_finality_by_quorum_and_heal_without_forks() {
     set_consensus_option(&out, &names, "idle_block_ms", 100);
     set_consensus_option(&out, &names, "base_timeout_ms", 1000);
     set_consensus_option(&out, &names, "max_timeout_ms", 4000);
-    let proxy = Proxy::start(&out);
+    let proxy = FaultProxy::start(&out);
     let nodes: Vec<NodeProcess> = names
         .iter()
         .map(|n| NodeProcess::run(&out.join(n)))
