@@ -138,6 +138,7 @@ fn a_loaded_network_survives_random_faults_and_converges() {
     let mut down: Option<(usize, Instant)> = None;
     let mut partitioned_until: Option<Instant> = None;
     let mut next_fault = Instant::now() + Duration::from_secs(2);
+    let kind_offset = rng.below(3) as u32;
     let mut best_height = 0u64;
     let mut best_at = Instant::now();
     let mut longest_stall = Duration::ZERO;
@@ -219,7 +220,9 @@ fn a_loaded_network_survives_random_faults_and_converges() {
                 nodes[i].as_ref().unwrap().signal("CONT");
             } else {
                 let victim = rng.below(VALIDATORS as u64) as usize;
-                match rng.below(3) {
+                // Kinds take turns from a random start, so even a short run has each.
+                let kind = (kind_offset + faults.kills + faults.pauses + faults.partitions) % 3;
+                match kind {
                     0 => {
                         nodes[victim].take().unwrap().kill();
                         down = Some((victim, now));
