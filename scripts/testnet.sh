@@ -5,6 +5,7 @@
 # ./testnet (gitignored; TESTNET_DIR moves it); `clean` removes it for a fresh chain.
 #   scripts/testnet.sh start 4        # 4 validators; then: status, logs validator0, stop
 #   TESTNET_FULL_NODES=2 scripts/testnet.sh start
+#   TESTNET_FAULT_PROXY=1 scripts/testnet.sh start   # then: partition A,B C,D; heal
 # Run without arguments for every command and setting. Needs curl.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -15,9 +16,15 @@ TESTNET_BASE_PORT="${TESTNET_BASE_PORT:-27000}"
 TESTNET_FULL_NODES="${TESTNET_FULL_NODES:-0}"
 TESTNET_WAIT="${TESTNET_WAIT:-60}"
 TESTNET_STOP_WAIT="${TESTNET_STOP_WAIT:-15}"
+TESTNET_FAULT_PROXY="${TESTNET_FAULT_PROXY:-}"
 NODES_TSV="$TESTNET_DIR/nodes.tsv"
 PIDS_DIR="$TESTNET_DIR/pids"
 LOGS_DIR="$TESTNET_DIR/logs"
+# With a fault proxy (grapevine testnet --fault-proxy): its routes and its control file.
+PROXIES_TSV="$TESTNET_DIR/proxies.tsv"
+FAULTS_TXT="$TESTNET_DIR/faults.txt"
+PROXY_BIN="$(dirname "$GRAPEVINE_BIN")/gv-proxy"
+PROXY_READY_WAIT=10
 
 usage() {
   cat <<EOF
@@ -26,13 +33,25 @@ Usage: scripts/testnet.sh COMMAND [ARGS]
 Commands:
   start [N]          Build, write a testnet of N validators (default 4) unless one exists,
                      start every node in the background, wait until blocks finalize
-  stop               SIGTERM every node, SIGKILL what is left after ${TESTNET_STOP_WAIT} s
-  status             Per node: pid and state, height, peer count
-  logs NAME [ARGS]   Follow a node's log (tail -n 100 -f; ARGS replace those tail options)
+  stop               SIGTERM every node, SIGKILL what is left after ${TESTNET_STOP_WAIT} s;
+                     then the fault proxy, if any
+  status             Per node: pid and state, height, peer count; the fault proxy's state
+                     and how many of its routes are blocked
+  logs NAME [ARGS]   Follow a node's log (tail -n 100 -f; ARGS replace those tail options);
+                     NAME gv-proxy: the fault proxy's log
   kill NAME          SIGKILL one node (status then shows it dead)
   restart NAME       Stop one node if running, start it again, wait until it catches up
   pause NAME         SIGSTOP one node (it stops answering and voting)
   resume NAME        SIGCONT a paused node
+  partition GROUP GROUP...
+                     Cut the network into groups (GROUP: comma-separated node names, e.g.
+                     partition validator0,validator1 validator2,validator3): blocks every
+                     route between nodes of different groups. A node named in no group is
+                     cut off from everyone (all its routes, both ways, are blocked).
+                     Replaces the previous partition. Needs a testnet with a fault proxy
+                     (TESTNET_FAULT_PROXY=1 when it was generated)
+  heal               Unblock every route (nodes redial on their own; after a long cut
+                     their dial backoff can take ~30 s)
   clean              stop, then remove the testnet directory
   help               This text
 
@@ -41,20 +60,30 @@ current values:
   TESTNET_DIR=$TESTNET_DIR
       the testnet's directory
   TESTNET_BASE_PORT=$TESTNET_BASE_PORT
-      first port of a new testnet: node i uses base+2i (RPC) and base+2i+1 (p2p)
+      first port of a new testnet: node i uses base+2i (RPC) and base+2i+1 (p2p); with
+      TESTNET_FAULT_PROXY=1 the proxy's routes take the ports after the nodes'
   TESTNET_FULL_NODES=$TESTNET_FULL_NODES
       non-validating full nodes of a new testnet
   TESTNET_ACCOUNTS=${TESTNET_ACCOUNTS:-}
       funded accounts of a new testnet (empty: grapevine's default, 10)
   TESTNET_WAIT=$TESTNET_WAIT
       seconds start and restart wait for the chain
+  TESTNET_FAULT_PROXY=$TESTNET_FAULT_PROXY
+      1: a new testnet routes every link between nodes through a fault proxy (gv-proxy),
+      so partition and heal can cut and restore links. A property of the generated
+      testnet: one with proxies.tsv always runs its proxy; clean for a new one
   TESTNET_SKIP_BUILD=${TESTNET_SKIP_BUILD:-}
-      1: use the binary as built ($GRAPEVINE_BIN), do not run cargo
+      1: use the binaries as built (grapevine, gv-proxy in $(dirname "$GRAPEVINE_BIN")),
+      do not run cargo
   GRAPEVINE_LOG=${GRAPEVINE_LOG:-}
       passed through to the nodes (their log filter)
 
 Files in the testnet directory: nodes.tsv (written by grapevine testnet), nodes.json
 (name, rpc, p2p, home, pid of each node), logs/NAME.log, pids/NAME, accounts.json, keys/.
+With a fault proxy: proxies.tsv (its routes: FROM>TO, listen and target address; node
+FROM reaches validator TO only through that route, and peer exchange is off), faults.txt
+(the blocked routes, one name a line; gv-proxy re-reads it every 100 ms),
+logs/gv-proxy.log, pids/gv-proxy. The proxy is no node: not in nodes.json.
 EOF
 }
 
@@ -247,6 +276,133 @@ print_log_tail() {
   tail -n "$lines" "$LOGS_DIR/$name.log" >&2 2>/dev/null || echo "(no log)" >&2
 }
 
+# ---- the fault proxy (gv-proxy) --------------------------------------------------------
+
+has_proxies() {
+  [ -f "$PROXIES_TSV" ]
+}
+
+need_proxies() {
+  need_testnet
+  has_proxies || die "this testnet was generated without --fault-proxy; run:" \
+    "scripts/testnet.sh clean && TESTNET_FAULT_PROXY=1 scripts/testnet.sh start"
+}
+
+# abs_path PATH: PATH with its directory made absolute (the directory must exist).
+abs_path() {
+  local d
+  d="$(cd "$(dirname "$1")" && pwd -P)" || return 1
+  printf '%s/%s\n' "$d" "$(basename "$1")"
+}
+
+# proxy_alive PID: the process exists, is no zombie, and (where /proc tells) is the
+# gv-proxy of this testnet's proxies.tsv.
+proxy_alive() {
+  local pid="$1" routes
+  is_uint "$pid" || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  if [ -r "/proc/$pid/stat" ]; then
+    [ "$(proc_state "$pid")" != Z ] || return 1
+    routes="$(abs_path "$PROXIES_TSV")" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "gv-proxy $routes " || return 1
+  fi
+  return 0
+}
+
+# route_count: how many routes proxies.tsv holds (0 without the file).
+route_count() {
+  if [ -f "$PROXIES_TSV" ]; then
+    awk 'NF { n++ } END { print n + 0 }' "$PROXIES_TSV"
+  else
+    echo 0
+  fi
+}
+
+# blocked_count: how many routes faults.txt blocks (0 without the file).
+blocked_count() {
+  if [ -f "$FAULTS_TXT" ]; then
+    awk 'NF { n++ } END { print n + 0 }' "$FAULTS_TXT"
+  else
+    echo 0
+  fi
+}
+
+# write_faults: faults.txt from stdin, atomically (gv-proxy never reads half a file).
+write_faults() {
+  local tmp
+  tmp="$(mktemp "$FAULTS_TXT.XXXXXX")"
+  cat >"$tmp"
+  chmod 644 "$tmp"
+  mv "$tmp" "$FAULTS_TXT"
+}
+
+# start_proxy: runs gv-proxy on proxies.tsv, in its own session like the nodes, and
+# waits until it listens (the nodes' links go through it, so it starts first). One
+# running already is kept.
+start_proxy() {
+  local pid dir log="$LOGS_DIR/gv-proxy.log" deadline
+  pid="$(pid_of gv-proxy)"
+  if proxy_alive "$pid"; then
+    echo "gv-proxy is running already (pid $pid); keeping it"
+    return 0
+  fi
+  [ -x "$PROXY_BIN" ] || die "no gv-proxy at $PROXY_BIN (unset TESTNET_SKIP_BUILD to build it)"
+  dir="$(cd "$TESTNET_DIR" && pwd -P)"
+  mkdir -p "$LOGS_DIR" "$PIDS_DIR"
+  : >"$log" # emptied here, so an old log's ready line cannot be taken for this one's
+  if command -v setsid >/dev/null 2>&1; then
+    nohup setsid "$PROXY_BIN" "$dir/proxies.tsv" "$dir/faults.txt" </dev/null >>"$log" 2>&1 &
+  else
+    nohup "$PROXY_BIN" "$dir/proxies.tsv" "$dir/faults.txt" </dev/null >>"$log" 2>&1 &
+  fi
+  pid=$!
+  echo "$pid" >"$PIDS_DIR/gv-proxy"
+  deadline=$((SECONDS + PROXY_READY_WAIT))
+  while ! grep -qx 'gv-proxy ready' "$log"; do
+    # $! is this shell's child: no recycled pid to mistake, and /proc may still show
+    # nohup or setsid, so kill -0 and the state tell whether it lives.
+    if ! kill -0 "$pid" 2>/dev/null || [ "$(proc_state "$pid")" = Z ]; then
+      echo "error: gv-proxy exited during start" >&2
+      print_log_tail gv-proxy
+      rm -f "$PIDS_DIR/gv-proxy"
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$PIDS_DIR/gv-proxy"
+      echo "error: gv-proxy did not get ready within ${PROXY_READY_WAIT} s; killed it (pid $pid)" >&2
+      print_log_tail gv-proxy
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "started gv-proxy (pid $pid): $(route_count) routes, $(blocked_count) blocked"
+}
+
+# stop_proxy: SIGTERM the proxy, SIGKILL it after TESTNET_STOP_WAIT s; one line.
+stop_proxy() {
+  local pid deadline
+  pid="$(pid_of gv-proxy)"
+  [ -n "$pid" ] || return 0
+  if ! proxy_alive "$pid"; then
+    echo "  gv-proxy: not running"
+  else
+    kill -TERM "$pid" 2>/dev/null || true
+    kill -CONT "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + TESTNET_STOP_WAIT))
+    while proxy_alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
+      sleep 0.1
+    done
+    if proxy_alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      echo "  gv-proxy: still running after ${TESTNET_STOP_WAIT} s, killed (pid $pid)"
+    else
+      echo "  gv-proxy: stopped (pid $pid)"
+    fi
+  fi
+  rm -f "$PIDS_DIR/gv-proxy"
+}
+
 # ---- commands -----------------------------------------------------------------------
 
 cmd_start() {
@@ -256,6 +412,10 @@ cmd_start() {
   fi
   is_uint "$TESTNET_BASE_PORT" || die "TESTNET_BASE_PORT must be a number"
   is_uint "$TESTNET_FULL_NODES" || die "TESTNET_FULL_NODES must be a number"
+  case "$TESTNET_FAULT_PROXY" in
+    "" | 0 | 1) ;;
+    *) die "TESTNET_FAULT_PROXY must be 1 (or empty/0), got '$TESTNET_FAULT_PROXY'" ;;
+  esac
   need_curl
 
   # shellcheck disable=SC2119 # neither takes this script's arguments
@@ -273,10 +433,19 @@ cmd_start() {
       echo "note: $TESTNET_DIR holds a testnet of $have validators already; starting it as it is" \
         "(scripts/testnet.sh clean for a new one)" >&2
     fi
+    # The fault proxy is a property of the generated testnet (its nodes' configs).
+    if [ "$TESTNET_FAULT_PROXY" = 1 ] && ! has_proxies; then
+      echo "note: $TESTNET_DIR was generated without a fault proxy; TESTNET_FAULT_PROXY=1 applies" \
+        "to a new testnet only (scripts/testnet.sh clean first)" >&2
+    elif [ "$TESTNET_FAULT_PROXY" = 0 ] && has_proxies; then
+      echo "note: $TESTNET_DIR was generated with a fault proxy, which its nodes' links need;" \
+        "starting it with the proxy (scripts/testnet.sh clean for a new testnet without)" >&2
+    fi
   else
     local -a args=(testnet --validators "$n" --full-nodes "$TESTNET_FULL_NODES"
       --base-port "$TESTNET_BASE_PORT" --out "$TESTNET_DIR")
     [ -n "${TESTNET_ACCOUNTS:-}" ] && args+=(--accounts "$TESTNET_ACCOUNTS")
+    [ "$TESTNET_FAULT_PROXY" = 1 ] && args+=(--fault-proxy)
     mkdir -p "$(dirname "$TESTNET_DIR")"
     "$GRAPEVINE_BIN" "${args[@]}"
   fi
@@ -299,6 +468,16 @@ cmd_start() {
   done <"$NODES_TSV"
 
   mkdir -p "$LOGS_DIR" "$PIDS_DIR"
+  if has_proxies; then
+    # A new start is a healed network: a partition left over from before is dropped.
+    local blocked
+    blocked="$(blocked_count)"
+    if [ "$blocked" != 0 ]; then
+      echo "note: unblocking the $blocked routes left blocked in $FAULTS_TXT (partition cuts them again)"
+    fi
+    write_faults </dev/null
+    start_proxy
+  fi
   for name in $(node_names); do
     start_node "$name"
   done
@@ -359,14 +538,18 @@ cmd_start() {
 }
 
 cmd_stop() {
-  if [ ! -f "$NODES_TSV" ]; then
+  if [ ! -f "$NODES_TSV" ] && [ ! -f "$PIDS_DIR/gv-proxy" ]; then
     echo "no testnet in $TESTNET_DIR"
     return 0
   fi
   echo "stopping the nodes of $TESTNET_DIR"
-  # shellcheck disable=SC2046 # node names hold no spaces
-  stop_nodes "$TESTNET_STOP_WAIT" $(node_names)
-  write_nodes_json
+  if [ -f "$NODES_TSV" ]; then
+    # shellcheck disable=SC2046 # node names hold no spaces
+    stop_nodes "$TESTNET_STOP_WAIT" $(node_names)
+    write_nodes_json
+  fi
+  # After the nodes, so none of them sees its links cut while shutting down.
+  stop_proxy
 }
 
 cmd_status() {
@@ -396,6 +579,20 @@ cmd_status() {
     printf '%-12s %-22s %-8s %-8s %-8s %-6s %s\n' "$name" "http://$rpc" "$pid" "$state" \
       "${h:-?}" "${peers:-?}" "${syncing:-?}"
   done <"$NODES_TSV"
+  pid="$(pid_of gv-proxy)"
+  if has_proxies || [ -n "$pid" ]; then
+    if [ -z "$pid" ]; then
+      state="stopped (the nodes' links go through it: they cannot connect)"
+    elif ! proxy_alive "$pid"; then
+      state="dead (pid $pid; the nodes' links go through it: they cannot connect)"
+    else
+      state=running
+      [ "$(proc_state "$pid")" = T ] && state=paused
+      state="$state (pid $pid)"
+    fi
+    printf '%-12s %s; %s of %s routes blocked (%s)\n' gv-proxy "$state" "$(blocked_count)" \
+      "$(route_count)" "$FAULTS_TXT"
+  fi
 }
 
 cmd_logs() {
@@ -403,7 +600,7 @@ cmd_logs() {
   need_testnet
   local name="$1" log
   shift
-  node_field "$name" 1 >/dev/null
+  [ "$name" = gv-proxy ] || node_field "$name" 1 >/dev/null
   log="$LOGS_DIR/$name.log"
   [ -f "$log" ] || die "no log for $name yet ($log)"
   if [ $# -gt 0 ]; then
@@ -483,6 +680,70 @@ cmd_signal() { # cmd_signal STOP|CONT NAME
   echo "$verb $name (pid $pid)"
 }
 
+# proxy_note: warns when the proxy does not run (faults.txt then takes effect once
+# it does, at the next start).
+proxy_note() {
+  proxy_alive "$(pid_of gv-proxy)" ||
+    echo "note: gv-proxy is not running; the nodes' links are all down until scripts/testnet.sh start"
+}
+
+cmd_partition() {
+  [ $# -ge 1 ] || die "usage: scripts/testnet.sh partition GROUP [GROUP...], GROUP: NAME,NAME,..." \
+    "(e.g. partition validator0,validator1 validator2,validator3)"
+  need_proxies
+  local arg name route from to gf gt cut=0 total=0 i=0
+  local -a names=() shown=() isolated=()
+  local -A group_of=()
+  for arg in "$@"; do
+    i=$((i + 1))
+    IFS=, read -r -a names <<<"$arg"
+    [ "${#names[@]}" -gt 0 ] || die "partition: group $i is empty"
+    for name in "${names[@]}"; do
+      [ -n "$name" ] || die "partition: empty node name in group '$arg'"
+      node_field "$name" 1 >/dev/null
+      [ -z "${group_of[$name]:-}" ] ||
+        die "partition: $name is in group ${group_of[$name]} and group $i; a node belongs to one group"
+      group_of[$name]=$i
+    done
+    shown+=("${names[*]}")
+  done
+  # A route is cut unless both its ends are in the same group.
+  local routes
+  routes="$(
+    while IFS=$'\t' read -r route _; do
+      [ -n "$route" ] || continue
+      from="${route%%>*}" to="${route#*>}"
+      gf="${group_of[$from]:-}" gt="${group_of[$to]:-}"
+      if [ -z "$gf" ] || [ "$gf" != "$gt" ]; then printf '%s\n' "$route"; fi
+    done <"$PROXIES_TSV"
+  )"
+  [ -n "$routes" ] && cut="$(printf '%s\n' "$routes" | wc -l)"
+  total="$(route_count)"
+  { [ -z "$routes" ] || printf '%s\n' "$routes"; } | write_faults
+  for name in $(node_names); do
+    [ -n "${group_of[$name]:-}" ] || isolated+=("$name")
+  done
+  echo "partitioned $TESTNET_DIR: cut $cut of $total routes (listed in $FAULTS_TXT)"
+  for i in "${!shown[@]}"; do
+    echo "  group $((i + 1)): ${shown[$i]}"
+  done
+  if [ "${#isolated[@]}" -gt 0 ]; then
+    echo "  cut off from everyone (in no group): ${isolated[*]}"
+  fi
+  proxy_note
+}
+
+cmd_heal() {
+  [ $# -eq 0 ] || die "usage: scripts/testnet.sh heal"
+  need_proxies
+  local blocked
+  blocked="$(blocked_count)"
+  write_faults </dev/null
+  echo "healed $TESTNET_DIR: unblocked $blocked routes ($FAULTS_TXT is empty); the nodes redial" \
+    "on their own, which can take ~30 s after a long cut (dial backoff)"
+  proxy_note
+}
+
 cmd_clean() {
   local dir
   if [ ! -e "$TESTNET_DIR" ]; then
@@ -511,6 +772,8 @@ case "$cmd" in
   restart) cmd_restart "$@" ;;
   pause) cmd_signal STOP "$@" ;;
   resume) cmd_signal CONT "$@" ;;
+  partition) cmd_partition "$@" ;;
+  heal) cmd_heal "$@" ;;
   clean) cmd_clean ;;
   help | -h | --help) usage ;;
   *)
