@@ -94,11 +94,59 @@ impl SignedTx {
     }
 }
 
+/// Transactions (by hash, which covers the signature) whose signature this process
+/// already found valid with the strict single check, most recent first. Bounded: two
+/// generations of at most [`VERIFIED_CAPACITY`] each.
+struct VerifiedSet {
+    current: std::collections::HashSet<Hash>,
+    previous: std::collections::HashSet<Hash>,
+}
+
+/// See [`VerifiedSet`].
+const VERIFIED_CAPACITY: usize = 400_000;
+
+static VERIFIED: std::sync::Mutex<Option<VerifiedSet>> = std::sync::Mutex::new(None);
+
+/// Remembers that `hash`'s signature passed [`SignedTx::verify`] (the mempool calls it
+/// after admission checks), so [`first_invalid_signature`] can skip work.
+pub fn remember_verified(hashes: impl IntoIterator<Item = Hash>) {
+    let mut g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    let set = g.get_or_insert_with(|| VerifiedSet {
+        current: Default::default(),
+        previous: Default::default(),
+    });
+    for h in hashes {
+        if set.current.len() >= VERIFIED_CAPACITY {
+            set.previous = std::mem::take(&mut set.current);
+        }
+        set.current.insert(h);
+    }
+}
+
+fn all_verified(chunk: &[SignedTx]) -> bool {
+    let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(set) = g.as_ref() else {
+        return false;
+    };
+    chunk.iter().all(|t| {
+        let h = t.hash();
+        set.current.contains(&h) || set.previous.contains(&h)
+    })
+}
+
 /// Verifies the signatures of `txs` in batches of [`SIG_BATCH`] in order. Returns the
 /// index of the first transaction of the first failing batch's invalid signature, or
 /// `None` when all are valid. The verdict is deterministic, so every node agrees on it.
+///
+/// A batch whose every transaction is remembered as strictly valid
+/// ([`remember_verified`]) is not checked again: the batch equation accepts every
+/// strictly valid signature, so the verdict is the one checking would give. Batches
+/// stay the same 64 in block order whatever is remembered.
 pub fn first_invalid_signature(txs: &[SignedTx]) -> Option<usize> {
     for (chunk_no, chunk) in txs.chunks(SIG_BATCH).enumerate() {
+        if all_verified(chunk) {
+            continue;
+        }
         let bodies: Vec<Vec<u8>> = chunk.iter().map(|t| t.tx.signing_bytes()).collect();
         let msgs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
         let signers: Vec<Address> = chunk.iter().map(|t| t.tx.from).collect();
@@ -155,6 +203,34 @@ mod tests {
         let mut m = t;
         m.tx.nonce += 1;
         assert!(!m.verify());
+    }
+
+    #[test]
+    fn remembered_signatures_do_not_change_the_verdict() {
+        let txs: Vec<SignedTx> = (0..200u64)
+            .map(|n| {
+                let kp = Keypair::from_seed(&[(n % 7) as u8 + 40; 32]);
+                Transaction {
+                    chain_id: 3,
+                    from: kp.address(),
+                    to: Address([8; 32]),
+                    amount: n,
+                    fee: 1,
+                    nonce: n,
+                }
+                .sign(&kp)
+            })
+            .collect();
+        // Remember the first 128 (two whole batches) and a few of the rest.
+        remember_verified(txs[..128].iter().chain(&txs[150..160]).map(SignedTx::hash));
+        assert_eq!(first_invalid_signature(&txs), None);
+        // A bad signature in a batch with remembered ones is still found.
+        let mut bad = txs.clone();
+        bad[155].tx.amount += 1;
+        assert_eq!(first_invalid_signature(&bad), Some(155));
+        let mut bad = txs;
+        bad[130].signature.0[5] ^= 1;
+        assert_eq!(first_invalid_signature(&bad), Some(130));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use grapevine_ledger::{Address, Hash};
 use serde_json::json;
 
-use crate::{bench_ledger, dev, keyfile, rebuild, run, testnet, wallet};
+use crate::{bench_ledger, bench_rpc, dev, keyfile, rebuild, run, testnet, wallet};
 
 /// Grapevine: a validating node for a gossip ledger.
 ///
@@ -72,11 +72,20 @@ enum Command {
         #[command(flatten)]
         rpc: wallet::Rpc,
     },
-    /// Benchmarks (throughput and latency; never pass/fail).
-    Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
-    },
+    /// Benchmarks (throughput and latency; never pass/fail). With --rpc: a load of
+    /// signed transfers against running nodes; `bench ledger`: signatures and block
+    /// application in this process.
+    Bench(BenchArgs),
+}
+
+/// `grapevine bench`: the RPC load generator, or a named benchmark.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchCommand>,
+    #[command(flatten)]
+    load: bench_rpc::Args,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,8 +130,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             wallet::show(&rpc, "getBlock", json!([which, full]))
         }
         Command::Status { rpc } => wallet::show(&rpc, "getStatus", json!([])),
-        Command::Bench {
-            what: BenchCommand::Ledger(args),
-        } => bench_ledger::run(&args),
+        Command::Bench(BenchArgs {
+            what: Some(BenchCommand::Ledger(args)),
+            ..
+        }) => bench_ledger::run(&args),
+        Command::Bench(BenchArgs { what: None, load }) => bench_rpc::run(&load),
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod bench_ledger;
+mod bench_rpc;
 mod cli;
 mod consensus;
 mod dev;

@@ -156,6 +156,8 @@ pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<(SignedTx, Hash), (Option
     if !tx.verify() {
         return Err((Some(hash), Refusal::BadSignature));
     }
+    // Block checks skip what is known valid (their verdict does not change).
+    grapevine_ledger::tx::remember_verified([hash]);
     Ok((tx, hash))
 }
 

@@ -553,7 +553,9 @@ impl Node {
     /// (only accepted ones are announced onwards; invalid ones cost the peer score).
     pub fn admit_from_peer(&self, txs: &[SignedTx]) -> Vec<Verdict> {
         let chain_id = self.ledger.chain_id();
-        // One batch verification for the common all-valid case.
+        // One batch verification for the common all-valid case. Not remembered as
+        // verified (see `tx::remember_verified`): the batch equation accepts some
+        // signatures the strict single check refuses.
         let all_signed = grapevine_ledger::tx::first_invalid_signature(txs).is_none();
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Runs the standard benchmarks and writes their table into docs/PERFORMANCE.md
+# (between the bench.sh markers):
+#   (a) a `grapevine dev` node, (b) a 4-validator testnet on this machine: a rate sweep
+#   (2,000 tx/s, doubling while finality keeps up: at least 90% of the offered rate
+#   finalized with p99 under 2 s) whose last good rate is the saturation point, then
+#   half of it, then a flood (as fast as the nodes accept); measured with
+#   `grapevine bench --rpc` (signed transfers over JSON-RPC, finality followed block by
+#   block); plus the ed25519 ceiling from `grapevine bench ledger` and, per run, the
+#   ratio TPS / (cores x batch-verify/s / nodes), each node's peak RSS and CPU use.
+#   scripts/bench.sh                  # about 3 minutes
+#   BENCH_SECONDS=30 scripts/bench.sh # longer runs
+# Numbers are measurements of this machine; nothing here passes or fails.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
+BASE_PORT="${BENCH_BASE_PORT:-27400}"
+WORK="$(mktemp -d -t grapevine-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi; done
+  sleep 1
+  for p in "${PIDS[@]:-}"; do if [ -n "$p" ]; then kill -9 "$p" 2>/dev/null || true; fi; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ensure_build_deps ""
+build_release --all-targets
+B="$GRAPEVINE_BIN"
+CORES="$(nproc)"
+
+# json_field JSON KEY: the number after "KEY": in a one-line JSON object.
+json_field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1" | head -1; }
+
+# wait_rpc URL: until the node answers (at most 60 s).
+wait_rpc() {
+  for _ in $(seq 600); do
+    if "$B" status --rpc "$1" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "error: no answer from $1" >&2
+  return 1
+}
+
+# cpu_ticks PID: user + system clock ticks so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# peak_rss_mb PID: the process's peak resident set (VmHWM) in MB.
+peak_rss_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+echo "== ed25519 ceiling (grapevine bench ledger, one core)"
+LEDGER_JSON="$("$B" bench ledger --accounts 10000 --blocks 4 --seconds 2 --json)"
+VERIFY="$(json_field "$LEDGER_JSON" verifyPerS)"
+BATCH="$(json_field "$LEDGER_JSON" batch256VerifyPerS)"
+echo "verify ${VERIFY%.*}/s, batch-256 verify ${BATCH%.*}/s per core, $CORES cores"
+
+ROWS=()
+SATURATION=()
+# run_load NAME NODES RATE URLS ACCOUNTS PIDS...: one bench run; appends a table row.
+run_load() {
+  local name="$1" nodes="$2" rate="$3" urls="$4" accounts="$5"
+  shift 5
+  local pids=("$@") t0 t1 out json
+  declare -A ticks0
+  for p in "${pids[@]}"; do ticks0[$p]="$(cpu_ticks "$p")"; done
+  t0="$(date +%s.%N)"
+  out="$("$B" bench --rpc "$urls" --accounts "$accounts" --rate "$rate" \
+    --duration "$SECONDS_PER_RUN" --json 2>&1)" || { echo "$out" >&2; return 1; }
+  t1="$(date +%s.%N)"
+  json="$(tail -1 <<<"$out")"
+  echo "$out" | grep -v '^{' | sed 's/^/  /'
+  local tps p50 p90 p99 max ceiling ratio cpu rss
+  tps="$(json_field "$json" tps)"
+  p50="$(json_field "$json" p50)"; p90="$(json_field "$json" p90)"
+  p99="$(json_field "$json" p99)"; max="$(json_field "$json" max)"
+  ceiling="$(awk -v c="$CORES" -v b="$BATCH" -v n="$nodes" 'BEGIN {printf "%.0f", c * b / n}')"
+  ratio="$(awk -v t="$tps" -v c="$ceiling" 'BEGIN {printf "%.2f", t / c}')"
+  cpu=""; rss=""
+  local hz wall
+  hz="$(getconf CLK_TCK)"
+  wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
+  for p in "${pids[@]}"; do
+    local used
+    used="$(awk -v a="${ticks0[$p]}" -v b="$(cpu_ticks "$p")" -v hz="$hz" -v w="$wall" \
+      'BEGIN {printf "%.0f", 100 * (b - a) / hz / w}')"
+    cpu+="${cpu:+ / }${used}%"
+    rss+="${rss:+ / }$(peak_rss_mb "$p")"
+  done
+  local offered="flood"
+  [ "$rate" != 0 ] && offered="$rate/s"
+  ROWS+=("| $name | $offered | ${tps%.*} | $p50 | $p90 | $p99 | $max | ${ceiling} | $ratio | $rss | $cpu |")
+  LAST_TPS="${tps%.*}"
+  LAST_P99="${p99%.*}"
+}
+
+# sweep NAME NODES URLS ACCOUNTS PIDS...: the rate sweep, half the best rate, a flood.
+sweep() {
+  local name="$1" nodes="$2" urls="$3" accounts="$4"
+  shift 4
+  local rate=2000 best=0
+  while [ "$rate" -le 64000 ]; do
+    run_load "$name" "$nodes" "$rate" "$urls" "$accounts" "$@"
+    if [ "$LAST_TPS" -ge $((rate * 9 / 10)) ] && [ "$LAST_P99" -le 2000 ]; then
+      best="$rate"
+      rate=$((rate * 2))
+    else
+      break
+    fi
+  done
+  if [ "$best" -gt 0 ]; then
+    run_load "$name" "$nodes" "$((best / 2))" "$urls" "$accounts" "$@"
+  fi
+  run_load "$name" "$nodes" 0 "$urls" "$accounts" "$@"
+  SATURATION+=("$name: finality keeps up at ${best} tx/s offered, not at $((best * 2)) tx/s")
+}
+
+echo "== (a) grapevine dev"
+DEV_HOME="$WORK/dev"
+DEV_RPC="http://127.0.0.1:$BASE_PORT"
+"$B" dev --home "$DEV_HOME" --rpc-addr "127.0.0.1:$BASE_PORT" --rpc-rate-limit 0 \
+  >"$WORK/dev.log" 2>&1 &
+DEV_PID=$!
+PIDS+=("$DEV_PID")
+wait_rpc "$DEV_RPC"
+sweep "dev node" 1 "$DEV_RPC" "$DEV_HOME/dev-accounts.json" "$DEV_PID"
+kill "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true
+
+echo "== (b) 4-validator testnet on this machine"
+NET="$WORK/net"
+"$B" testnet --validators 4 --out "$NET" --base-port "$((BASE_PORT + 10))" --accounts 20 >/dev/null
+sed -i 's/^rate_limit = .*/rate_limit = 0/' "$NET"/validator*/config.toml
+NET_PIDS=()
+URLS=""
+while IFS=$'\t' read -r name rpc _ home; do
+  "$B" run --home "$home" >"$WORK/$name.log" 2>&1 &
+  NET_PIDS+=("$!")
+  PIDS+=("$!")
+  URLS+="${URLS:+,}http://$rpc"
+done <"$NET/nodes.tsv"
+for u in ${URLS//,/ }; do wait_rpc "$u"; done
+sleep 2
+sweep "4 validators" 4 "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
+
+TABLE="$WORK/table.md"
+{
+  echo "<!-- bench.sh:begin (written by scripts/bench.sh; do not edit by hand) -->"
+  echo
+  echo "Measured $(date -u +%Y-%m-%d) on $CORES cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+  echo "${SECONDS_PER_RUN} s of load per run, the load generator on the same machine."
+  echo "ed25519 per core: verify ${VERIFY%.*}/s, batch-256 verify ${BATCH%.*}/s. Ceiling = cores x batch-verify/s / nodes."
+  echo
+  echo "| setup | offered | finalized tx/s | p50 ms | p90 ms | p99 ms | max ms | ceiling tx/s | TPS / ceiling | peak RSS MB per node | CPU per node |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  printf -- '- %s\n' "${SATURATION[@]}"
+  echo "- flood: every submission as fast as the nodes accept it (no rate)."
+  echo
+  echo "<!-- bench.sh:end -->"
+} >"$TABLE"
+DOC="docs/PERFORMANCE.md"
+if grep -q '<!-- bench.sh:begin' "$DOC"; then
+  awk -v table="$TABLE" '
+    /<!-- bench.sh:begin/ { while ((getline l < table) > 0) print l; skip = 1; next }
+    /<!-- bench.sh:end/ { skip = 0; next }
+    !skip { print }' "$DOC" >"$WORK/doc.md"
+  cp "$WORK/doc.md" "$DOC"
+else
+  { echo; echo "## End to end: signed transfers over JSON-RPC (scripts/bench.sh)"; echo; cat "$TABLE"; } >>"$DOC"
+fi
+echo "== written to $DOC"
+cat "$TABLE"
