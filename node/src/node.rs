@@ -675,9 +675,8 @@ impl NodeApi for Node {
         });
         match result {
             Ok(admitted) => {
-                let info = pool
-                    .get(&admitted.hash)
-                    .map(|(t, s)| self.pooled_info(admitted.hash, t, s));
+                let entry = pool.get(&admitted.hash);
+                let info = entry.map(|(t, s)| self.pooled_info(admitted.hash, t, s));
                 let promoted: Vec<TxInfo> = admitted
                     .promoted
                     .iter()
@@ -704,7 +703,7 @@ impl NodeApi for Node {
                     self.new_work.notify_one();
                 }
                 if self.net_view().networked
-                    && let Some((t, _)) = self.pool().get(&admitted.hash)
+                    && let Some((t, _)) = entry
                 {
                     self.gossip
                         .lock()

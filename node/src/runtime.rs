@@ -36,6 +36,20 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("grapevine")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn bind_rpc(rpc_addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(rpc_addr)
+        .await
+        .with_context(|| format!("cannot listen for RPC on {rpc_addr}"))
+}
+
 /// Serves RPC on `rpc_addr` and produces blocks until Ctrl-C or SIGTERM, then drains.
 /// `on_ready` is called with the bound RPC address once the node accepts requests.
 pub fn run_node(
@@ -46,15 +60,9 @@ pub fn run_node(
     producer_cfg: producer::Config,
     on_ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("grapevine")
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(rpc_addr)
-            .await
-            .with_context(|| format!("cannot listen for RPC on {rpc_addr}"))?;
+        let listener = bind_rpc(rpc_addr).await?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let router = grapevine_rpc::app(node.clone(), &rpc_cfg, rpc_metrics);
@@ -108,15 +116,9 @@ pub fn run_networked(
     networked: Networked,
     on_ready: impl FnOnce(SocketAddr, SocketAddr),
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("grapevine")
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(rpc_addr)
-            .await
-            .with_context(|| format!("cannot listen for RPC on {rpc_addr}"))?;
+        let listener = bind_rpc(rpc_addr).await?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         node.set_networked();

@@ -156,8 +156,12 @@ impl Drop for NodeProcess {
 
 /// POSTs `body` to `url`; returns the HTTP status and the JSON body, if any.
 pub fn post_json(url: &str, body: &str) -> (u16, Option<Value>) {
+    post_within(url, body, Duration::from_secs(30)).expect("the node answers")
+}
+
+fn post_within(url: &str, body: &str, limit: Duration) -> Option<(u16, Option<Value>)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(Some(limit))
         .http_status_as_error(false)
         .build()
         .into();
@@ -165,10 +169,10 @@ pub fn post_json(url: &str, body: &str) -> (u16, Option<Value>) {
         .post(url)
         .header("content-type", "application/json")
         .send(body)
-        .expect("the node answers");
+        .ok()?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).ok())
+    Some((status, serde_json::from_str(&text).ok()))
 }
 
 /// A base port with `ports` free ports after it (checked by binding each). Below
@@ -355,17 +359,5 @@ impl Drop for FaultProxy {
 /// POSTs `body` to `url` with a 2 s limit; `None` if the node does not answer (killed,
 /// paused, partitioned): for tests that inject faults.
 pub fn try_post_json(url: &str, body: &str) -> Option<(u16, Option<Value>)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(url)
-        .header("content-type", "application/json")
-        .send(body)
-        .ok()?;
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    Some((status, serde_json::from_str(&text).ok()))
+    post_within(url, body, Duration::from_secs(2))
 }

@@ -282,7 +282,7 @@ pub async fn run(
     };
     let now = d.now();
     tokio::task::block_in_place(|| d.engine.start(now));
-    d.replay_kept_proposals()?;
+    tokio::task::block_in_place(|| d.replay_kept_proposals())?;
     d.drain().await?;
 
     let mut sync_tick = tokio::time::interval(SYNC_TICK);
@@ -379,7 +379,9 @@ impl Driver {
         let key = proposal_key(height, &p.block.hash());
         // Synced: the safety state is in a file of its own now, so no later synced
         // ledger write is certain to come before a crash.
-        match self.ledger.consensus_put(&key, &codec::encode(p)) {
+        let write = || self.ledger.consensus_put(&key, &codec::encode(p));
+        // A synced write: off the async workers.
+        match tokio::task::block_in_place(write) {
             Ok(()) => self.kept.entry(height).or_default().push(key),
             Err(e) => tracing::warn!(error = %e, "cannot keep a proposal for restart"),
         }
