@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeTuple, Serializer};
 use sha2::{Digest, Sha256};
@@ -228,38 +228,70 @@ impl FromStr for Signature {
 
 byte_newtype_serde!(Signature, 64);
 
-/// Verifies `sig` over `msg` by `signer` under RFC 8032 with the strict rules of
-/// ed25519-dalek's `verify_strict` (canonical S, no small-order key or R).
+/// Verifies `sig` over `msg` by `signer` under the ZIP-215 rules (the cofactored
+/// equation; S must be canonical; encodings of the key and R need not be), with one rule
+/// added: the signer's key must be a curve point not of small order, since anyone can
+/// sign for such a key. Batch verification ([`verify_batch`]) agrees with this on every
+/// input, so a verdict of either is a property of the signature alone and may be
+/// remembered.
 pub fn verify(signer: &Address, msg: &[u8], sig: &Signature) -> bool {
-    let Ok(key) = VerifyingKey::from_bytes(&signer.0) else {
+    if !usable_key(signer) {
+        return false;
+    }
+    let Ok(key) = ed25519_zebra::VerificationKey::try_from(signer.0) else {
         return false;
     };
-    let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-    key.verify_strict(msg, &sig).is_ok()
+    key.verify(&ed25519_zebra::Signature::from_bytes(&sig.0), msg)
+        .is_ok()
 }
 
-/// Verifies many signatures at once with ed25519-dalek's batch equation, whose random
-/// coefficients are derived from the inputs, so the verdict is the same on every node.
-/// Every input that [`verify`] accepts passes; `false` means at least one is invalid.
+/// Verifies many signatures at once (ZIP-215 batch equation with random coefficients).
+/// `true` exactly when [`verify`] accepts every one of them (a wrong `true` has
+/// probability below 2^-120); `false` means at least one is invalid.
 pub fn verify_batch(msgs: &[&[u8]], signers: &[Address], sigs: &[Signature]) -> bool {
     if msgs.len() != signers.len() || msgs.len() != sigs.len() {
         return false;
     }
-    if msgs.is_empty() {
-        return true;
+    if !signers.iter().all(usable_key) {
+        return false;
     }
-    let mut keys = Vec::with_capacity(signers.len());
-    for a in signers {
-        match VerifyingKey::from_bytes(&a.0) {
-            Ok(k) if !k.is_weak() => keys.push(k),
-            _ => return false,
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for ((msg, signer), sig) in msgs.iter().zip(signers).zip(sigs) {
+        batch.queue((
+            ed25519_zebra::VerificationKeyBytes::from(signer.0),
+            ed25519_zebra::Signature::from_bytes(&sig.0),
+            *msg,
+        ));
+    }
+    batch.verify(rand::rng()).is_ok()
+}
+
+/// Keys found usable, so that a busy sender's key is decompressed once, not per
+/// signature. Cleared when full; it only saves work.
+static USABLE_KEYS: std::sync::Mutex<Option<std::collections::HashSet<[u8; 32]>>> =
+    std::sync::Mutex::new(None);
+const USABLE_KEYS_CAPACITY: usize = 100_000;
+
+/// Whether `key` is the encoding of a curve point that is not of small order.
+fn usable_key(key: &Address) -> bool {
+    {
+        let g = USABLE_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref().is_some_and(|set| set.contains(&key.0)) {
+            return true;
         }
     }
-    let sigs: Vec<ed25519_dalek::Signature> = sigs
-        .iter()
-        .map(|s| ed25519_dalek::Signature::from_bytes(&s.0))
-        .collect();
-    ed25519_dalek::verify_batch(msgs, &sigs, &keys).is_ok()
+    let ok = curve25519_dalek::edwards::CompressedEdwardsY(key.0)
+        .decompress()
+        .is_some_and(|p| !p.is_small_order());
+    if ok {
+        let mut g = USABLE_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+        let set = g.get_or_insert_with(Default::default);
+        if set.len() >= USABLE_KEYS_CAPACITY {
+            set.clear();
+        }
+        set.insert(key.0);
+    }
+    ok
 }
 
 /// An ed25519 key pair. The secret half is zeroized when dropped and never printed.
@@ -367,6 +399,63 @@ mod tests {
         assert!(verify_batch(&refs, &addrs, &sigs));
         sigs[3].0[0] ^= 1;
         assert!(!verify_batch(&refs, &addrs, &sigs));
+    }
+
+    /// A signature whose R carries a small-order component: valid under the cofactored
+    /// equation, invalid under the cofactorless one. The single and the batch check
+    /// must agree on it whatever it is batched with.
+    #[test]
+    fn torsioned_r_gets_the_same_verdict_alone_and_in_any_batch() {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::Sha512;
+        let a = Scalar::from_bytes_mod_order([7; 32]);
+        let key = Address((a * B).compress().to_bytes());
+        let msg = b"grapevine torsion".to_vec();
+        let r = Scalar::from_bytes_mod_order([9; 32]);
+        let big_r = (r * B + EIGHT_TORSION[1]).compress().to_bytes();
+        let mut h = Sha512::new();
+        h.update(big_r);
+        h.update(key.0);
+        h.update(&msg);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let s = r + k * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&big_r);
+        sig[32..].copy_from_slice(s.as_bytes());
+        let sig = Signature(sig);
+        assert!(verify(&key, &msg, &sig));
+        let kps: Vec<Keypair> = (0..3u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+        let mut addrs: Vec<Address> = kps.iter().map(Keypair::address).collect();
+        let mut sigs: Vec<Signature> = kps.iter().map(|kp| kp.sign(&msg)).collect();
+        addrs.push(key);
+        sigs.push(sig);
+        let refs = vec![msg.as_slice(); 4];
+        for _ in 0..20 {
+            assert!(verify_batch(&refs, &addrs, &sigs));
+            assert!(verify_batch(&refs[3..], &addrs[3..], &sigs[3..]));
+        }
+    }
+
+    /// Anyone can sign for a small-order key (here the identity, with R the identity
+    /// and S zero): such keys are refused, alone and in batches.
+    #[test]
+    fn small_order_keys_are_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let key = Address(identity);
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        let sig = Signature(sig);
+        assert!(!verify(&key, b"anything", &sig));
+        assert!(!verify_batch(&[b"anything"], &[key], &[sig]));
+        let kp = Keypair::from_seed(&[1; 32]);
+        let good = kp.sign(b"x");
+        assert!(!verify_batch(
+            &[b"x", b"anything"],
+            &[kp.address(), key],
+            &[good, sig]
+        ));
     }
 
     #[test]

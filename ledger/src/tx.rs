@@ -88,15 +88,18 @@ impl SignedTx {
         sha256(&[&self.to_bytes()])
     }
 
-    /// Whether the signature is valid for `tx.from` (strict RFC 8032 verification).
+    /// Whether the signature is valid for `tx.from` ([`crypto::verify`]: ZIP-215 rules,
+    /// no small-order key). Always checks; see [`verified_before`] for the memory.
     pub fn verify(&self) -> bool {
         crypto::verify(&self.tx.from, &self.tx.signing_bytes(), &self.signature)
     }
 }
 
-/// Transactions (by hash, which covers the signature) whose signature this process
-/// already found valid with the strict single check, most recent first. Bounded: two
-/// generations of at most [`VERIFIED_CAPACITY`] each.
+/// Transactions (by hash, which covers body and signature) whose signature this process
+/// already found valid, most recent first. Under ZIP-215 the single and the batch check
+/// agree on every signature, so a verdict is a property of the transaction alone and
+/// remembering it cannot make two nodes disagree about a block. Bounded: two generations
+/// of at most [`VERIFIED_CAPACITY`] each.
 struct VerifiedSet {
     current: std::collections::HashSet<Hash>,
     previous: std::collections::HashSet<Hash>,
@@ -107,8 +110,8 @@ const VERIFIED_CAPACITY: usize = 400_000;
 
 static VERIFIED: std::sync::Mutex<Option<VerifiedSet>> = std::sync::Mutex::new(None);
 
-/// Remembers that `hash`'s signature passed [`SignedTx::verify`] (the mempool calls it
-/// after admission checks), so [`first_invalid_signature`] can skip work.
+/// Remembers that the transactions with these hashes have valid signatures (checked by
+/// [`SignedTx::verify`] or [`crypto::verify_batch`]), so later checks skip them.
 pub fn remember_verified(hashes: impl IntoIterator<Item = Hash>) {
     let mut g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
     let set = g.get_or_insert_with(|| VerifiedSet {
@@ -123,45 +126,56 @@ pub fn remember_verified(hashes: impl IntoIterator<Item = Hash>) {
     }
 }
 
-fn all_verified(chunk: &[SignedTx]) -> bool {
-    let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(set) = g.as_ref() else {
-        return false;
-    };
-    chunk.iter().all(|t| {
-        let h = t.hash();
-        set.current.contains(&h) || set.previous.contains(&h)
-    })
+/// Forgets every remembered verdict (benchmarks measure checks of unseen transactions).
+pub fn forget_verified() {
+    *VERIFIED.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
-/// Verifies the signatures of `txs` in batches of [`SIG_BATCH`] in order. Returns the
-/// index of the first transaction of the first failing batch's invalid signature, or
-/// `None` when all are valid. The verdict is deterministic, so every node agrees on it.
-///
-/// A batch whose every transaction is remembered as strictly valid
-/// ([`remember_verified`]) is not checked again: the batch equation accepts every
-/// strictly valid signature, so the verdict is the one checking would give. Batches
-/// stay the same 64 in block order whatever is remembered.
+/// Whether the transaction with this hash was remembered as validly signed.
+pub fn verified_before(hash: &Hash) -> bool {
+    let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_ref()
+        .is_some_and(|set| set.current.contains(hash) || set.previous.contains(hash))
+}
+
+/// Checks the signatures of `txs` that are not remembered as valid, in batches of
+/// [`SIG_BATCH`], and remembers the valid ones. Returns the index of the first
+/// transaction with an invalid signature, or `None` when all are valid. The verdict does
+/// not depend on what was remembered or how the batches fell, so every node agrees on it.
 pub fn first_invalid_signature(txs: &[SignedTx]) -> Option<usize> {
-    for (chunk_no, chunk) in txs.chunks(SIG_BATCH).enumerate() {
-        if all_verified(chunk) {
-            continue;
-        }
-        let bodies: Vec<Vec<u8>> = chunk.iter().map(|t| t.tx.signing_bytes()).collect();
+    let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
+    let todo: Vec<usize> = {
+        let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+        (0..txs.len())
+            .filter(|&i| {
+                !g.as_ref().is_some_and(|set| {
+                    set.current.contains(&hashes[i]) || set.previous.contains(&hashes[i])
+                })
+            })
+            .collect()
+    };
+    for chunk in todo.chunks(SIG_BATCH) {
+        let bodies: Vec<Vec<u8>> = chunk.iter().map(|&i| txs[i].tx.signing_bytes()).collect();
         let msgs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        let signers: Vec<Address> = chunk.iter().map(|t| t.tx.from).collect();
-        let sigs: Vec<Signature> = chunk.iter().map(|t| t.signature).collect();
+        let signers: Vec<Address> = chunk.iter().map(|&i| txs[i].tx.from).collect();
+        let sigs: Vec<Signature> = chunk.iter().map(|&i| txs[i].signature).collect();
         if !crypto::verify_batch(&msgs, &signers, &sigs) {
-            // Name the culprit for the error message; a chunk whose members all pass
-            // single verification but fail the batch is blamed on its first member.
-            let within = chunk.iter().position(|t| !t.verify()).unwrap_or(0);
-            return Some(chunk_no * SIG_BATCH + within);
+            // The batch and single checks agree, so some member fails alone; earlier
+            // chunks passed, so it is the first invalid one overall.
+            return Some(
+                chunk
+                    .iter()
+                    .copied()
+                    .find(|&i| !txs[i].verify())
+                    .unwrap_or(chunk[0]),
+            );
         }
+        remember_verified(chunk.iter().map(|&i| hashes[i]));
     }
     None
 }
 
-/// Transactions of a block are signature-checked in consecutive batches of this many.
+/// Signatures not remembered as valid are checked in batches of this many.
 pub const SIG_BATCH: usize = 64;
 
 #[cfg(test)]

@@ -285,6 +285,12 @@ enum LinkEvent {
         conn: ConnId,
         error: Option<LinkError>,
     },
+    /// A batch of relayed transactions came back from the validator.
+    Validated {
+        conn: ConnId,
+        fresh: Vec<(Hash, SignedTx)>,
+        verdicts: Vec<Verdict>,
+    },
     DialFailed {
         conn: ConnId,
         addr: SocketAddr,
@@ -360,6 +366,13 @@ const MAX_ALTERNATES: usize = 4;
 const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Capacity of the channel from link tasks to the actor.
 const EVENT_QUEUE: usize = 4096;
+/// Relayed transaction batches validated at once. Validation runs beside the actor, so
+/// consensus messages and links are served while it works.
+const MAX_VALIDATING: usize = 2;
+/// Relayed transaction batches waiting for validation. Past this the node is behind on
+/// admission and drops new batches unvalidated (their hashes are not marked seen, so
+/// they may come again): shedding load here keeps consensus and links responsive.
+const MAX_WAITING_BATCHES: usize = 256;
 
 struct Actor {
     cfg: NetConfig,
@@ -386,6 +399,12 @@ struct Actor {
     inflight: HashMap<Hash, (ConnId, Instant)>,
     alternates: HashMap<Hash, Vec<ConnId>>,
     listen_addr: SocketAddr,
+    /// Hashes of relayed transactions being validated or waiting for it.
+    validating: HashSet<Hash>,
+    /// Batches being validated now.
+    validations: usize,
+    /// Batches waiting for a validation slot, oldest first.
+    waiting: std::collections::VecDeque<(ConnId, Vec<(Hash, SignedTx)>)>,
 }
 
 /// Starts the network: binds the listener, dials the bootstrap addresses, and runs
@@ -434,6 +453,9 @@ pub async fn start(
         inflight: HashMap::new(),
         alternates: HashMap::new(),
         listen_addr,
+        validating: HashSet::new(),
+        validations: 0,
+        waiting: std::collections::VecDeque::new(),
         cfg,
     };
     tokio::spawn(actor.run(listener, cmd_rx, ev_rx, stop));
@@ -886,6 +908,11 @@ impl Actor {
                     self.send(conn, &Message::GetPeers);
                 }
             }
+            LinkEvent::Validated {
+                conn,
+                fresh,
+                verdicts,
+            } => self.on_validated(conn, fresh, verdicts),
             LinkEvent::Down { conn, error } => {
                 self.pending.remove(&conn);
                 self.pending_inbound.remove(&conn);
@@ -998,7 +1025,7 @@ impl Actor {
                     self.send(conn, &Message::Txs(bodies));
                 }
             }
-            Message::Txs(txs) => self.on_txs(conn, txs).await,
+            Message::Txs(txs) => self.on_txs(conn, txs),
             Message::Consensus(payload) => {
                 if payload.len() > MAX_CONSENSUS_BYTES {
                     self.penalize(conn, Offence::Malformed, "oversized consensus message");
@@ -1018,7 +1045,7 @@ impl Actor {
         }
     }
 
-    async fn on_txs(&mut self, conn: ConnId, txs: Vec<SignedTx>) {
+    fn on_txs(&mut self, conn: ConnId, txs: Vec<SignedTx>) {
         let mut fresh = Vec::new();
         let mut unsolicited = 0;
         for t in txs {
@@ -1030,7 +1057,7 @@ impl Actor {
                 }
                 _ => unsolicited += 1,
             }
-            if self.seen_txs.contains(&h) {
+            if self.seen_txs.contains(&h) || self.validating.contains(&h) {
                 self.stats.tx_duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -1042,12 +1069,51 @@ impl Actor {
         if fresh.is_empty() {
             return;
         }
-        let validator = self.validator.clone();
-        let bodies: Vec<SignedTx> = fresh.iter().map(|(_, t)| *t).collect();
-        // Validation checks signatures: keep it off the async workers.
-        let verdicts = tokio::task::spawn_blocking(move || validator.validate(&bodies))
-            .await
-            .unwrap_or_default();
+        if self.waiting.len() >= MAX_WAITING_BATCHES {
+            tracing::debug!(
+                txs = fresh.len(),
+                "admission behind; relayed transactions dropped"
+            );
+            return;
+        }
+        self.validating.extend(fresh.iter().map(|(h, _)| *h));
+        self.waiting.push_back((conn, fresh));
+        self.start_validations();
+    }
+
+    /// Hands waiting batches to the validator while slots are free. Each result comes
+    /// back as [`LinkEvent::Validated`].
+    fn start_validations(&mut self) {
+        while self.validations < MAX_VALIDATING {
+            let Some((conn, fresh)) = self.waiting.pop_front() else {
+                return;
+            };
+            self.validations += 1;
+            let validator = self.validator.clone();
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let bodies: Vec<SignedTx> = fresh.iter().map(|(_, t)| *t).collect();
+                // Validation checks signatures: keep it off the async workers.
+                let verdicts = tokio::task::spawn_blocking(move || validator.validate(&bodies))
+                    .await
+                    .unwrap_or_default();
+                let _ = events
+                    .send(LinkEvent::Validated {
+                        conn,
+                        fresh,
+                        verdicts,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    fn on_validated(&mut self, conn: ConnId, fresh: Vec<(Hash, SignedTx)>, verdicts: Vec<Verdict>) {
+        self.validations = self.validations.saturating_sub(1);
+        for (h, _) in &fresh {
+            self.validating.remove(h);
+        }
+        self.start_validations();
         let mut valid = Vec::new();
         let mut invalid = 0;
         for ((h, t), v) in fresh.into_iter().zip(

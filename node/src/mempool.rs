@@ -153,11 +153,14 @@ pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<(SignedTx, Hash), (Option
             },
         ));
     }
-    if !tx.verify() {
-        return Err((Some(hash), Refusal::BadSignature));
+    // A batch submission's signatures may have been checked together already (see
+    // `Node::preverify_transactions`); block checks skip what is known valid.
+    if !grapevine_ledger::tx::verified_before(&hash) {
+        if !tx.verify() {
+            return Err((Some(hash), Refusal::BadSignature));
+        }
+        grapevine_ledger::tx::remember_verified([hash]);
     }
-    // Block checks skip what is known valid (their verdict does not change).
-    grapevine_ledger::tx::remember_verified([hash]);
     Ok((tx, hash))
 }
 
@@ -205,6 +208,8 @@ struct Sender {
     balance: u64,
     /// Pooled transactions by nonce.
     txs: BTreeMap<u64, Hash>,
+    /// Sum of amount + fee over `txs`, so admission's balance check does not walk them.
+    cost: u128,
 }
 
 impl Sender {
@@ -219,6 +224,19 @@ impl Sender {
         }
         n
     }
+
+    /// Hashes of the pooled transactions with nonces in `range`.
+    fn hashes_in(&self, range: std::ops::Range<u64>) -> Vec<Hash> {
+        if range.start >= range.end {
+            return Vec::new();
+        }
+        self.txs.range(range).map(|(_, h)| *h).collect()
+    }
+}
+
+/// What a transfer can take from its sender's balance.
+fn cost(tx: &SignedTx) -> u128 {
+    u128::from(tx.tx.amount) + u128::from(tx.tx.fee)
 }
 
 /// The pool. Not thread-safe by itself: the node keeps it behind a mutex.
@@ -383,13 +401,16 @@ impl Mempool {
         } else if sender.txs.len() >= self.cfg.max_per_sender {
             return Err(Refusal::SenderLimit(self.cfg.max_per_sender));
         }
-        // The sender must afford every pooled transaction with this one in place.
-        let mut needed: u128 = u128::from(t.amount) + u128::from(t.fee);
-        for (&n, h) in sender.txs.range(sender.base_nonce..) {
-            if n != t.nonce {
-                let o = &self.entries[h].tx.tx;
-                needed += u128::from(o.amount) + u128::from(o.fee);
-            }
+        // The sender must afford every pooled transaction with this one in place. Those
+        // below the ledger's nonce (a block just made them final) no longer count.
+        let mut needed: u128 = sender.cost + cost(&tx);
+        for h in sender
+            .txs
+            .range(..sender.base_nonce)
+            .map(|(_, h)| h)
+            .chain(&replacing)
+        {
+            needed -= cost(&self.entries[h].tx);
         }
         if needed > u128::from(sender.balance) {
             return Err(Refusal::InsufficientBalance {
@@ -421,13 +442,30 @@ impl Mempool {
             }
         }
 
-        let before = self.sender_pending(&t.from);
+        // Pending transactions are the run of nonces from the ledger's up to the first
+        // gap, so what this one promotes is what lies between the old gap and the new.
+        let gap_before = self.senders.get(&t.from).map_or(0, Sender::first_gap);
         if let Some(old) = replacing {
             self.remove(&old);
             dropped.push((old, Dropped::Replaced { by: hash }));
         }
+        let (from, nonce, fee) = (t.from, t.nonce, t.fee);
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.by_fee.insert((fee, seq, hash));
+        self.bytes += SIGNED_TX_LEN;
+        let sender = self.senders.entry(from).or_default();
+        sender.txs.insert(nonce, hash);
+        sender.cost += cost(&tx);
+        let gap_after = sender.first_gap();
+        let promoted = sender.hashes_in(gap_before.max(nonce + 1)..gap_after);
+        let state = if nonce < gap_after {
+            PoolState::Pending
+        } else {
+            PoolState::Queued {
+                waiting_for: gap_after,
+            }
+        };
         self.entries.insert(
             hash,
             Entry {
@@ -436,20 +474,6 @@ impl Mempool {
                 seq,
             },
         );
-        self.by_fee.insert((t.fee, seq, hash));
-        self.bytes += SIGNED_TX_LEN;
-        self.senders
-            .entry(t.from)
-            .or_default()
-            .txs
-            .insert(t.nonce, hash);
-        let after = self.sender_pending(&t.from);
-        let promoted = after
-            .iter()
-            .filter(|h| **h != hash && !before.contains(h))
-            .copied()
-            .collect();
-        let state = self.get(&hash).map(|(_, s)| s).ok_or(Refusal::Internal)?;
         Ok(Admitted {
             hash,
             state,
@@ -470,14 +494,6 @@ impl Mempool {
         Ok(())
     }
 
-    /// Hashes of the sender's pending transactions.
-    fn sender_pending(&self, addr: &Address) -> Vec<Hash> {
-        self.senders.get(addr).map_or_else(Vec::new, |s| {
-            let gap = s.first_gap();
-            s.txs.range(..gap).map(|(_, h)| *h).collect()
-        })
-    }
-
     /// The lowest-fee transaction that is its sender's last (so evicting it opens no
     /// gap), not counting `except`'s transactions.
     fn cheapest_evictable(&self, except: &Address) -> Option<(u64, Hash)> {
@@ -495,8 +511,10 @@ impl Mempool {
         self.by_fee.remove(&(e.tx.tx.fee, e.seq, *hash));
         self.bytes -= SIGNED_TX_LEN;
         self.in_block.remove(hash);
-        if let Some(s) = self.senders.get_mut(&e.tx.tx.from) {
-            s.txs.remove(&e.tx.tx.nonce);
+        if let Some(s) = self.senders.get_mut(&e.tx.tx.from)
+            && s.txs.remove(&e.tx.tx.nonce).is_some()
+        {
+            s.cost -= cost(&e.tx);
         }
         Some(e)
     }
@@ -567,14 +585,17 @@ impl Mempool {
         let mut senders: Vec<Address> = included.iter().map(|t| t.tx.from).collect();
         senders.sort();
         senders.dedup();
+        let gaps: Vec<u64> = senders
+            .iter()
+            .map(|a| self.senders.get(a).map_or(0, Sender::first_gap))
+            .collect();
         for t in included {
             self.remove(&t.hash());
         }
         self.in_block.clear();
         let mut dropped = Vec::new();
         let mut promoted = Vec::new();
-        for addr in senders {
-            let before = self.sender_pending(&addr);
+        for (addr, gap_before) in senders.into_iter().zip(gaps) {
             let Ok(acct) = view.account(&addr) else {
                 continue;
             };
@@ -587,14 +608,15 @@ impl Mempool {
             let stale: Vec<Hash> = s.txs.range(..acct.nonce).map(|(_, h)| *h).collect();
             let mut spent: u128 = 0;
             let mut unaffordable = Vec::new();
-            for h in s.txs.range(acct.nonce..).map(|(_, h)| *h) {
-                let t = &self.entries[&h].tx.tx;
-                let cost = u128::from(t.amount) + u128::from(t.fee);
-                // Once one cannot be paid, the later ones could never run either.
-                if !unaffordable.is_empty() || spent + cost > u128::from(acct.balance) {
-                    unaffordable.push(h);
-                } else {
-                    spent += cost;
+            if s.cost > u128::from(acct.balance) {
+                for h in s.txs.range(acct.nonce..).map(|(_, h)| *h) {
+                    let c = cost(&self.entries[&h].tx);
+                    // Once one cannot be paid, the later ones could never run either.
+                    if !unaffordable.is_empty() || spent + c > u128::from(acct.balance) {
+                        unaffordable.push(h);
+                    } else {
+                        spent += c;
+                    }
                 }
             }
             let used = format!(
@@ -611,8 +633,11 @@ impl Mempool {
                     dropped.push((h, Dropped::Invalidated(why.clone())));
                 }
             }
-            let after = self.sender_pending(&addr);
-            promoted.extend(after.into_iter().filter(|h| !before.contains(h)));
+            // Only removals happened: every transaction pending now at or past the gap
+            // before the block was queued before it.
+            if let Some(s) = self.senders.get(&addr) {
+                promoted.extend(s.hashes_in(gap_before.max(s.base_nonce)..s.first_gap()));
+            }
             self.prune(&addr);
         }
         (dropped, promoted)
@@ -889,6 +914,41 @@ mod tests {
         assert_eq!(f.pool.expire(f.now + Duration::from_secs(10)).len(), 2);
         assert_eq!(f.pool.len(), 0);
         assert_eq!(f.pool.bytes(), 0);
+    }
+
+    #[test]
+    fn promotion_reports_only_what_was_queued() {
+        let mut f = fixture(MempoolConfig::default());
+        let k = &Keypair::from_seed(&[2; 32]);
+        let (t0, t1, t3, t4, t6) = (
+            tx(k, 0, 10, 1),
+            tx(k, 1, 10, 1),
+            tx(k, 3, 10, 1),
+            tx(k, 4, 10, 1),
+            tx(k, 6, 10, 1),
+        );
+        for t in [t0, t1, t3, t4, t6] {
+            f.submit(t).unwrap();
+        }
+        // Nonce 2 closes the first gap: 3 and 4 become pending, 6 stays queued.
+        let a = f.submit(tx(k, 2, 10, 1)).unwrap();
+        assert_eq!(a.state, PoolState::Pending);
+        assert_eq!(a.promoted, vec![t3.hash(), t4.hash()]);
+        // A replacement of a pending transaction promotes nothing.
+        let a = f.submit(tx(k, 1, 10, 5)).unwrap();
+        assert_eq!(a.state, PoolState::Pending);
+        assert!(a.promoted.is_empty());
+        // Another node's block spends nonces 0..=5: 6 becomes pending; nothing that was
+        // pending before the block is reported again.
+        let head = f.ledger.head();
+        let other: Vec<SignedTx> = (0..=5).map(|n| tx(k, n, 1, 0)).collect();
+        let (block, exec) =
+            build_block(&f.ledger, CHAIN, &head, Address([9; 32]), 1, 1, other).unwrap();
+        f.ledger.commit(&block, &[], &exec).unwrap();
+        let (dropped, promoted) = f.pool.on_commit(&block.txs, &f.ledger);
+        assert_eq!(dropped.len(), 5, "nonces 0..=4 were used by the block");
+        assert_eq!(promoted, vec![t6.hash()]);
+        assert_eq!(f.pool.counts(), (1, 0));
     }
 
     #[test]

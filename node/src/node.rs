@@ -553,9 +553,8 @@ impl Node {
     /// (only accepted ones are announced onwards; invalid ones cost the peer score).
     pub fn admit_from_peer(&self, txs: &[SignedTx]) -> Vec<Verdict> {
         let chain_id = self.ledger.chain_id();
-        // One batch verification for the common all-valid case. Not remembered as
-        // verified (see `tx::remember_verified`): the batch equation accepts some
-        // signatures the strict single check refuses.
+        // One batch verification for the common all-valid case; the verdicts are
+        // remembered, so the block that carries these transactions skips them.
         let all_signed = grapevine_ledger::tx::first_invalid_signature(txs).is_none();
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
@@ -663,6 +662,18 @@ impl NodeApi for Node {
             nonce: acct.nonce,
             pending_nonce: pending.max(acct.nonce),
         })
+    }
+
+    fn preverify_transactions(&self, txs: &[Vec<u8>]) {
+        let chain_id = self.ledger.chain_id();
+        let decoded: Vec<SignedTx> = txs
+            .iter()
+            .filter(|b| b.len() == grapevine_ledger::tx::SIGNED_TX_LEN)
+            .filter_map(|b| SignedTx::from_bytes(b).ok())
+            .filter(|t| t.tx.chain_id == chain_id)
+            .collect();
+        // Remembers the valid ones; an invalid one is found again by its own call.
+        let _ = grapevine_ledger::tx::first_invalid_signature(&decoded);
     }
 
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {

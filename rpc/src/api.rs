@@ -16,6 +16,10 @@ pub trait NodeApi: Send + Sync + 'static {
     fn account(&self, addr: &Address) -> Result<AccountInfo, ApiError>;
     /// Admits a transaction (its full encoding) to the mempool; returns its hash.
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError>;
+    /// A hint before a JSON-RPC batch's `sendTransaction` calls run one by one: the node
+    /// may check these transactions' signatures together, which is cheaper. It changes
+    /// no verdict; undecodable entries are left to the calls themselves.
+    fn preverify_transactions(&self, _txs: &[Vec<u8>]) {}
     /// A transaction's lifecycle state.
     fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError>;
     /// A final block by height, with its hash and certificate.

@@ -121,6 +121,10 @@ pub fn handle_body<A: NodeApi + ?Sized>(
                     ),
                 ));
             }
+            let txs: Vec<Vec<u8>> = items.iter().filter_map(submitted_bytes).collect();
+            if txs.len() > 1 {
+                api.preverify_transactions(&txs);
+            }
             let out: Vec<Value> = items
                 .into_iter()
                 .filter_map(|item| handle_one(api, item, observe))
@@ -129,6 +133,19 @@ pub fn handle_body<A: NodeApi + ?Sized>(
         }
         other => handle_one(api, other, observe),
     }
+}
+
+/// The transaction bytes of a well-formed `sendTransaction` request, if it is one.
+fn submitted_bytes(item: &Value) -> Option<Vec<u8>> {
+    if item.get("method")?.as_str()? != "sendTransaction" {
+        return None;
+    }
+    let params = item.get("params")?;
+    let text = params
+        .get(0)
+        .or_else(|| params.get("transaction"))?
+        .as_str()?;
+    hex::decode(text.strip_prefix("0x").unwrap_or(text)).ok()
 }
 
 /// Handles one request object; `None` for a notification.
