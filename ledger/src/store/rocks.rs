@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
+    WriteOptions,
+};
 
 use super::{Column, Store, StoreError, WriteBatch};
 
@@ -45,6 +48,18 @@ impl RocksStore {
         let cfs = Column::ALL.iter().map(|c| {
             let mut o = Options::default();
             o.set_compression_type(DBCompressionType::Lz4);
+            if matches!(c, Column::Txs | Column::Accounts | Column::BlockHashes) {
+                // Point lookups, many of absent keys (every admitted transaction asks
+                // whether it is already final): Bloom filters in the memtable and the
+                // table files answer those without searching. Measured on a loaded
+                // testnet, memtable searches were the top item of the profile.
+                o.set_memtable_prefix_bloom_ratio(0.1);
+                o.set_memtable_whole_key_filtering(true);
+                let mut table = BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                table.set_whole_key_filtering(true);
+                o.set_block_based_table_factory(&table);
+            }
             ColumnFamilyDescriptor::new(c.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StoreError::Open {
