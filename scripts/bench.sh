@@ -7,8 +7,10 @@
 #   half of it, then a flood (as fast as the nodes accept); measured with
 #   `grapevine bench --rpc` (signed transfers over JSON-RPC, finality followed block by
 #   block); plus the ed25519 ceiling from `grapevine bench ledger` and, per run, the
-#   ratio TPS / (cores x batch-verify/s / nodes), each node's peak RSS and CPU use.
-#   scripts/bench.sh                  # about 3 minutes
+#   ratio TPS / (cores x batch-verify/s / nodes), each node's peak RSS and CPU use;
+#   (c) 7- and 10-validator testnets at one rate (BENCH_SCALE_VALIDATORS="7 10",
+#   BENCH_SCALE_RATE=4000).
+#   scripts/bench.sh                  # about 4 minutes
 #   BENCH_SECONDS=30 scripts/bench.sh # longer runs
 # Numbers are measurements of this machine; nothing here passes or fails.
 set -euo pipefail
@@ -128,21 +130,42 @@ wait_rpc "$DEV_RPC"
 sweep "dev node" 1 "$DEV_RPC" "$DEV_HOME/dev-accounts.json" "$DEV_PID"
 kill "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true
 
+# start_testnet N PORT: writes and starts an N-validator testnet; sets NET, URLS, NET_PIDS.
+start_testnet() {
+  local n="$1" port="$2"
+  NET="$WORK/net$n"
+  "$B" testnet --validators "$n" --out "$NET" --base-port "$port" --accounts 20 >/dev/null
+  sed -i 's/^rate_limit = .*/rate_limit = 0/' "$NET"/validator*/config.toml
+  NET_PIDS=()
+  URLS=""
+  while IFS=$'\t' read -r name rpc _ home; do
+    "$B" run --home "$home" >"$WORK/net$n-$name.log" 2>&1 &
+    NET_PIDS+=("$!")
+    PIDS+=("$!")
+    URLS+="${URLS:+,}http://$rpc"
+  done <"$NET/nodes.tsv"
+  for u in ${URLS//,/ }; do wait_rpc "$u"; done
+  sleep 2
+}
+
+# stop_testnet: stops the nodes start_testnet started.
+stop_testnet() {
+  kill "${NET_PIDS[@]}" 2>/dev/null || true
+  wait "${NET_PIDS[@]}" 2>/dev/null || true
+}
+
 echo "== (b) 4-validator testnet on this machine"
-NET="$WORK/net"
-"$B" testnet --validators 4 --out "$NET" --base-port "$((BASE_PORT + 10))" --accounts 20 >/dev/null
-sed -i 's/^rate_limit = .*/rate_limit = 0/' "$NET"/validator*/config.toml
-NET_PIDS=()
-URLS=""
-while IFS=$'\t' read -r name rpc _ home; do
-  "$B" run --home "$home" >"$WORK/$name.log" 2>&1 &
-  NET_PIDS+=("$!")
-  PIDS+=("$!")
-  URLS+="${URLS:+,}http://$rpc"
-done <"$NET/nodes.tsv"
-for u in ${URLS//,/ }; do wait_rpc "$u"; done
-sleep 2
+start_testnet 4 "$((BASE_PORT + 10))"
 sweep "4 validators" 4 "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
+stop_testnet
+
+SCALE_RATE="${BENCH_SCALE_RATE:-4000}"
+for n in ${BENCH_SCALE_VALIDATORS:-7 10}; do
+  echo "== (c) $n-validator testnet at ${SCALE_RATE} tx/s"
+  start_testnet "$n" "$((BASE_PORT + 100 * (n / 2)))"
+  run_load "$n validators" "$n" "$SCALE_RATE" "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
+  stop_testnet
+done
 
 TABLE="$WORK/table.md"
 {

@@ -176,7 +176,7 @@ pub fn first_invalid_signature(txs: &[SignedTx]) -> Option<usize> {
 }
 
 /// Signatures not remembered as valid are checked in batches of this many.
-pub const SIG_BATCH: usize = 64;
+pub const SIG_BATCH: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,9 @@
 //! nonces arrive in order), at a target rate or as fast as the nodes take them, and
 //! follows finality by reading each new block. It reports submitted, accepted,
 //! finalized, refusals by reason, the sustained finalized rate and finality latency
-//! (submission to the first sight of the block holding it) percentiles.
+//! (submission to the first sight of the block holding it) percentiles. Transfers a
+//! node refuses as `busy` (its admission backpressure) are sent again after 20 ms, as a
+//! client should, and their latency counts from the first attempt.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ use serde_json::{Value, json};
 const MAX_BATCH: usize = 100;
 /// How long finality is followed after the load ends.
 const DRAIN: Duration = Duration::from_secs(30);
+/// Pause before sending again what a node refused as `busy`.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
 
 /// Flags of `grapevine bench` (the RPC load generator).
 #[derive(Debug, clap::Args)]
@@ -33,7 +37,8 @@ pub struct Args {
     /// node's dev-accounts.json).
     #[arg(long)]
     accounts: Option<PathBuf>,
-    /// Transfers submitted per second (0: as fast as the nodes take them).
+    /// Transfers submitted per second (0: as fast as the nodes take them). Transfers
+    /// refused as `busy` are sent again after 20 ms.
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Seconds of load.
@@ -307,6 +312,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let submitted = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let refused: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let busy_retries = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let start_height = u64_of(&call(&agent, first, "getStatus", json!([]))?["height"]);
 
@@ -368,8 +374,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::thread::scope(|s| {
         for (c, lane) in lanes.iter().enumerate() {
             let url = args.rpc[c % args.rpc.len()].clone();
-            let (sent_at, submitted, accepted, refused) =
-                (&sent_at, &submitted, &accepted, &refused);
+            let (sent_at, submitted, accepted, refused, busy_retries) =
+                (&sent_at, &submitted, &accepted, &refused, &busy_retries);
             let per_conn_rate = args.rate as f64 / conns as f64;
             let batch = args.batch;
             s.spawn(move || {
@@ -394,19 +400,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         }
                     }
                     submitted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    let results = submit(&agent, &url, chunk);
-                    let mut m = sent_at.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut r = refused.lock().unwrap_or_else(|p| p.into_inner());
-                    for (t, res) in chunk.iter().zip(results) {
-                        match res {
-                            None => {
-                                accepted.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Some(why) => {
-                                m.remove(&t.hash());
-                                *r.entry(why).or_default() += 1;
+                    // A `busy` refusal is the node's backpressure: like a real client,
+                    // send the same transactions again shortly (their latency still
+                    // counts from the first attempt) rather than skip their nonces.
+                    let mut todo = chunk.to_vec();
+                    while !todo.is_empty() {
+                        let results = submit(&agent, &url, &todo);
+                        let mut again = Vec::new();
+                        let mut m = sent_at.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut r = refused.lock().unwrap_or_else(|p| p.into_inner());
+                        for (t, res) in todo.iter().zip(results) {
+                            match res {
+                                None => {
+                                    accepted.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Some(why) if why == "busy" && Instant::now() < end => {
+                                    again.push(*t);
+                                }
+                                Some(why) => {
+                                    m.remove(&t.hash());
+                                    *r.entry(why).or_default() += 1;
+                                }
                             }
                         }
+                        drop((m, r));
+                        if !again.is_empty() {
+                            busy_retries.fetch_add(again.len() as u64, Ordering::Relaxed);
+                            std::thread::sleep(BUSY_RETRY);
+                        }
+                        todo = again;
                     }
                 }
             });
@@ -441,8 +463,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         submitted.load(Ordering::Relaxed),
         accepted.load(Ordering::Relaxed),
     );
+    let busy_retries = busy_retries.load(Ordering::Relaxed);
     println!("submitted   {submitted}");
     println!("accepted    {accepted}");
+    if busy_retries > 0 {
+        println!("resent      {busy_retries} (refused as busy, sent again)");
+    }
     println!(
         "finalized   {finalized} (blocks {}..={end_height})",
         start_height + 1
@@ -460,6 +486,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "accepted": accepted,
             "finalized": finalized,
             "rejected": refused,
+            "busyRetries": busy_retries,
             "tps": (tps * 10.0).round() / 10.0,
             "latency_ms": {"p50": p50.round(), "p90": p90.round(), "p99": p99.round(), "max": max.round()},
             "duration_s": (load_secs * 10.0).round() / 10.0,

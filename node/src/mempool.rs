@@ -28,6 +28,15 @@ pub struct MempoolConfig {
     pub max_per_sender: usize,
     /// A transaction not included within this long is dropped as expired.
     pub ttl: Duration,
+    /// Admission backpressure: new transactions are turned away as
+    /// [`Refusal::Busy`] while the pool holds more than this long's worth of the
+    /// recent finalized throughput (and at least `min_backlog_txs`), so a node under
+    /// more load than it can finalize refuses the excess at once instead of queueing it
+    /// for ever longer. Zero turns it off.
+    pub max_backlog: Duration,
+    /// The pool never counts as busy below this many transactions (20,000: two full
+    /// blocks; an idle chain has no recent throughput to size the backlog by).
+    pub min_backlog_txs: usize,
 }
 
 impl Default for MempoolConfig {
@@ -37,6 +46,8 @@ impl Default for MempoolConfig {
             max_bytes: 200_000 * SIGNED_TX_LEN,
             max_per_sender: 1_000,
             ttl: Duration::from_secs(600),
+            max_backlog: Duration::from_secs(2),
+            min_backlog_txs: 20_000,
         }
     }
 }
@@ -123,6 +134,17 @@ pub enum Refusal {
     InBlock {
         /// The contested nonce.
         nonce: u64,
+    },
+    /// The node holds more waiting transactions than it finalizes in
+    /// [`MempoolConfig::max_backlog`]: retry in a moment.
+    #[error(
+        "node busy: {pooled} transactions are waiting, more than it finalizes in {backlog_ms} ms; retry in a moment"
+    )]
+    Busy {
+        /// Transactions in the pool.
+        pooled: usize,
+        /// The backlog limit in milliseconds of recent throughput.
+        backlog_ms: u64,
     },
     /// Reading the ledger failed.
     #[error("internal error reading the ledger")]
@@ -280,8 +302,12 @@ impl Mempool {
         }
     }
 
+    /// The limits the pool was made with.
+    pub fn config(&self) -> &MempoolConfig {
+        &self.cfg
+    }
+
     /// Number of pooled transactions.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -155,7 +155,18 @@ pub struct Node {
     pub gossip_ready: Notify,
     /// Block sync progress, from the consensus driver.
     sync: Mutex<Option<Progress>>,
+    /// (commit time, transactions) of the blocks of the last [`THROUGHPUT_WINDOW`], for
+    /// admission backpressure.
+    finalized: Mutex<std::collections::VecDeque<(Instant, usize)>>,
+    /// The pool's pending count and when it was taken (see [`Node::busy`]).
+    pending_count: Mutex<Option<(Instant, usize)>>,
 }
+
+/// How long a pending count is reused by admission backpressure.
+const PENDING_COUNT_REUSE: Duration = Duration::from_millis(100);
+
+/// How far back the finalized throughput that sizes the admission backlog is measured.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
 
 /// A networked node this many blocks behind its peers reports not ready on `/health`.
 pub const HEALTH_MAX_LAG: u64 = 5;
@@ -197,6 +208,7 @@ fn refusal_error(r: &Refusal, hash: Option<Hash>) -> ApiError {
         Refusal::SenderLimit(_) => (-32019, "senderLimit"),
         Refusal::NonceTooHigh { .. } => (-32020, "nonceTooHigh"),
         Refusal::InBlock { .. } => (-32021, "nonceInBlock"),
+        Refusal::Busy { .. } => (-32023, "busy"),
         Refusal::Internal => return ApiError::Internal,
     };
     ApiError::Rejected {
@@ -267,6 +279,8 @@ impl Node {
             gossip: Mutex::new(Vec::new()),
             gossip_ready: Notify::new(),
             sync: Mutex::new(None),
+            finalized: Mutex::new(std::collections::VecDeque::new()),
+            pending_count: Mutex::new(None),
         };
         (Arc::new(node), rpc_metrics)
     }
@@ -420,6 +434,17 @@ impl Node {
 
         let hash = block.hash();
         let n = block.txs.len();
+        {
+            let now = Instant::now();
+            let mut f = self.finalized.lock().unwrap_or_else(|p| p.into_inner());
+            f.push_back((now, n));
+            while f
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > THROUGHPUT_WINDOW)
+            {
+                f.pop_front();
+            }
+        }
         self.metrics
             .height
             .set(i64::try_from(block.header.height).unwrap_or(i64::MAX));
@@ -549,9 +574,54 @@ impl Node {
         }
     }
 
+    /// `Some(refusal)` while the pool holds more than [`MempoolConfig::max_backlog`] of
+    /// the recent finalized throughput: checked before any signature work, so refusing
+    /// the excess of an overload costs almost nothing.
+    fn busy(&self) -> Option<Refusal> {
+        let (pooled, backlog, floor) = {
+            let pool = self.pool();
+            let cfg = pool.config();
+            (pool.len(), cfg.max_backlog, cfg.min_backlog_txs)
+        };
+        if backlog.is_zero() || pooled < floor {
+            return None;
+        }
+        // Only pending transactions count: queued ones behind a nonce gap may never run,
+        // and must not make the node refuse everyone. Counting walks the pool, so the
+        // count is reused for a moment.
+        let pooled = {
+            let mut cache = self.pending_count.lock().unwrap_or_else(|p| p.into_inner());
+            match *cache {
+                Some((at, n)) if at.elapsed() < PENDING_COUNT_REUSE => n,
+                _ => {
+                    let n = self.pool().counts().0;
+                    *cache = Some((Instant::now(), n));
+                    n
+                }
+            }
+        };
+        if pooled < floor {
+            return None;
+        }
+        let per_s = {
+            let f = self.finalized.lock().unwrap_or_else(|p| p.into_inner());
+            let txs: usize = f.iter().map(|(_, n)| n).sum();
+            txs as f64 / THROUGHPUT_WINDOW.as_secs_f64()
+        };
+        let limit = (per_s * backlog.as_secs_f64()) as usize;
+        (pooled >= limit.max(floor)).then(|| Refusal::Busy {
+            pooled,
+            backlog_ms: u64::try_from(backlog.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
     /// Admits transactions a peer relayed: each gets a [`Verdict`] for the network
     /// (only accepted ones are announced onwards; invalid ones cost the peer score).
     pub fn admit_from_peer(&self, txs: &[SignedTx]) -> Vec<Verdict> {
+        if self.busy().is_some() {
+            // Honest: the sender's node keeps them and proposes them itself.
+            return vec![Verdict::Ignored; txs.len()];
+        }
         let chain_id = self.ledger.chain_id();
         // One batch verification for the common all-valid case; the verdicts are
         // remembered, so the block that carries these transactions skips them.
@@ -665,6 +735,9 @@ impl NodeApi for Node {
     }
 
     fn preverify_transactions(&self, txs: &[Vec<u8>]) {
+        if self.busy().is_some() {
+            return;
+        }
         let chain_id = self.ledger.chain_id();
         let decoded: Vec<SignedTx> = txs
             .iter()
@@ -677,6 +750,9 @@ impl NodeApi for Node {
     }
 
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
+        if let Some(busy) = self.busy() {
+            return Err(refusal_error(&busy, None));
+        }
         // Signature checks happen before taking the pool's lock.
         let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
         let mut pool = self.pool();
@@ -938,6 +1014,10 @@ pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
             max_ahead: 1,
         },
         Refusal::InBlock { nonce: 0 },
+        Refusal::Busy {
+            pooled: 1,
+            backlog_ms: 1,
+        },
     ];
     samples
         .iter()
@@ -953,6 +1033,74 @@ mod tests {
     use super::*;
     use grapevine_rpc::jsonrpc::codes;
 
+    /// Past the backlog the node refuses client transactions as busy (before checking
+    /// their signatures) and ignores relayed ones; once blocks drain the pool it admits
+    /// again. Transactions queued behind a nonce gap do not make it busy.
+    #[test]
+    fn a_pool_past_its_backlog_refuses_new_transactions_until_blocks_drain_it() {
+        use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
+        use grapevine_ledger::{Genesis, Keypair, MemoryStore, Transaction};
+        let key = Keypair::from_seed(&[3; 32]);
+        let genesis = Genesis {
+            chain_id: 9,
+            genesis_time_ms: 0,
+            accounts: vec![GenesisAccount {
+                address: key.address(),
+                balance: 1_000_000,
+            }],
+            validators: vec![GenesisValidator {
+                public_key: key.address(),
+                network_address: None,
+            }],
+        };
+        let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
+        let cfg = MempoolConfig {
+            min_backlog_txs: 5,
+            ..MempoolConfig::default()
+        };
+        let (node, _) = Node::new(ledger.clone(), cfg, key.address(), vec![key.address()]);
+        let tx = |nonce| {
+            Transaction {
+                chain_id: 9,
+                from: key.address(),
+                to: Address([7; 32]),
+                amount: 1,
+                fee: 1,
+                nonce,
+            }
+            .sign(&key)
+        };
+        for n in 0..5 {
+            node.send_transaction(&tx(n).to_bytes()).unwrap();
+        }
+        let busy = node.send_transaction(&tx(5).to_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                busy,
+                ApiError::Rejected {
+                    code: -32023,
+                    reason: "busy",
+                    ..
+                }
+            ),
+            "{busy:?}"
+        );
+        assert_eq!(node.admit_from_peer(&[tx(5)]), vec![Verdict::Ignored]);
+        // A block takes the five: the pool is empty and admits again.
+        let txs = node.pool().select(10);
+        let head = ledger.head();
+        let (block, exec) = build_block(&*ledger, 9, &head, key.address(), 1, 1, txs).unwrap();
+        node.commit_block(&block, &[], &exec, false).unwrap();
+        std::thread::sleep(PENDING_COUNT_REUSE);
+        node.send_transaction(&tx(5).to_bytes()).unwrap();
+        // Queued transactions (behind a nonce gap) do not count: they may never run.
+        for n in 7..12 {
+            node.send_transaction(&tx(n).to_bytes()).unwrap();
+        }
+        std::thread::sleep(PENDING_COUNT_REUSE);
+        node.send_transaction(&tx(12).to_bytes()).unwrap();
+    }
+
     #[test]
     fn refusal_codes_are_distinct_and_outside_the_reserved_range() {
         let codes = refusal_codes();
@@ -963,6 +1111,6 @@ mod tests {
             assert!((-32099..=-32000).contains(code), "{code}");
             assert_ne!(*code, codes::INTERNAL_ERROR);
         }
-        assert_eq!(codes.len(), 12);
+        assert_eq!(codes.len(), 13);
     }
 }

@@ -176,6 +176,10 @@ pub struct MempoolSection {
     pub max_per_sender: usize,
     /// Seconds a transaction may wait for a block before it is dropped.
     pub ttl_secs: u64,
+    /// Admission backpressure: while the pool holds more than this many milliseconds of
+    /// the recent finalized throughput (and at least 20,000 transactions), new
+    /// transactions are refused as `busy`. 0 turns it off.
+    pub max_backlog_ms: u64,
 }
 
 impl Default for MempoolSection {
@@ -185,6 +189,7 @@ impl Default for MempoolSection {
             max_txs: d.max_txs,
             max_per_sender: d.max_per_sender,
             ttl_secs: d.ttl.as_secs(),
+            max_backlog_ms: u64::try_from(d.max_backlog.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -281,6 +286,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         max_txs: cfg.mempool.max_txs,
         max_per_sender: cfg.mempool.max_per_sender,
         ttl: Duration::from_secs(cfg.mempool.ttl_secs),
+        max_backlog: Duration::from_millis(cfg.mempool.max_backlog_ms),
         ..MempoolConfig::default()
     };
     let proposer = validator_key
