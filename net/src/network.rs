@@ -991,7 +991,7 @@ impl Actor {
                 let now = Instant::now();
                 let mut want = Vec::new();
                 for h in hashes {
-                    if self.seen_txs.contains(&h) {
+                    if self.seen_txs.contains(&h) || self.validating.contains(&h) {
                         continue;
                     }
                     if self.inflight.contains_key(&h) {
