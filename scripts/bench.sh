@@ -8,6 +8,7 @@
 #   `grapevine bench --rpc` (signed transfers over JSON-RPC, finality followed block by
 #   block); plus the ed25519 ceiling from `grapevine bench ledger` and, per run, the
 #   ratio TPS / (cores x batch-verify/s / nodes), each node's peak RSS and CPU use;
+#   the 4-validator testnet also at 10,000 tx/s (BENCH_TARGET_RATE);
 #   (c) 7- and 10-validator testnets at one rate (BENCH_SCALE_VALIDATORS="7 10",
 #   BENCH_SCALE_RATE=4000).
 #   scripts/bench.sh                  # about 4 minutes
@@ -157,6 +158,8 @@ stop_testnet() {
 echo "== (b) 4-validator testnet on this machine"
 start_testnet 4 "$((BASE_PORT + 10))"
 sweep "4 validators" 4 "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
+# The performance issue's reference load.
+run_load "4 validators" 4 "${BENCH_TARGET_RATE:-10000}" "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
 stop_testnet
 
 SCALE_RATE="${BENCH_SCALE_RATE:-4000}"

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
     WriteOptions,
 };
 
@@ -19,6 +19,9 @@ impl std::fmt::Debug for RocksStore {
         write!(f, "RocksStore({})", self.db.path().display())
     }
 }
+
+/// Block cache of the account column family.
+const ACCOUNT_CACHE_BYTES: usize = 128 << 20;
 
 fn db_err(e: rocksdb::Error) -> StoreError {
     StoreError::Db(e.into_string())
@@ -48,6 +51,9 @@ impl RocksStore {
         // One memory budget for the memtables of all column families (each would
         // otherwise take up to 2 x 64 MiB): peak RSS under load stays bounded.
         opts.set_db_write_buffer_size(64 << 20);
+        // Account state is read for every transaction (sender and recipient); with
+        // millions of accounts the default 8 MiB block cache held too little of it.
+        let account_cache = Cache::new_lru_cache(ACCOUNT_CACHE_BYTES);
         let cfs = Column::ALL.iter().map(|c| {
             let mut o = Options::default();
             o.set_compression_type(DBCompressionType::Lz4);
@@ -61,6 +67,9 @@ impl RocksStore {
                 let mut table = BlockBasedOptions::default();
                 table.set_bloom_filter(10.0, false);
                 table.set_whole_key_filtering(true);
+                if *c == Column::Accounts {
+                    table.set_block_cache(&account_cache);
+                }
                 o.set_block_based_table_factory(&table);
             }
             ColumnFamilyDescriptor::new(c.name(), o)
