@@ -5,8 +5,10 @@ use grapevine_ledger::codec::{self, CodecError};
 use grapevine_ledger::{Address, Hash, Keypair, Signature, SignedTx};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks; peers must match it.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks; peers must match it. 2: signatures are
+/// valid under ZIP-215 (docs/PROTOCOL.md); a version-1 node would refuse some valid
+/// transactions and blocks, so the two must not mix on one chain.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame (one encoded message) accepted: 16 MiB, room for the largest block.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;

@@ -35,6 +35,10 @@ pub enum Verdict {
     /// Cannot be valid on this chain (bad signature, other chain, malformed): the
     /// sender is penalized.
     Invalid,
+    /// Not taken now (the node is busy): not relayed, not penalized, and not marked
+    /// seen, so it is fetched again when announced again (see
+    /// [`NetworkHandle::reannounce`]).
+    Deferred,
 }
 
 /// Checks transactions before they are accepted and relayed. The node supplies it (its
@@ -197,6 +201,7 @@ pub enum NetEvent {
 
 enum Command {
     BroadcastTxs(Vec<SignedTx>),
+    Reannounce(Vec<SignedTx>),
     BroadcastConsensus(Bytes),
     Peers(oneshot::Sender<Vec<PeerSummary>>),
     Report(Address, Offence, &'static str),
@@ -225,6 +230,13 @@ impl NetworkHandle {
     /// Announces transactions the node accepted (from a client) to every peer.
     pub async fn broadcast_txs(&self, txs: Vec<SignedTx>) {
         let _ = self.commands.send(Command::BroadcastTxs(txs)).await;
+    }
+
+    /// Announces again transactions the node still holds (announced before): peers
+    /// that deferred or dropped them while busy fetch them now; peers that have them
+    /// ignore the announcement.
+    pub async fn reannounce(&self, txs: Vec<SignedTx>) {
+        let _ = self.commands.send(Command::Reannounce(txs)).await;
     }
 
     /// Sends a consensus message to every peer, even one sent before (a re-sent
@@ -288,6 +300,7 @@ enum LinkEvent {
     /// A batch of relayed transactions came back from the validator.
     Validated {
         conn: ConnId,
+        id: Address,
         fresh: Vec<(Hash, SignedTx)>,
         verdicts: Vec<Verdict>,
     },
@@ -371,8 +384,15 @@ const EVENT_QUEUE: usize = 4096;
 const MAX_VALIDATING: usize = 2;
 /// Relayed transaction batches waiting for validation. Past this the node is behind on
 /// admission and drops new batches unvalidated (their hashes are not marked seen, so
-/// they may come again): shedding load here keeps consensus and links responsive.
+/// they are fetched again when re-announced): shedding load here keeps consensus and
+/// links responsive.
 const MAX_WAITING_BATCHES: usize = 256;
+/// Waiting batches per peer, so one peer cannot fill the queue for all.
+const MAX_WAITING_PER_PEER: usize = 64;
+
+/// Relayed transactions waiting for validation: the connection and id of the peer
+/// that sent them, and (hash, body) pairs.
+type WaitingBatch = (ConnId, Address, Vec<(Hash, SignedTx)>);
 
 struct Actor {
     cfg: NetConfig,
@@ -403,8 +423,9 @@ struct Actor {
     validating: HashSet<Hash>,
     /// Batches being validated now.
     validations: usize,
-    /// Batches waiting for a validation slot, oldest first.
-    waiting: std::collections::VecDeque<(ConnId, Vec<(Hash, SignedTx)>)>,
+    /// Batches waiting for a validation slot, oldest first, with the sending peer's
+    /// connection and id (its penalties still apply if it disconnected meanwhile).
+    waiting: std::collections::VecDeque<WaitingBatch>,
 }
 
 /// Starts the network: binds the listener, dials the bootstrap addresses, and runs
@@ -790,6 +811,16 @@ impl Actor {
     }
 
     fn disconnect(&mut self, conn: ConnId) {
+        // Its batches still waiting are not worth the work any more.
+        let validating = &mut self.validating;
+        self.waiting.retain(|(c, _, fresh)| {
+            if *c == conn {
+                for (h, _) in fresh {
+                    validating.remove(h);
+                }
+            }
+            *c != conn
+        });
         if let Some(p) = self.peers.remove(&conn) {
             if self.by_id.get(&p.id) == Some(&conn) {
                 self.by_id.remove(&p.id);
@@ -910,9 +941,10 @@ impl Actor {
             }
             LinkEvent::Validated {
                 conn,
+                id,
                 fresh,
                 verdicts,
-            } => self.on_validated(conn, fresh, verdicts),
+            } => self.on_validated(conn, id, fresh, verdicts),
             LinkEvent::Down { conn, error } => {
                 self.pending.remove(&conn);
                 self.pending_inbound.remove(&conn);
@@ -1047,6 +1079,7 @@ impl Actor {
 
     fn on_txs(&mut self, conn: ConnId, txs: Vec<SignedTx>) {
         let mut fresh = Vec::new();
+        let mut in_message = HashSet::new();
         let mut unsolicited = 0;
         for t in txs {
             let h = t.hash();
@@ -1057,7 +1090,7 @@ impl Actor {
                 }
                 _ => unsolicited += 1,
             }
-            if self.seen_txs.contains(&h) || self.validating.contains(&h) {
+            if self.seen_txs.contains(&h) || self.validating.contains(&h) || !in_message.insert(h) {
                 self.stats.tx_duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -1069,7 +1102,11 @@ impl Actor {
         if fresh.is_empty() {
             return;
         }
-        if self.waiting.len() >= MAX_WAITING_BATCHES {
+        let Some(id) = self.peers.get(&conn).map(|p| p.id) else {
+            return;
+        };
+        let from_peer = self.waiting.iter().filter(|(c, _, _)| *c == conn).count();
+        if self.waiting.len() >= MAX_WAITING_BATCHES || from_peer >= MAX_WAITING_PER_PEER {
             tracing::debug!(
                 txs = fresh.len(),
                 "admission behind; relayed transactions dropped"
@@ -1077,7 +1114,7 @@ impl Actor {
             return;
         }
         self.validating.extend(fresh.iter().map(|(h, _)| *h));
-        self.waiting.push_back((conn, fresh));
+        self.waiting.push_back((conn, id, fresh));
         self.start_validations();
     }
 
@@ -1085,7 +1122,7 @@ impl Actor {
     /// back as [`LinkEvent::Validated`].
     fn start_validations(&mut self) {
         while self.validations < MAX_VALIDATING {
-            let Some((conn, fresh)) = self.waiting.pop_front() else {
+            let Some((conn, id, fresh)) = self.waiting.pop_front() else {
                 return;
             };
             self.validations += 1;
@@ -1100,6 +1137,7 @@ impl Actor {
                 let _ = events
                     .send(LinkEvent::Validated {
                         conn,
+                        id,
                         fresh,
                         verdicts,
                     })
@@ -1108,7 +1146,13 @@ impl Actor {
         }
     }
 
-    fn on_validated(&mut self, conn: ConnId, fresh: Vec<(Hash, SignedTx)>, verdicts: Vec<Verdict>) {
+    fn on_validated(
+        &mut self,
+        conn: ConnId,
+        id: Address,
+        fresh: Vec<(Hash, SignedTx)>,
+        verdicts: Vec<Verdict>,
+    ) {
         self.validations = self.validations.saturating_sub(1);
         for (h, _) in &fresh {
             self.validating.remove(h);
@@ -1131,7 +1175,16 @@ impl Actor {
                     self.seen_txs.insert(h);
                     invalid += 1;
                 }
+                Verdict::Deferred => {}
             }
+        }
+        if invalid > 0 && !self.peers.contains_key(&conn) {
+            // It left before its verdict came back: honest peers never relay invalid
+            // transactions, so it is banned by id as if it had stayed.
+            tracing::warn!(peer = %id, "banning peer that relayed invalid transactions and left");
+            self.banned
+                .insert(id, Instant::now() + self.cfg.ban_duration);
+            self.stats.bans.fetch_add(1, Ordering::Relaxed);
         }
         for _ in 0..invalid {
             self.penalize(conn, Offence::InvalidTx, "invalid transaction");
@@ -1234,6 +1287,21 @@ impl Actor {
             Command::BroadcastTxs(txs) => {
                 let items = txs.into_iter().map(|t| (t.hash(), t)).collect();
                 self.accept_txs(items, None);
+            }
+            Command::Reannounce(txs) => {
+                let mut hashes = Vec::with_capacity(txs.len());
+                for t in txs {
+                    let h = t.hash();
+                    self.seen_txs.insert(h);
+                    if self.tx_store.len() >= TX_STORE_CAPACITY {
+                        self.tx_store_old = std::mem::take(&mut self.tx_store);
+                    }
+                    self.tx_store.insert(h, t);
+                    hashes.push(h);
+                }
+                for p in self.peers.values_mut() {
+                    p.announce.extend_from_slice(&hashes);
+                }
             }
             Command::BroadcastConsensus(payload) => {
                 self.seen_consensus.insert(sha256(&[&payload]));

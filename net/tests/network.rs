@@ -19,14 +19,19 @@ use tokio::sync::{mpsc, watch};
 
 const GENESIS: Hash = Hash([7; 32]);
 
-/// Accepts transactions whose signature verifies, and remembers them.
+/// Accepts transactions whose signature verifies, and remembers them; defers every
+/// transaction while `busy`.
 #[derive(Default)]
 struct Recorder {
     seen: Mutex<HashSet<Hash>>,
+    busy: std::sync::atomic::AtomicBool,
 }
 
 impl TxValidator for Recorder {
     fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict> {
+        if self.busy.load(Ordering::Relaxed) {
+            return vec![Verdict::Deferred; txs.len()];
+        }
         let mut seen = self.seen.lock().unwrap();
         txs.iter()
             .map(|t| {
@@ -166,6 +171,44 @@ async fn eleven_nodes_discover_each_other_from_one_seed_and_relay() {
     }
     let peers = nodes[0].handle.peers().await;
     assert!(peers.iter().all(|p| p.bytes_in > 0 && p.bytes_out > 0));
+}
+
+/// A busy node defers relayed transactions without forgetting them as seen, so it
+/// fetches them when their node announces them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_transactions_are_fetched_again_when_reannounced() {
+    let a = node(1, 1, vec![], |_| {}).await;
+    let b = node(2, 1, vec![a.handle.listen_addr], |_| {}).await;
+    assert!(
+        wait_until(Duration::from_secs(10), async || !a
+            .handle
+            .peers()
+            .await
+            .is_empty())
+        .await
+    );
+    b.recorder.busy.store(true, Ordering::Relaxed);
+    let batch = txs(50);
+    a.handle.broadcast_txs(batch.clone()).await;
+    assert!(
+        wait_until(Duration::from_secs(10), async || {
+            b.handle.stats.tx_bodies.load(Ordering::Relaxed) >= 50
+        })
+        .await,
+        "b received the bodies"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.recorder.seen.lock().unwrap().is_empty(), "all deferred");
+    b.recorder.busy.store(false, Ordering::Relaxed);
+    a.handle.reannounce(batch.clone()).await;
+    let hashes: HashSet<Hash> = batch.iter().map(SignedTx::hash).collect();
+    assert!(
+        wait_until(Duration::from_secs(10), async || {
+            hashes.is_subset(&b.recorder.seen.lock().unwrap())
+        })
+        .await,
+        "b fetched and accepted all 50 after the re-announcement"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,13 +138,15 @@ pub enum Refusal {
     /// The node holds more waiting transactions than it finalizes in
     /// [`MempoolConfig::max_backlog`]: retry in a moment.
     #[error(
-        "node busy: {pooled} transactions are waiting, more than it finalizes in {backlog_ms} ms; retry in a moment"
+        "node busy: {pooled} transactions are waiting, more than it finalizes in {backlog_ms} ms; retry in a moment, or pay a fee of at least {min_fee}"
     )]
     Busy {
-        /// Transactions in the pool.
+        /// Pending transactions in the pool.
         pooled: usize,
         /// The backlog limit in milliseconds of recent throughput.
         backlog_ms: u64,
+        /// The fee that is admitted even now: one more than the lowest pooled.
+        min_fee: u64,
     },
     /// Reading the ledger failed.
     #[error("internal error reading the ledger")]
@@ -220,6 +222,8 @@ struct Entry {
     tx: SignedTx,
     inserted: Instant,
     seq: u64,
+    /// When it was last announced to peers (first: at admission).
+    announced: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -336,6 +340,33 @@ impl Mempool {
     /// The limits the pool was made with.
     pub fn config(&self) -> &MempoolConfig {
         &self.cfg
+    }
+
+    /// Whether the transaction with this hash is pooled.
+    pub fn contains(&self, hash: &Hash) -> bool {
+        self.entries.contains_key(hash)
+    }
+
+    /// The lowest fee in the pool, if it holds anything.
+    pub fn lowest_fee(&self) -> Option<u64> {
+        self.by_fee.first().map(|(fee, _, _)| *fee)
+    }
+
+    /// Up to `max` transactions pooled and last announced at least `age` ago, marked as
+    /// announced now: a node re-announces them, since peers may have dropped or
+    /// deferred them while busy.
+    pub fn due_for_reannounce(&mut self, now: Instant, age: Duration, max: usize) -> Vec<SignedTx> {
+        let mut out = Vec::new();
+        for e in self.entries.values_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if now.saturating_duration_since(e.announced) >= age {
+                e.announced = now;
+                out.push(e.tx);
+            }
+        }
+        out
     }
 
     /// Number of pooled transactions.
@@ -528,6 +559,7 @@ impl Mempool {
                 tx,
                 inserted: now,
                 seq,
+                announced: now,
             },
         );
         Ok(Admitted {

@@ -164,6 +164,10 @@ pub struct Node {
 
 /// How long a pending count is reused by admission backpressure.
 const PENDING_COUNT_REUSE: Duration = Duration::from_millis(100);
+/// A pooled transaction is announced again after this long.
+const REANNOUNCE_AFTER: Duration = Duration::from_secs(5);
+/// Most transactions announced again at once.
+const REANNOUNCE_MAX: usize = 4096;
 
 /// How far back the finalized throughput that sizes the admission backlog is measured.
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
@@ -576,12 +580,19 @@ impl Node {
 
     /// `Some(refusal)` while the pool holds more than [`MempoolConfig::max_backlog`] of
     /// the recent finalized throughput: checked before any signature work, so refusing
-    /// the excess of an overload costs almost nothing.
+    /// the excess of an overload costs almost nothing. Even then a transaction paying
+    /// more than the lowest pooled fee is admitted ([`Refusal::Busy`]'s `min_fee`), so
+    /// free transactions cannot keep paying ones out.
     fn busy(&self) -> Option<Refusal> {
-        let (pooled, backlog, floor) = {
+        let (pooled, backlog, floor, lowest) = {
             let pool = self.pool();
             let cfg = pool.config();
-            (pool.len(), cfg.max_backlog, cfg.min_backlog_txs)
+            (
+                pool.len(),
+                cfg.max_backlog,
+                cfg.min_backlog_txs,
+                pool.lowest_fee().unwrap_or(0),
+            )
         };
         if backlog.is_zero() || pooled < floor {
             return None;
@@ -612,20 +623,71 @@ impl Node {
         (pooled >= limit.max(floor)).then(|| Refusal::Busy {
             pooled,
             backlog_ms: u64::try_from(backlog.as_millis()).unwrap_or(u64::MAX),
+            min_fee: lowest.saturating_add(1),
         })
+    }
+
+    /// The busy refusal for a transaction paying `fee`, if it must wait.
+    fn busy_for(busy: &Option<Refusal>, fee: u64) -> bool {
+        matches!(busy, Some(Refusal::Busy { min_fee, .. }) if fee < *min_fee)
+    }
+
+    /// Pooled transactions announced at least [`REANNOUNCE_AFTER`] ago, to announce
+    /// again (peers may have deferred or dropped them while busy). At most
+    /// [`REANNOUNCE_MAX`] per call.
+    pub fn reannounce_due(&self) -> Vec<SignedTx> {
+        self.pool()
+            .due_for_reannounce(Instant::now(), REANNOUNCE_AFTER, REANNOUNCE_MAX)
     }
 
     /// Admits transactions a peer relayed: each gets a [`Verdict`] for the network
     /// (only accepted ones are announced onwards; invalid ones cost the peer score).
     pub fn admit_from_peer(&self, txs: &[SignedTx]) -> Vec<Verdict> {
-        if self.busy().is_some() {
-            // Honest: the sender's node keeps them and proposes them itself.
-            return vec![Verdict::Ignored; txs.len()];
+        let busy = self.busy();
+        if busy.is_none() {
+            return self.admit_relayed(txs);
         }
+        // Deferred ones are fetched again when their node re-announces them.
+        let taken: Vec<SignedTx> = txs
+            .iter()
+            .filter(|t| !Self::busy_for(&busy, t.tx.fee))
+            .copied()
+            .collect();
+        let mut verdicts = self.admit_relayed(&taken).into_iter();
+        txs.iter()
+            .map(|t| {
+                if Self::busy_for(&busy, t.tx.fee) {
+                    Verdict::Deferred
+                } else {
+                    verdicts.next().unwrap_or(Verdict::Ignored)
+                }
+            })
+            .collect()
+    }
+
+    fn admit_relayed(&self, txs: &[SignedTx]) -> Vec<Verdict> {
         let chain_id = self.ledger.chain_id();
+        // Transactions already pooled or final (a re-announcement after they were
+        // taken) are ignored before any signature work.
+        let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
+        let known: Vec<bool> = {
+            let pool = self.pool();
+            hashes.iter().map(|h| pool.contains(h)).collect()
+        };
+        let known: Vec<bool> = known
+            .into_iter()
+            .zip(&hashes)
+            .map(|(k, h)| k || self.ledger.contains_tx(h).unwrap_or(false))
+            .collect();
+        let fresh: Vec<SignedTx> = txs
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| !**k)
+            .map(|(t, _)| *t)
+            .collect();
         // One batch verification for the common all-valid case; the verdicts are
         // remembered, so the block that carries these transactions skips them.
-        let all_signed = grapevine_ledger::tx::first_invalid_signature(txs).is_none();
+        let all_signed = grapevine_ledger::tx::first_invalid_signature(&fresh).is_none();
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
         let mut infos = Vec::new();
@@ -633,12 +695,15 @@ impl Node {
         let now = Instant::now();
         {
             let mut pool = self.pool();
-            for t in txs {
+            for ((t, hash), known) in txs.iter().zip(hashes).zip(known) {
+                if known {
+                    verdicts.push(Verdict::Ignored);
+                    continue;
+                }
                 if t.tx.chain_id != chain_id || (!all_signed && !t.verify()) {
                     verdicts.push(Verdict::Invalid);
                     continue;
                 }
-                let hash = t.hash();
                 match pool.submit_verified(*t, hash, &*self.ledger, now) {
                     Ok(admitted) => {
                         wake |=
@@ -735,23 +800,28 @@ impl NodeApi for Node {
     }
 
     fn preverify_transactions(&self, txs: &[Vec<u8>]) {
-        if self.busy().is_some() {
-            return;
-        }
+        let busy = self.busy();
         let chain_id = self.ledger.chain_id();
         let decoded: Vec<SignedTx> = txs
             .iter()
             .filter(|b| b.len() == grapevine_ledger::tx::SIGNED_TX_LEN)
             .filter_map(|b| SignedTx::from_bytes(b).ok())
-            .filter(|t| t.tx.chain_id == chain_id)
+            .filter(|t| t.tx.chain_id == chain_id && !Self::busy_for(&busy, t.tx.fee))
             .collect();
         // Remembers the valid ones; an invalid one is found again by its own call.
         let _ = grapevine_ledger::tx::first_invalid_signature(&decoded);
     }
 
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
-        if let Some(busy) = self.busy() {
-            return Err(refusal_error(&busy, None));
+        let busy = self.busy();
+        if busy.is_some() {
+            // The fee decides; what does not decode is refused below as malformed.
+            let fee = SignedTx::from_bytes(bytes).map_or(u64::MAX, |t| t.tx.fee);
+            if Self::busy_for(&busy, fee)
+                && let Some(refusal) = busy
+            {
+                return Err(refusal_error(&refusal, None));
+            }
         }
         // Signature checks happen before taking the pool's lock.
         let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
@@ -1017,6 +1087,7 @@ pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
         Refusal::Busy {
             pooled: 1,
             backlog_ms: 1,
+            min_fee: 1,
         },
     ];
     samples
@@ -1059,17 +1130,18 @@ mod tests {
             ..MempoolConfig::default()
         };
         let (node, _) = Node::new(ledger.clone(), cfg, key.address(), vec![key.address()]);
-        let tx = |nonce| {
+        let tx_fee = |nonce, fee| {
             Transaction {
                 chain_id: 9,
                 from: key.address(),
                 to: Address([7; 32]),
                 amount: 1,
-                fee: 1,
+                fee,
                 nonce,
             }
             .sign(&key)
         };
+        let tx = |nonce| tx_fee(nonce, 1);
         for n in 0..5 {
             node.send_transaction(&tx(n).to_bytes()).unwrap();
         }
@@ -1085,7 +1157,9 @@ mod tests {
             ),
             "{busy:?}"
         );
-        assert_eq!(node.admit_from_peer(&[tx(5)]), vec![Verdict::Ignored]);
+        assert_eq!(node.admit_from_peer(&[tx(5)]), vec![Verdict::Deferred]);
+        // A fee above the lowest pooled one is admitted even now.
+        node.send_transaction(&tx_fee(4, 2).to_bytes()).unwrap();
         // A block takes the five: the pool is empty and admits again.
         let txs = node.pool().select(10);
         let head = ledger.head();

@@ -155,6 +155,10 @@ pub fn run_networked(
                     node.update_network(&peers, &net.stats);
                     let n = node.clone();
                     let _ = tokio::task::spawn_blocking(move || n.expire()).await;
+                    let again = node.reannounce_due();
+                    if !again.is_empty() {
+                        net.reannounce(again).await;
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(REFRESH) => {}
                         () = producer::stopped(&mut stop) => return,
