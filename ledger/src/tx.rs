@@ -105,6 +105,12 @@ struct VerifiedSet {
     previous: std::collections::HashSet<Hash>,
 }
 
+impl VerifiedSet {
+    fn contains(&self, hash: &Hash) -> bool {
+        self.current.contains(hash) || self.previous.contains(hash)
+    }
+}
+
 /// See [`VerifiedSet`].
 const VERIFIED_CAPACITY: usize = 400_000;
 
@@ -134,8 +140,7 @@ pub fn forget_verified() {
 /// Whether the transaction with this hash was remembered as validly signed.
 pub fn verified_before(hash: &Hash) -> bool {
     let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-    g.as_ref()
-        .is_some_and(|set| set.current.contains(hash) || set.previous.contains(hash))
+    g.as_ref().is_some_and(|set| set.contains(hash))
 }
 
 /// Checks the signatures of `txs` that are not remembered as valid, in batches of
@@ -144,14 +149,17 @@ pub fn verified_before(hash: &Hash) -> bool {
 /// not depend on what was remembered or how the batches fell, so every node agrees on it.
 pub fn first_invalid_signature(txs: &[SignedTx]) -> Option<usize> {
     let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
+    first_invalid_signature_hashed(txs, &hashes)
+}
+
+/// [`first_invalid_signature`] for a caller that already has the transactions' hashes
+/// (`hashes[i]` is `txs[i].hash()`).
+pub fn first_invalid_signature_hashed(txs: &[SignedTx], hashes: &[Hash]) -> Option<usize> {
+    debug_assert_eq!(txs.len(), hashes.len());
     let todo: Vec<usize> = {
         let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
         (0..txs.len())
-            .filter(|&i| {
-                !g.as_ref().is_some_and(|set| {
-                    set.current.contains(&hashes[i]) || set.previous.contains(&hashes[i])
-                })
-            })
+            .filter(|&i| !g.as_ref().is_some_and(|set| set.contains(&hashes[i])))
             .collect()
     };
     for chunk in todo.chunks(SIG_BATCH) {

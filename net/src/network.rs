@@ -1194,6 +1194,14 @@ impl Actor {
         self.accept_txs(valid, Some(conn));
     }
 
+    /// Keeps a body to answer requests for it (two generations, bounded).
+    fn store_tx(&mut self, h: Hash, t: SignedTx) {
+        if self.tx_store.len() >= TX_STORE_CAPACITY {
+            self.tx_store_old = std::mem::take(&mut self.tx_store);
+        }
+        self.tx_store.insert(h, t);
+    }
+
     /// Records valid transactions and queues their announcement to every peer but
     /// `except`.
     fn accept_txs(&mut self, txs: Vec<(Hash, SignedTx)>, except: Option<ConnId>) {
@@ -1202,10 +1210,7 @@ impl Actor {
             if !self.seen_txs.insert(h) {
                 continue;
             }
-            if self.tx_store.len() >= TX_STORE_CAPACITY {
-                self.tx_store_old = std::mem::take(&mut self.tx_store);
-            }
-            self.tx_store.insert(h, t);
+            self.store_tx(h, t);
             hashes.push(h);
         }
         for (c, p) in self.peers.iter_mut() {
@@ -1293,10 +1298,7 @@ impl Actor {
                 for t in txs {
                     let h = t.hash();
                     self.seen_txs.insert(h);
-                    if self.tx_store.len() >= TX_STORE_CAPACITY {
-                        self.tx_store_old = std::mem::take(&mut self.tx_store);
-                    }
-                    self.tx_store.insert(h, t);
+                    self.store_tx(h, t);
                     hashes.push(h);
                 }
                 for p in self.peers.values_mut() {

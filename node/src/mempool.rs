@@ -387,14 +387,13 @@ impl Mempool {
             .any(|s| s.txs.contains_key(&s.base_nonce))
     }
 
-    /// Pending and queued counts. Walks every sender: not for hot paths.
+    /// Pending and queued counts. Visits every sender (not every transaction): not for
+    /// hot paths.
     pub fn counts(&self) -> (usize, usize) {
-        let mut pending = 0;
-        for s in self.senders.values() {
-            let gap = s.first_gap();
-            pending += s.txs.range(..gap).count();
-        }
-        (pending, self.entries.len() - pending)
+        // A sender's pending transactions are exactly the nonces base..gap.
+        let pending: u64 = self.senders.values().map(|s| s.gap - s.base_nonce).sum();
+        let pending = usize::try_from(pending).unwrap_or(usize::MAX);
+        (pending, self.entries.len().saturating_sub(pending))
     }
 
     /// Hashes of pooled transactions, at most `max`.

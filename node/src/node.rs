@@ -667,27 +667,24 @@ impl Node {
 
     fn admit_relayed(&self, txs: &[SignedTx]) -> Vec<Verdict> {
         let chain_id = self.ledger.chain_id();
-        // Transactions already pooled or final (a re-announcement after they were
-        // taken) are ignored before any signature work.
+        // Transactions already pooled (a re-announcement of what this node took) are
+        // ignored before any signature work; whether one is final is the pool's check.
         let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
         let known: Vec<bool> = {
             let pool = self.pool();
             hashes.iter().map(|h| pool.contains(h)).collect()
         };
-        let known: Vec<bool> = known
-            .into_iter()
-            .zip(&hashes)
-            .map(|(k, h)| k || self.ledger.contains_tx(h).unwrap_or(false))
-            .collect();
-        let fresh: Vec<SignedTx> = txs
+        let (fresh, fresh_hashes): (Vec<SignedTx>, Vec<Hash>) = txs
             .iter()
+            .zip(&hashes)
             .zip(&known)
             .filter(|(_, k)| !**k)
-            .map(|(t, _)| *t)
-            .collect();
+            .map(|((t, h), _)| (*t, *h))
+            .unzip();
         // One batch verification for the common all-valid case; the verdicts are
         // remembered, so the block that carries these transactions skips them.
-        let all_signed = grapevine_ledger::tx::first_invalid_signature(&fresh).is_none();
+        let all_signed =
+            grapevine_ledger::tx::first_invalid_signature_hashed(&fresh, &fresh_hashes).is_none();
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
         let mut infos = Vec::new();

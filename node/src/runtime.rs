@@ -154,8 +154,13 @@ pub fn run_networked(
                     let peers = net.peers().await;
                     node.update_network(&peers, &net.stats);
                     let n = node.clone();
-                    let _ = tokio::task::spawn_blocking(move || n.expire()).await;
-                    let again = node.reannounce_due();
+                    // Both walk the pool under its lock: off the async workers.
+                    let again = tokio::task::spawn_blocking(move || {
+                        n.expire();
+                        n.reannounce_due()
+                    })
+                    .await
+                    .unwrap_or_default();
                     if !again.is_empty() {
                         net.reannounce(again).await;
                     }

@@ -4,10 +4,10 @@
 //! This library holds what those tests share: locating the binary, starting a node
 //! (`dev` or `run`) and waiting for its RPC address, and a small JSON-RPC client.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -211,22 +211,18 @@ pub fn generate_testnet_with(
 ) -> Vec<String> {
     let nodes = validators + full_nodes;
     let base = free_base_port(2 * nodes + validators * nodes);
-    let generated = Command::new(grapevine_bin())
-        .arg("testnet")
-        .args(extra)
-        .args(["--validators", &validators.to_string()])
-        .args(["--full-nodes", &full_nodes.to_string()])
-        .args(["--accounts", &accounts.to_string()])
-        .arg("--out")
-        .arg(out)
-        .args(["--base-port", &base.to_string()])
-        .output()
-        .expect("grapevine testnet runs");
-    assert!(
-        generated.status.success(),
-        "grapevine testnet failed: {}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    let mut args: Vec<OsString> = vec!["testnet".into()];
+    args.extend(extra.iter().map(OsString::from));
+    for (flag, n) in [
+        ("--validators", validators),
+        ("--full-nodes", full_nodes),
+        ("--accounts", accounts),
+        ("--base-port", base),
+    ] {
+        args.extend([flag.into(), n.to_string().into()]);
+    }
+    args.extend(["--out".into(), out.as_os_str().to_owned()]);
+    grapevine_ok(args);
     (0..validators)
         .map(|i| format!("validator{i}"))
         .chain((0..full_nodes).map(|i| format!("full{i}")))
@@ -360,4 +356,49 @@ impl Drop for FaultProxy {
 /// paused, partitioned): for tests that inject faults.
 pub fn try_post_json(url: &str, body: &str) -> Option<(u16, Option<Value>)> {
     post_within(url, body, Duration::from_secs(2))
+}
+
+/// Runs `grapevine ARGS` to its end and returns its standard output; fails the test,
+/// showing the command's standard error, if it does not succeed.
+pub fn grapevine_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = Command::new(grapevine_bin())
+        .args(&args)
+        .output()
+        .expect("grapevine runs");
+    assert!(
+        out.status.success(),
+        "grapevine {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs `grapevine ARGS` (logging at warn) for at most `limit`. Returns whether it exited
+/// by itself, and its output; one still running at `limit` is killed.
+pub fn run_at_most<I, S>(args: I, limit: Duration) -> (bool, Output)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(grapevine_bin())
+        .args(args)
+        .env("GRAPEVINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("grapevine starts");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let exited = child.try_wait().expect("wait").is_some();
+    if !exited {
+        let _ = child.kill();
+    }
+    (exited, child.wait_with_output().expect("output"))
 }

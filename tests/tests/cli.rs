@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use grapevine_tests::grapevine_bin;
+use grapevine_tests::{grapevine_bin, grapevine_ok};
 
 #[test]
 fn help_lists_the_commands() {
@@ -19,17 +19,7 @@ fn help_lists_the_commands() {
 fn keygen_writes_a_private_key_file_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("alice.json");
-    let out = Command::new(grapevine_bin())
-        .args(["keygen", "--out"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = grapevine_ok(["keygen", "--out", path.to_str().unwrap()]);
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(file["address"].as_str().unwrap(), printed.trim());
     let addr: grapevine_ledger::Address = printed.trim().parse().unwrap();

@@ -3,10 +3,9 @@
 //! data the way a disk or an operator might.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use grapevine_tests::{NodeProcess, grapevine_bin};
+use grapevine_tests::{NodeProcess, grapevine_ok, run_at_most};
 use serde_json::json;
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -35,27 +34,18 @@ fn files_with(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 /// Runs `grapevine dev --home HOME` and returns (exited with failure, stderr); a node
 /// that starts anyway is stopped after 10 s and reported as a success.
 fn start_dev(home: &Path) -> (bool, String) {
-    let mut child = Command::new(grapevine_bin())
-        .args(["dev", "--rpc-addr", "127.0.0.1:0", "--home"])
-        .arg(home)
-        .env("GRAPEVINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let failed = match child.try_wait().unwrap() {
-        Some(status) => !status.success(),
-        None => {
-            let _ = child.kill();
-            false
-        }
-    };
-    let out = child.wait_with_output().unwrap();
-    (failed, String::from_utf8_lossy(&out.stderr).into_owned())
+    let args = [
+        "dev",
+        "--rpc-addr",
+        "127.0.0.1:0",
+        "--home",
+        home.to_str().unwrap(),
+    ];
+    let (exited, out) = run_at_most(args, Duration::from_secs(10));
+    (
+        exited && !out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -66,18 +56,19 @@ fn damaged_data_is_refused_with_an_error_naming_the_damage() {
     let accounts: serde_json::Value =
         serde_json::from_slice(&std::fs::read(good.join("dev-accounts.json")).unwrap()).unwrap();
     let to = accounts[1]["address"].as_str().unwrap();
-    let out = Command::new(grapevine_bin())
-        .args([
-            "transfer", "--rpc", &node.rpc, "--to", to, "--amount", "5", "--wait", "--key",
-        ])
-        .arg(good.join("keys").join("dev-0.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let key = good.join("keys").join("dev-0.json");
+    grapevine_ok([
+        "transfer",
+        "--rpc",
+        &node.rpc,
+        "--to",
+        to,
+        "--amount",
+        "5",
+        "--wait",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
     let height = node.result("getStatus", json!([]))["height"].clone();
     assert!(node.stop(), "clean stop");
 

@@ -135,23 +135,20 @@ fn explorer_shows_a_transfer_and_never_runs_markup() {
             .unwrap();
     let sender = accounts[0]["address"].as_str().unwrap().to_string();
     let recipient = accounts[1]["address"].as_str().unwrap().to_string();
-    let out = Command::new(grapevine_tests::grapevine_bin())
-        .args(["transfer", "--rpc", &node.rpc, "--key"])
-        .arg(node.home.join("keys").join("dev-0.json"))
-        .args(["--to", &recipient, "--amount", "1234567", "--wait"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hash = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let key = node.home.join("keys").join("dev-0.json");
+    let printed = grapevine_tests::grapevine_ok([
+        "transfer",
+        "--rpc",
+        &node.rpc,
+        "--key",
+        key.to_str().unwrap(),
+        "--to",
+        &recipient,
+        "--amount",
+        "1234567",
+        "--wait",
+    ]);
+    let hash = printed.lines().next().unwrap().to_string();
     let profile = dir.path().join("chromium");
     let base = format!("{}/explorer", node.rpc);
 

@@ -251,21 +251,8 @@ fn a_new_node_and_a_restarted_validator_catch_up_by_block_sync() {
 
 /// Runs `grapevine ARGS HOME` to its end (at most 60 s).
 fn run_to_exit(args: &[&str], home: &std::path::Path) -> std::process::Output {
-    let mut child = std::process::Command::new(grapevine_tests::grapevine_bin())
-        .args(args)
-        .arg(home)
-        .env("GRAPEVINE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("grapevine {args:?} did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    let all = args.iter().copied().chain([home.to_str().unwrap()]);
+    let (exited, out) = grapevine_tests::run_at_most(all, Duration::from_secs(60));
+    assert!(exited, "grapevine {args:?} did not exit within 60 s");
+    out
 }
