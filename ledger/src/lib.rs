@@ -19,6 +19,7 @@
 
 pub mod block;
 pub mod codec;
+pub mod collections;
 pub mod crypto;
 pub mod genesis;
 pub mod state;

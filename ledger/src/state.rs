@@ -13,7 +13,7 @@
 //! number of accounts it touches, never in the number that exist. The state root is
 //! SHA-256 of the 2048-byte sum.
 
-use std::collections::{HashMap, HashSet};
+use crate::collections::{FastMap, FastSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -202,16 +202,16 @@ pub trait StateView {
 /// execute and check a proposal whose parent is certified but not yet final.
 pub struct Overlay<'a> {
     base: &'a dyn StateView,
-    accounts: HashMap<Address, Account>,
-    txs: HashSet<Hash>,
+    accounts: FastMap<Address, Account>,
+    txs: FastSet<Hash>,
     state: Option<LtHash>,
 }
 
 impl<'a> Overlay<'a> {
     /// `base` with `layers` applied in order (each executed on top of the previous).
     pub fn new(base: &'a dyn StateView, layers: &[&Execution]) -> Self {
-        let mut accounts = HashMap::new();
-        let mut txs = HashSet::new();
+        let mut accounts = FastMap::default();
+        let mut txs = FastSet::default();
         for layer in layers {
             accounts.extend(layer.accounts.iter().copied());
             txs.extend(layer.tx_hashes.iter().copied());
@@ -352,7 +352,7 @@ pub fn execute(
         }
     }
     let tx_hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
-    let mut seen = HashSet::with_capacity(tx_hashes.len());
+    let mut seen = FastSet::with_capacity_and_hasher(tx_hashes.len(), Default::default());
     for h in &tx_hashes {
         if !seen.insert(*h) || view.contains_tx(h)? {
             return Err(BlockError::DuplicateTx { hash: *h });
@@ -363,10 +363,10 @@ pub fn execute(
     }
 
     // Pre-block values of every touched account, then the working copies.
-    let mut before: HashMap<Address, Account> = HashMap::new();
+    let mut before: FastMap<Address, Account> = FastMap::default();
     let mut order: Vec<Address> = Vec::new();
     let mut touch =
-        |addr: Address, before: &mut HashMap<Address, Account>| -> Result<(), StoreError> {
+        |addr: Address, before: &mut FastMap<Address, Account>| -> Result<(), StoreError> {
             if let std::collections::hash_map::Entry::Vacant(e) = before.entry(addr) {
                 e.insert(view.account(&addr)?.unwrap_or_default());
                 order.push(addr);
@@ -408,7 +408,7 @@ pub fn execute(
 /// Applies one transaction to `accts` (which holds every account it touches), or leaves
 /// `accts` unchanged and says why not.
 fn apply_tx(
-    accts: &mut HashMap<Address, Account>,
+    accts: &mut FastMap<Address, Account>,
     proposer: &Address,
     t: &SignedTx,
 ) -> Result<(), FailureReason> {
@@ -434,7 +434,7 @@ fn apply_tx(
 
     // Compute every new value before writing any, so a failure changes nothing. The
     // sender, recipient and proposer may be the same account.
-    let mut staged: HashMap<Address, Account> = [tx.from, tx.to, *proposer]
+    let mut staged: FastMap<Address, Account> = [tx.from, tx.to, *proposer]
         .iter()
         .map(|k| (*k, accts.get(k).copied().unwrap_or_default()))
         .collect();
@@ -452,7 +452,7 @@ fn apply_tx(
 }
 
 fn credit(
-    accts: &mut HashMap<Address, Account>,
+    accts: &mut FastMap<Address, Account>,
     addr: &Address,
     amount: u64,
 ) -> Result<(), FailureReason> {

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+use crate::collections::RecentSet;
 use crate::crypto::{self, Address, Hash, Keypair, Signature, sha256};
 use crate::json_u64;
 
@@ -100,35 +101,18 @@ impl SignedTx {
 /// agree on every signature, so a verdict is a property of the transaction alone and
 /// remembering it cannot make two nodes disagree about a block. Bounded: two generations
 /// of at most [`VERIFIED_CAPACITY`] each.
-struct VerifiedSet {
-    current: std::collections::HashSet<Hash>,
-    previous: std::collections::HashSet<Hash>,
-}
+static VERIFIED: std::sync::Mutex<Option<RecentSet>> = std::sync::Mutex::new(None);
 
-impl VerifiedSet {
-    fn contains(&self, hash: &Hash) -> bool {
-        self.current.contains(hash) || self.previous.contains(hash)
-    }
-}
-
-/// See [`VerifiedSet`].
+/// See [`VERIFIED`].
 const VERIFIED_CAPACITY: usize = 400_000;
-
-static VERIFIED: std::sync::Mutex<Option<VerifiedSet>> = std::sync::Mutex::new(None);
 
 /// Remembers that the transactions with these hashes have valid signatures (checked by
 /// [`SignedTx::verify`] or [`crypto::verify_batch`]), so later checks skip them.
 pub fn remember_verified(hashes: impl IntoIterator<Item = Hash>) {
     let mut g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-    let set = g.get_or_insert_with(|| VerifiedSet {
-        current: Default::default(),
-        previous: Default::default(),
-    });
+    let set = g.get_or_insert_with(|| RecentSet::new(VERIFIED_CAPACITY));
     for h in hashes {
-        if set.current.len() >= VERIFIED_CAPACITY {
-            set.previous = std::mem::take(&mut set.current);
-        }
-        set.current.insert(h);
+        set.insert(h, ());
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use grapevine_ledger::collections::{FastMap, FastSet, RecentMap, RecentSet};
 use grapevine_ledger::crypto::sha256;
 use grapevine_ledger::{Address, Hash, Keypair, SignedTx};
 use tokio::net::{TcpListener, TcpStream};
@@ -330,37 +331,6 @@ struct Peer {
     announce: Vec<Hash>,
 }
 
-/// A set that forgets its oldest half when full: bounded memory for "seen" hashes.
-struct RecentSet {
-    current: HashSet<Hash>,
-    previous: HashSet<Hash>,
-    cap: usize,
-}
-
-impl RecentSet {
-    fn new(cap: usize) -> Self {
-        RecentSet {
-            current: HashSet::new(),
-            previous: HashSet::new(),
-            cap,
-        }
-    }
-    fn contains(&self, h: &Hash) -> bool {
-        self.current.contains(h) || self.previous.contains(h)
-    }
-    /// Inserts; `false` if already present.
-    fn insert(&mut self, h: Hash) -> bool {
-        if self.contains(&h) {
-            return false;
-        }
-        if self.current.len() >= self.cap {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        self.current.insert(h);
-        true
-    }
-}
-
 /// Seen-hash memory per kind.
 const SEEN_CAPACITY: usize = 200_000;
 /// Transaction bodies kept to answer requests.
@@ -414,13 +384,13 @@ struct Actor {
     banned_ips: HashMap<IpAddr, Instant>,
     seen_txs: RecentSet,
     seen_consensus: RecentSet,
-    tx_store: HashMap<Hash, SignedTx>,
-    tx_store_old: HashMap<Hash, SignedTx>,
-    inflight: HashMap<Hash, (ConnId, Instant)>,
-    alternates: HashMap<Hash, Vec<ConnId>>,
+    /// Bodies of valid transactions, to answer requests.
+    tx_store: RecentMap<SignedTx>,
+    inflight: FastMap<Hash, (ConnId, Instant)>,
+    alternates: FastMap<Hash, Vec<ConnId>>,
     listen_addr: SocketAddr,
     /// Hashes of relayed transactions being validated or waiting for it.
-    validating: HashSet<Hash>,
+    validating: FastSet<Hash>,
     /// Batches being validated now.
     validations: usize,
     /// Batches waiting for a validation slot, oldest first, with the sending peer's
@@ -469,12 +439,11 @@ pub async fn start(
         banned_ips: HashMap::new(),
         seen_txs: RecentSet::new(SEEN_CAPACITY),
         seen_consensus: RecentSet::new(SEEN_CAPACITY),
-        tx_store: HashMap::new(),
-        tx_store_old: HashMap::new(),
-        inflight: HashMap::new(),
-        alternates: HashMap::new(),
+        tx_store: RecentMap::new(TX_STORE_CAPACITY),
+        inflight: FastMap::default(),
+        alternates: FastMap::default(),
         listen_addr,
-        validating: HashSet::new(),
+        validating: FastSet::default(),
         validations: 0,
         waiting: std::collections::VecDeque::new(),
         cfg,
@@ -1046,12 +1015,7 @@ impl Actor {
             Message::TxRequest(hashes) => {
                 let bodies: Vec<SignedTx> = hashes
                     .iter()
-                    .filter_map(|h| {
-                        self.tx_store
-                            .get(h)
-                            .or_else(|| self.tx_store_old.get(h))
-                            .copied()
-                    })
+                    .filter_map(|h| self.tx_store.get(h).copied())
                     .collect();
                 if !bodies.is_empty() {
                     self.send(conn, &Message::Txs(bodies));
@@ -1064,7 +1028,7 @@ impl Actor {
                     return;
                 }
                 let h = sha256(&[&payload]);
-                if !self.seen_consensus.insert(h) {
+                if !self.seen_consensus.insert(h, ()) {
                     return;
                 }
                 let from = match self.peers.get(&conn) {
@@ -1169,10 +1133,10 @@ impl Actor {
                 Verdict::Accepted => valid.push((h, t)),
                 Verdict::Ignored => {
                     // Not asked for again from others, not relayed.
-                    self.seen_txs.insert(h);
+                    self.seen_txs.insert(h, ());
                 }
                 Verdict::Invalid => {
-                    self.seen_txs.insert(h);
+                    self.seen_txs.insert(h, ());
                     invalid += 1;
                 }
                 Verdict::Deferred => {}
@@ -1196,9 +1160,6 @@ impl Actor {
 
     /// Keeps a body to answer requests for it (two generations, bounded).
     fn store_tx(&mut self, h: Hash, t: SignedTx) {
-        if self.tx_store.len() >= TX_STORE_CAPACITY {
-            self.tx_store_old = std::mem::take(&mut self.tx_store);
-        }
         self.tx_store.insert(h, t);
     }
 
@@ -1207,7 +1168,7 @@ impl Actor {
     fn accept_txs(&mut self, txs: Vec<(Hash, SignedTx)>, except: Option<ConnId>) {
         let mut hashes = Vec::with_capacity(txs.len());
         for (h, t) in txs {
-            if !self.seen_txs.insert(h) {
+            if !self.seen_txs.insert(h, ()) {
                 continue;
             }
             self.store_tx(h, t);
@@ -1297,7 +1258,7 @@ impl Actor {
                 let mut hashes = Vec::with_capacity(txs.len());
                 for t in txs {
                     let h = t.hash();
-                    self.seen_txs.insert(h);
+                    self.seen_txs.insert(h, ());
                     self.store_tx(h, t);
                     hashes.push(h);
                 }
@@ -1306,7 +1267,7 @@ impl Actor {
                 }
             }
             Command::BroadcastConsensus(payload) => {
-                self.seen_consensus.insert(sha256(&[&payload]));
+                self.seen_consensus.insert(sha256(&[&payload]), ());
                 self.flood_consensus(&payload, None);
             }
             Command::SendTo(id, payload) => {

@@ -1,17 +1,18 @@
 //! Transactions that left the node's view without becoming final (rejected, evicted,
 //! expired), remembered for a bounded time and count so `getTransaction` can say why.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use grapevine_ledger::Hash;
+use grapevine_ledger::collections::FastMap;
 use grapevine_rpc::api::TxInfo;
 
 /// A bounded memory of recent outcomes: at most `capacity` entries, none older than
 /// `max_age`. The oldest go first.
 #[derive(Debug)]
 pub struct RecentOutcomes {
-    by_hash: HashMap<Hash, (TxInfo, Instant)>,
+    by_hash: FastMap<Hash, (TxInfo, Instant)>,
     order: VecDeque<(Instant, Hash)>,
     capacity: usize,
     max_age: Duration,
@@ -21,7 +22,7 @@ impl RecentOutcomes {
     /// An empty memory.
     pub fn new(capacity: usize, max_age: Duration) -> Self {
         RecentOutcomes {
-            by_hash: HashMap::new(),
+            by_hash: FastMap::default(),
             order: VecDeque::new(),
             capacity,
             max_age,

@@ -97,7 +97,14 @@ impl Store for RocksStore {
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
-        let mut wb = rocksdb::WriteBatch::default();
+        // Reserved up front: a block's batch is megabytes, and growing it by doubling
+        // copied it several times into freshly faulted pages.
+        let bytes: usize = batch
+            .ops
+            .iter()
+            .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        let mut wb = rocksdb::WriteBatch::with_capacity_bytes(bytes + 64);
         for (col, key, value) in &batch.ops {
             let cf = self.cf(*col)?;
             match value {

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use grapevine_ledger::codec;
+use grapevine_ledger::collections::RecentSet;
 use grapevine_ledger::crypto::verify;
 use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair, Signature};
 use serde::{Deserialize, Serialize};
@@ -21,10 +22,18 @@ pub type ValidatorIndex = u16;
 /// Signatures already found valid, shared by the clones of one [`ValidatorSet`]: the
 /// driver checks a message before relaying it and the engine checks it again, and a
 /// vote or timeout reaches a node inside many certificates.
-#[derive(Debug, Default)]
-struct VerifiedCache(std::sync::Mutex<HashSet<Hash>>);
+#[derive(Debug)]
+struct VerifiedCache(std::sync::Mutex<RecentSet>);
 
-/// Entries kept before the cache starts over (bounded memory).
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        VerifiedCache(std::sync::Mutex::new(RecentSet::new(
+            VERIFIED_CACHE_CAPACITY,
+        )))
+    }
+}
+
+/// Entries per generation of the cache (bounded memory).
 const VERIFIED_CACHE_CAPACITY: usize = 100_000;
 
 /// The fixed validator set from genesis.
@@ -93,10 +102,7 @@ impl ValidatorSet {
         let ok = verify(k, msg, sig);
         if ok {
             cache = self.verified.0.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= VERIFIED_CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(id);
+            cache.insert(id, ());
         }
         ok
     }
