@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use grapevine_ledger::collections::{FastMap, FastSet, RecentMap, RecentSet};
 use grapevine_ledger::crypto::sha256;
+use grapevine_ledger::tx::SIG_BATCH;
 use grapevine_ledger::{Address, Hash, Keypair, SignedTx};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -47,6 +48,14 @@ pub enum Verdict {
 pub trait TxValidator: Send + Sync + 'static {
     /// One verdict per transaction, in order.
     fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict>;
+
+    /// [`TxValidator::validate`] for several batches (from different peers) at once:
+    /// one verdict list per batch, in order. A validator can check the signatures of
+    /// all of them together, in fewer and larger batches; this one validates each
+    /// batch alone.
+    fn validate_many(&self, batches: &[Vec<SignedTx>]) -> Vec<Vec<Verdict>> {
+        batches.iter().map(|b| self.validate(b)).collect()
+    }
 }
 
 /// Network settings.
@@ -277,6 +286,14 @@ impl NetworkHandle {
 
 type ConnId = u64;
 
+/// A relayed batch with its verdicts.
+struct ValidatedBatch {
+    conn: ConnId,
+    id: Address,
+    fresh: Vec<(Hash, SignedTx)>,
+    verdicts: Vec<Verdict>,
+}
+
 enum LinkEvent {
     Up {
         conn: ConnId,
@@ -298,13 +315,8 @@ enum LinkEvent {
         conn: ConnId,
         error: Option<LinkError>,
     },
-    /// A batch of relayed transactions came back from the validator.
-    Validated {
-        conn: ConnId,
-        id: Address,
-        fresh: Vec<(Hash, SignedTx)>,
-        verdicts: Vec<Verdict>,
-    },
+    /// Batches of relayed transactions came back from the validator.
+    Validated(Vec<ValidatedBatch>),
     DialFailed {
         conn: ConnId,
         addr: SocketAddr,
@@ -908,12 +920,7 @@ impl Actor {
                     self.send(conn, &Message::GetPeers);
                 }
             }
-            LinkEvent::Validated {
-                conn,
-                id,
-                fresh,
-                verdicts,
-            } => self.on_validated(conn, id, fresh, verdicts),
+            LinkEvent::Validated(batches) => self.on_validations(batches),
             LinkEvent::Down { conn, error } => {
                 self.pending.remove(&conn);
                 self.pending_inbound.remove(&conn);
@@ -1085,28 +1092,58 @@ impl Actor {
     /// Hands waiting batches to the validator while slots are free. Each result comes
     /// back as [`LinkEvent::Validated`].
     fn start_validations(&mut self) {
-        while self.validations < MAX_VALIDATING {
-            let Some((conn, id, fresh)) = self.waiting.pop_front() else {
-                return;
-            };
+        while self.validations < MAX_VALIDATING && !self.waiting.is_empty() {
+            // Waiting batches go together up to a signature batch: a peer's message
+            // often holds a few dozen transactions, and batch verification costs less
+            // per signature the larger the batch.
+            let mut jobs: Vec<WaitingBatch> = Vec::new();
+            let mut total = 0;
+            while let Some(next) = self.waiting.front() {
+                if !jobs.is_empty() && total + next.2.len() > SIG_BATCH {
+                    break;
+                }
+                total += next.2.len();
+                jobs.extend(self.waiting.pop_front());
+            }
             self.validations += 1;
             let validator = self.validator.clone();
             let events = self.events.clone();
             tokio::spawn(async move {
-                let bodies: Vec<SignedTx> = fresh.iter().map(|(_, t)| *t).collect();
+                let bodies: Vec<Vec<SignedTx>> = jobs
+                    .iter()
+                    .map(|(_, _, fresh)| fresh.iter().map(|(_, t)| *t).collect())
+                    .collect();
                 // Validation checks signatures: keep it off the async workers.
-                let verdicts = tokio::task::spawn_blocking(move || validator.validate(&bodies))
-                    .await
-                    .unwrap_or_default();
-                let _ = events
-                    .send(LinkEvent::Validated {
+                let mut verdicts =
+                    tokio::task::spawn_blocking(move || validator.validate_many(&bodies))
+                        .await
+                        .unwrap_or_default()
+                        .into_iter();
+                let batches = jobs
+                    .into_iter()
+                    .map(|(conn, id, fresh)| ValidatedBatch {
                         conn,
                         id,
                         fresh,
-                        verdicts,
+                        verdicts: verdicts.next().unwrap_or_default(),
                     })
-                    .await;
+                    .collect();
+                let _ = events.send(LinkEvent::Validated(batches)).await;
             });
+        }
+    }
+
+    /// A validation finished: frees its slot, then applies each batch's verdicts.
+    fn on_validations(&mut self, batches: Vec<ValidatedBatch>) {
+        self.validations = self.validations.saturating_sub(1);
+        for b in &batches {
+            for (h, _) in &b.fresh {
+                self.validating.remove(h);
+            }
+        }
+        self.start_validations();
+        for b in batches {
+            self.on_validated(b.conn, b.id, b.fresh, b.verdicts);
         }
     }
 
@@ -1117,11 +1154,6 @@ impl Actor {
         fresh: Vec<(Hash, SignedTx)>,
         verdicts: Vec<Verdict>,
     ) {
-        self.validations = self.validations.saturating_sub(1);
-        for (h, _) in &fresh {
-            self.validating.remove(h);
-        }
-        self.start_validations();
         let mut valid = Vec::new();
         let mut invalid = 0;
         for ((h, t), v) in fresh.into_iter().zip(

@@ -401,3 +401,116 @@ async fn a_stalled_peer_is_dropped_and_does_not_slow_the_others() {
     let _ = hub.events.try_recv();
     drop(stalled);
 }
+
+/// Takes its time over each validation and records how many batches each one held.
+#[derive(Default)]
+struct SlowRecorder {
+    calls: Mutex<Vec<usize>>,
+    accepted: Mutex<HashSet<Hash>>,
+}
+
+impl TxValidator for SlowRecorder {
+    fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict> {
+        self.validate_many(&[txs.to_vec()]).remove(0)
+    }
+
+    fn validate_many(&self, batches: &[Vec<SignedTx>]) -> Vec<Vec<Verdict>> {
+        self.calls.lock().unwrap().push(batches.len());
+        std::thread::sleep(Duration::from_millis(300));
+        let mut accepted = self.accepted.lock().unwrap();
+        batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|t| {
+                        if !t.verify() {
+                            Verdict::Invalid
+                        } else if accepted.insert(t.hash()) {
+                            Verdict::Accepted
+                        } else {
+                            Verdict::Ignored
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_batches_from_several_peers_are_validated_together_each_with_its_verdicts() {
+    let cfg = NetConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Keypair::from_seed(&[1; 32]),
+        1,
+        GENESIS,
+    );
+    let validator = Arc::new(SlowRecorder::default());
+    let (_stop, stop_rx) = watch::channel(false);
+    let (hub, _events) = start(cfg, validator.clone(), stop_rx).await.unwrap();
+    let mut links = Vec::new();
+    for seed in 70..74u8 {
+        links.push(handshake_as(seed, hub.listen_addr).await);
+    }
+    let all = txs(6);
+    // Two batches take both validation slots...
+    links[0]
+        .writer
+        .send(&Message::Txs(vec![all[0]]))
+        .await
+        .unwrap();
+    links[1]
+        .writer
+        .send(&Message::Txs(vec![all[1]]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so these two wait, and are then validated in one call.
+    links[2]
+        .writer
+        .send(&Message::Txs(vec![all[2], all[3]]))
+        .await
+        .unwrap();
+    let mut forged = all[4];
+    forged.signature.0[0] ^= 1;
+    links[3]
+        .writer
+        .send(&Message::Txs(vec![forged, all[5]]))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), async || validator
+            .calls
+            .lock()
+            .unwrap()
+            .len()
+            >= 3)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*validator.calls.lock().unwrap(), vec![1, 1, 2]);
+    let accepted = validator.accepted.lock().unwrap().clone();
+    let want: HashSet<Hash> = [0, 1, 2, 3, 5].iter().map(|&i| all[i].hash()).collect();
+    assert_eq!(
+        accepted, want,
+        "every valid transaction is taken, the forged one not"
+    );
+    // Only the peer that sent the forged transaction pays for it.
+    let score = |seed: u8| {
+        let id = Keypair::from_seed(&[seed; 32]).address();
+        let hub = hub.clone();
+        async move {
+            hub.peers()
+                .await
+                .into_iter()
+                .find(|p| p.id == id)
+                .map(|p| p.score)
+        }
+    };
+    let honest = score(72).await.expect("the honest peer stays connected");
+    let forger = score(73).await;
+    assert!(
+        forger.is_none_or(|f| f < honest),
+        "the forger ({forger:?}) is penalized below the honest peer ({honest})"
+    );
+}

@@ -1046,6 +1046,24 @@ impl grapevine_net::TxValidator for Node {
     fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict> {
         self.admit_from_peer(txs)
     }
+
+    fn validate_many(&self, batches: &[Vec<SignedTx>]) -> Vec<Vec<Verdict>> {
+        if batches.len() > 1 {
+            // All signatures in as few batches as possible; the valid ones are
+            // remembered, so each batch's admission below skips them. If one is
+            // invalid, what was not remembered is checked again batch by batch, as
+            // without merging: only the batch that holds it is checked one by one.
+            let busy = self.busy();
+            let taken: Vec<SignedTx> = batches
+                .iter()
+                .flatten()
+                .filter(|t| !Self::busy_for(&busy, t.tx.fee))
+                .copied()
+                .collect();
+            let _ = grapevine_ledger::tx::first_invalid_signature(&taken);
+        }
+        batches.iter().map(|b| self.admit_from_peer(b)).collect()
+    }
 }
 
 /// RPC error codes of transaction refusals, for docs and tests: (code, reason).
