@@ -8,7 +8,8 @@
 #   `grapevine bench --rpc` (signed transfers over JSON-RPC, finality followed block by
 #   block); plus the ed25519 ceiling from `grapevine bench ledger` and, per run, the
 #   ratio TPS / (cores x batch-verify/s / nodes), each node's peak RSS and CPU use;
-#   the 4-validator testnet also at 10,000 tx/s (BENCH_TARGET_RATE);
+#   the 4-validator testnet also at 10,000 tx/s (BENCH_TARGET_RATE), after the sweep
+#   and on a fresh testnet;
 #   (c) 7- and 10-validator testnets at one rate (BENCH_SCALE_VALIDATORS="7 10",
 #   BENCH_SCALE_RATE=4000).
 #   scripts/bench.sh                  # about 4 minutes
@@ -134,13 +135,13 @@ kill "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true
 # start_testnet N PORT: writes and starts an N-validator testnet; sets NET, URLS, NET_PIDS.
 start_testnet() {
   local n="$1" port="$2"
-  NET="$WORK/net$n"
+  NET="$WORK/net$n-$port"
   "$B" testnet --validators "$n" --out "$NET" --base-port "$port" --accounts 20 >/dev/null
   sed -i 's/^rate_limit = .*/rate_limit = 0/' "$NET"/validator*/config.toml
   NET_PIDS=()
   URLS=""
   while IFS=$'\t' read -r name rpc _ home; do
-    "$B" run --home "$home" >"$WORK/net$n-$name.log" 2>&1 &
+    "$B" run --home "$home" >"$NET-$name.log" 2>&1 &
     NET_PIDS+=("$!")
     PIDS+=("$!")
     URLS+="${URLS:+,}http://$rpc"
@@ -158,8 +159,12 @@ stop_testnet() {
 echo "== (b) 4-validator testnet on this machine"
 start_testnet 4 "$((BASE_PORT + 10))"
 sweep "4 validators" 4 "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
-# The performance issue's reference load.
+# The performance issue's reference load, on the network the sweep and the flood
+# loaded (its database grown, its compactions behind), then on a fresh one.
 run_load "4 validators" 4 "${BENCH_TARGET_RATE:-10000}" "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
+stop_testnet
+start_testnet 4 "$((BASE_PORT + 50))"
+run_load "4 validators, fresh" 4 "${BENCH_TARGET_RATE:-10000}" "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
 stop_testnet
 
 SCALE_RATE="${BENCH_SCALE_RATE:-4000}"

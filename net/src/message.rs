@@ -106,8 +106,10 @@ pub enum Message {
     TxRequest(Vec<Hash>),
     /// Transaction bodies, in answer to `TxRequest`.
     Txs(Vec<SignedTx>),
-    /// A consensus message, flooded to every peer (opaque to the network).
-    Consensus(Vec<u8>),
+    /// A consensus message, flooded to every peer (opaque to the network). Encoded as
+    /// one byte string (the same bytes as a sequence of bytes, in one copy instead of
+    /// one call per byte: proposals carry whole blocks).
+    Consensus(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Why a received message is refused.
@@ -178,6 +180,18 @@ mod tests {
         assert!(!forged.verify(b"link one"));
         let m = Message::Hello(h);
         assert_eq!(Message::decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
+    fn consensus_payload_bytes_are_those_of_a_byte_sequence() {
+        // The wire format of docs/NETWORK.md: variant index (u32le 8), length (u64le),
+        // the bytes. serde_bytes must not change it.
+        let payload: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        let enc = Message::Consensus(payload.clone()).encode();
+        let mut want = 8u32.to_le_bytes().to_vec();
+        want.extend_from_slice(&codec::encode(&payload));
+        assert_eq!(enc, want);
+        assert_eq!(Message::decode(&enc), Ok(Message::Consensus(payload)));
     }
 
     #[test]

@@ -776,10 +776,16 @@ impl Actor {
     }
 
     fn send(&mut self, conn: ConnId, msg: &Message) {
+        if self.peers.contains_key(&conn) {
+            self.send_encoded(conn, Bytes::from(msg.encode()));
+        }
+    }
+
+    /// Queues an encoded message for peer `conn`; a peer whose queue is full is dropped.
+    fn send_encoded(&mut self, conn: ConnId, bytes: Bytes) {
         let Some(p) = self.peers.get(&conn) else {
             return;
         };
-        let bytes = Bytes::from(msg.encode());
         let len = bytes.len() as u64;
         let queued = p.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
         if queued > MAX_QUEUED_BYTES || p.queue.try_send(bytes).is_err() {
@@ -1232,7 +1238,8 @@ impl Actor {
     }
 
     fn flood_consensus(&mut self, payload: &Bytes, except: Option<ConnId>) {
-        let msg = Message::Consensus(payload.to_vec());
+        // Encoded once for every peer: a proposal carries a whole block.
+        let bytes = Bytes::from(Message::Consensus(payload.to_vec()).encode());
         let conns: Vec<ConnId> = self
             .peers
             .keys()
@@ -1240,7 +1247,7 @@ impl Actor {
             .filter(|c| Some(*c) != except)
             .collect();
         for c in conns {
-            self.send(c, &msg);
+            self.send_encoded(c, bytes.clone());
         }
     }
 
