@@ -21,9 +21,9 @@ pub type FastSet<K> = HashSet<K, FastState>;
 /// A bounded memory of recent entries by hash, in two generations: when the current
 /// generation holds `capacity` entries it becomes the previous one and the old previous
 /// one is forgotten. Lookups see both, so an entry is kept for at least `capacity`
-/// later insertions. Each generation's table is sized for `capacity` when it starts and
-/// reused after it is forgotten, so insertions never rehash (memory that is reserved
-/// but not yet written is not resident).
+/// later insertions. The forgotten generation's table is cleared and reused, so once
+/// both tables have grown to `capacity` no insertion allocates or rehashes (a new one
+/// grows with use: an idle node does not hold full tables).
 #[derive(Debug)]
 pub struct RecentMap<V> {
     current: FastMap<Hash, V>,
@@ -34,11 +34,10 @@ pub struct RecentMap<V> {
 impl<V> RecentMap<V> {
     /// An empty memory whose generations hold `capacity` entries each (at least one).
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
         RecentMap {
-            current: FastMap::with_capacity_and_hasher(capacity, FastState::default()),
+            current: FastMap::default(),
             previous: FastMap::default(),
-            capacity,
+            capacity: capacity.max(1),
         }
     }
 
@@ -61,7 +60,6 @@ impl<V> RecentMap<V> {
         if self.current.len() >= self.capacity {
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.clear();
-            self.current.reserve(self.capacity);
         }
         self.current.insert(hash, value);
         true

@@ -140,18 +140,8 @@ pub fn first_invalid_signature(txs: &[SignedTx]) -> Option<usize> {
 /// (`hashes[i]` is `txs[i].hash()`).
 pub fn first_invalid_signature_hashed(txs: &[SignedTx], hashes: &[Hash]) -> Option<usize> {
     debug_assert_eq!(txs.len(), hashes.len());
-    let todo: Vec<usize> = {
-        let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-        (0..txs.len())
-            .filter(|&i| !g.as_ref().is_some_and(|set| set.contains(&hashes[i])))
-            .collect()
-    };
-    for chunk in todo.chunks(SIG_BATCH) {
-        let bodies: Vec<Vec<u8>> = chunk.iter().map(|&i| txs[i].tx.signing_bytes()).collect();
-        let msgs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        let signers: Vec<Address> = chunk.iter().map(|&i| txs[i].tx.from).collect();
-        let sigs: Vec<Signature> = chunk.iter().map(|&i| txs[i].signature).collect();
-        if !crypto::verify_batch(&msgs, &signers, &sigs) {
+    for chunk in unremembered(hashes).chunks(SIG_BATCH) {
+        if !batch_valid(txs, chunk) {
             // The batch and single checks agree, so some member fails alone; earlier
             // chunks passed, so it is the first invalid one overall.
             return Some(
@@ -165,6 +155,37 @@ pub fn first_invalid_signature_hashed(txs: &[SignedTx], hashes: &[Hash]) -> Opti
         remember_verified(chunk.iter().map(|&i| hashes[i]));
     }
     None
+}
+
+/// Indexes of the `hashes` not remembered as validly signed.
+fn unremembered(hashes: &[Hash]) -> Vec<usize> {
+    let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    (0..hashes.len())
+        .filter(|&i| !g.as_ref().is_some_and(|set| set.contains(&hashes[i])))
+        .collect()
+}
+
+/// Whether every signature of `txs[i]` for `i` in `members` is valid (one batch check).
+fn batch_valid(txs: &[SignedTx], members: &[usize]) -> bool {
+    let bodies: Vec<Vec<u8>> = members.iter().map(|&i| txs[i].tx.signing_bytes()).collect();
+    let msgs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let signers: Vec<Address> = members.iter().map(|&i| txs[i].tx.from).collect();
+    let sigs: Vec<Signature> = members.iter().map(|&i| txs[i].signature).collect();
+    crypto::verify_batch(&msgs, &signers, &sigs)
+}
+
+/// Checks the signatures of `txs` not remembered as valid, in batches of [`SIG_BATCH`],
+/// and remembers the members of every batch that passes. A failing batch is left as it
+/// is (nothing in it remembered, no one-by-one search): for callers that check a mix
+/// from several sources ahead of the per-source checks, which then find the invalid
+/// one among their own transactions only.
+pub fn preverify_signatures(txs: &[SignedTx]) {
+    let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
+    for chunk in unremembered(&hashes).chunks(SIG_BATCH) {
+        if batch_valid(txs, chunk) {
+            remember_verified(chunk.iter().map(|&i| hashes[i]));
+        }
+    }
 }
 
 /// Signatures not remembered as valid are checked in batches of this many.

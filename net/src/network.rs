@@ -343,8 +343,10 @@ struct Peer {
     announce: Vec<Hash>,
 }
 
-/// Seen-hash memory per kind.
+/// Seen-hash memory for transactions.
 const SEEN_CAPACITY: usize = 200_000;
+/// Seen-hash memory for consensus messages (a few hundred a second at most).
+const SEEN_CONSENSUS_CAPACITY: usize = 20_000;
 /// Transaction bodies kept to answer requests.
 const TX_STORE_CAPACITY: usize = 100_000;
 /// A requested body not received in this long may be requested from another peer.
@@ -450,7 +452,7 @@ pub async fn start(
         banned: HashMap::new(),
         banned_ips: HashMap::new(),
         seen_txs: RecentSet::new(SEEN_CAPACITY),
-        seen_consensus: RecentSet::new(SEEN_CAPACITY),
+        seen_consensus: RecentSet::new(SEEN_CONSENSUS_CAPACITY),
         tx_store: RecentMap::new(TX_STORE_CAPACITY),
         inflight: FastMap::default(),
         alternates: FastMap::default(),

@@ -233,6 +233,9 @@ struct Sender {
     base_nonce: u64,
     /// The sender's balance in the ledger.
     balance: u64,
+    /// `base_nonce` and `balance` were read from the ledger and every block since has
+    /// been through [`Mempool::on_commit`] (false after a failed read there).
+    synced: bool,
     /// Pooled transactions by nonce. Changed only through [`Sender::insert`] and
     /// [`Sender::remove`], which keep `gap` and `cost`.
     txs: BTreeMap<u64, Hash>,
@@ -451,13 +454,17 @@ impl Mempool {
             return Err(Refusal::AlreadyFinal(hash));
         }
         // The record of a sender with pooled transactions is current: every block that
-        // holds one of its transactions refreshes it in `on_commit`. Only transfers to
-        // the sender (raising its balance) and a block not yet through `on_commit` can
-        // make it stale, and then only towards a refusal: so the ledger is read for a
-        // new sender, or to re-check a refusal on nonce or balance. Under load this
-        // spares a ledger read on nearly every admission.
+        // holds one of its transactions refreshes it in `on_commit`, which runs under
+        // the same lock as the ledger write (Node::commit_block). Only transfers to the
+        // sender can make it stale, by raising its balance, so trusting it can only
+        // refuse wrongly, never admit wrongly: the ledger is read for a new sender, and
+        // again to re-check a refusal on nonce or balance. Under load this spares a
+        // ledger read on nearly every admission.
         let from = tx.tx.from;
-        let kept = self.senders.get(&from).is_some_and(|s| !s.txs.is_empty());
+        let kept = self
+            .senders
+            .get(&from)
+            .is_some_and(|s| s.synced && !s.txs.is_empty());
         if !kept {
             self.refresh_sender(&from, view)?;
         }
@@ -610,6 +617,7 @@ impl Mempool {
         let s = self.senders.entry(*addr).or_default();
         s.set_base(acct.nonce);
         s.balance = acct.balance;
+        s.synced = true;
         Ok(())
     }
 
@@ -693,7 +701,9 @@ impl Mempool {
 
     /// After a block is final: removes its transactions, re-reads the state of their
     /// senders, and drops what no longer fits. Returns the dropped transactions and the
-    /// queued ones that became pending.
+    /// queued ones that became pending. Every block written to the ledger must come
+    /// through here before the next admission: admission trusts the sender records it
+    /// keeps current.
     pub fn on_commit(
         &mut self,
         included: &[SignedTx],
@@ -714,6 +724,9 @@ impl Mempool {
         let mut promoted = Vec::new();
         for (addr, gap_before) in senders.into_iter().zip(gaps) {
             let Ok(acct) = view.account(&addr) else {
+                if let Some(s) = self.senders.get_mut(&addr) {
+                    s.synced = false;
+                }
                 continue;
             };
             let acct = acct.unwrap_or_default();

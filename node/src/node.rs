@@ -424,10 +424,12 @@ impl Node {
         exec: &Execution,
         log: bool,
     ) -> Result<(), StoreError> {
-        self.ledger.commit(block, certificate, exec)?;
-        // From here the transactions are final in the ledger; only now leave the pool,
-        // so a reader sees them in one place or the other, never in neither.
+        // The pool's lock is held across the write: admission trusts the pool's record
+        // of a sender with pooled transactions (nonce, balance), which `on_commit`
+        // brings up to date, so no admission may run between the two. Readers see the
+        // transactions in the pool or in the ledger, never in neither.
         let mut pool = self.pool();
+        self.ledger.commit(block, certificate, exec)?;
         let (dropped, promoted) = pool.on_commit(&block.txs, &*self.ledger);
         let promoted: Vec<TxInfo> = promoted
             .into_iter()
@@ -806,7 +808,7 @@ impl NodeApi for Node {
             .filter(|t| t.tx.chain_id == chain_id && !Self::busy_for(&busy, t.tx.fee))
             .collect();
         // Remembers the valid ones; an invalid one is found again by its own call.
-        let _ = grapevine_ledger::tx::first_invalid_signature(&decoded);
+        grapevine_ledger::tx::preverify_signatures(&decoded);
     }
 
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
@@ -1050,17 +1052,19 @@ impl grapevine_net::TxValidator for Node {
     fn validate_many(&self, batches: &[Vec<SignedTx>]) -> Vec<Vec<Verdict>> {
         if batches.len() > 1 {
             // All signatures in as few batches as possible; the valid ones are
-            // remembered, so each batch's admission below skips them. If one is
-            // invalid, what was not remembered is checked again batch by batch, as
-            // without merging: only the batch that holds it is checked one by one.
+            // remembered, so each batch's admission below skips them. A batch check that
+            // fails remembers nothing, and each source's own admission then finds the
+            // invalid one among its own transactions: one peer's forgery costs the
+            // others one batch check again, not one-by-one checks.
             let busy = self.busy();
+            let chain_id = self.ledger.chain_id();
             let taken: Vec<SignedTx> = batches
                 .iter()
                 .flatten()
-                .filter(|t| !Self::busy_for(&busy, t.tx.fee))
+                .filter(|t| t.tx.chain_id == chain_id && !Self::busy_for(&busy, t.tx.fee))
                 .copied()
                 .collect();
-            let _ = grapevine_ledger::tx::first_invalid_signature(&taken);
+            grapevine_ledger::tx::preverify_signatures(&taken);
         }
         batches.iter().map(|b| self.admit_from_peer(b)).collect()
     }
@@ -1118,6 +1122,67 @@ pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
 mod tests {
     use super::*;
     use grapevine_rpc::jsonrpc::codes;
+
+    /// Relayed batches from several peers are validated together; each keeps its own
+    /// verdicts, so a forgery or a foreign-chain transaction in one does not touch the
+    /// others.
+    #[test]
+    fn batches_validated_together_keep_their_own_verdicts() {
+        use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
+        use grapevine_ledger::{Genesis, Keypair, MemoryStore, Transaction};
+        let keys: Vec<Keypair> = (20..23u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+        let genesis = Genesis {
+            chain_id: 9,
+            genesis_time_ms: 0,
+            accounts: keys
+                .iter()
+                .map(|k| GenesisAccount {
+                    address: k.address(),
+                    balance: 1_000,
+                })
+                .collect(),
+            validators: vec![GenesisValidator {
+                public_key: keys[0].address(),
+                network_address: None,
+            }],
+        };
+        let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
+        let (node, _) = Node::new(
+            ledger,
+            MempoolConfig::default(),
+            keys[0].address(),
+            vec![keys[0].address()],
+        );
+        let tx = |k: &Keypair, nonce, chain_id| {
+            Transaction {
+                chain_id,
+                from: k.address(),
+                to: Address([7; 32]),
+                amount: 1,
+                fee: 1,
+                nonce,
+            }
+            .sign(k)
+        };
+        let mut forged = tx(&keys[1], 1, 9);
+        forged.tx.amount = 500;
+        let batches = vec![
+            vec![tx(&keys[0], 0, 9), tx(&keys[0], 1, 9)],
+            vec![tx(&keys[1], 0, 9), forged, tx(&keys[1], 2, 8)],
+            vec![tx(&keys[2], 0, 9)],
+        ];
+        use Verdict::{Accepted, Invalid};
+        use grapevine_net::TxValidator;
+        assert_eq!(
+            node.validate_many(&batches),
+            vec![
+                vec![Accepted, Accepted],
+                vec![Accepted, Invalid, Invalid],
+                vec![Accepted]
+            ]
+        );
+        assert_eq!(node.pool().counts().0, 4, "every valid one is pooled");
+    }
 
     /// Past the backlog the node refuses client transactions as busy (before checking
     /// their signatures) and ignores relayed ones; once blocks drain the pool it admits

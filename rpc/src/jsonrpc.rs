@@ -145,7 +145,8 @@ fn submitted_bytes(item: &Value) -> Option<Vec<u8>> {
         .get(0)
         .or_else(|| params.get("transaction"))?
         .as_str()?;
-    hex::decode(text.strip_prefix("0x").unwrap_or(text)).ok()
+    // Takes an optional 0x prefix.
+    hex::decode(text).ok()
 }
 
 /// Handles one request object; `None` for a notification.
@@ -284,7 +285,7 @@ pub fn call<A: NodeApi + ?Sized>(
         "sendTransaction" => {
             let p = Params::new(params, &["transaction"])?;
             let hex_tx = p.string(0, "transaction")?;
-            let hex_tx = hex_tx.strip_prefix("0x").unwrap_or(hex_tx);
+            // Takes an optional 0x prefix.
             let bytes = hex::decode(hex_tx).map_err(|e| {
                 RpcError::params(format!(
                     "parameter \"transaction\" must be the signed transaction's bytes in hex: {e}"

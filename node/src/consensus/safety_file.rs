@@ -3,13 +3,15 @@
 //! rebuilding the data (`grapevine rebuild`) never loses it, as with CometBFT's
 //! `priv_validator_state.json`.
 //!
-//! Layout: a 16-byte header (magic `GVSAFE\0\x02`, slot size as u32le, 4 zero bytes),
-//! then two slots of that size. Each slot holds a record: sequence number (u64le),
+//! Layout: a 4096-byte header (magic `GVSAFE\0\x02`, slot size as u32le, zeros), then
+//! two slots of that size (a power of two, at least 4096), so no two of the three
+//! share a disk sector or page and a torn write damages one slot at most. Each slot holds a record: sequence number (u64le),
 //! body length (u32le), the state in the ledger codec, then the SHA-256 of sequence,
 //! length and body. A store overwrites the slot that does not hold the latest record
 //! and syncs its data (no metadata changes: the file keeps its size), so a write torn
 //! by a crash leaves the other slot, whose state was stored before, intact; a load
-//! takes the valid record with the highest sequence number. The header is only
+//! takes the valid record with the highest sequence number, and logs a warning if the
+//! other slot was written but fails its checksum. The header is only
 //! written when the whole file is (the first store after a start, or a state larger
 //! than a slot): temporary file, fsync, rename, fsync of the directory. A file from
 //! before the slots (the state, then its SHA-256) is still read.
@@ -31,7 +33,7 @@ use grapevine_ledger::crypto::sha256;
 use super::types::{MAX_CERTIFICATE_BYTES, SafetyState};
 
 const MAGIC: &[u8; 8] = b"GVSAFE\0\x02";
-const HEADER: usize = 16;
+const HEADER: usize = 4096;
 /// Sequence number and body length in front of a record's body.
 const RECORD_HEAD: usize = 12;
 /// Smallest slot.
@@ -112,10 +114,21 @@ impl SafetyFile {
                 return Err(damaged());
             }
             let slots = &bytes[HEADER..];
-            let newest = [&slots[..slot], &slots[slot..]]
-                .into_iter()
-                .filter_map(|s| parse_record(s))
-                .max_by_key(|(seq, _)| *seq);
+            let mut newest: Option<(u64, &[u8])> = None;
+            for (i, s) in [&slots[..slot], &slots[slot..]].into_iter().enumerate() {
+                match parse_record(s) {
+                    Some(r) if newest.is_none_or(|n| r.0 > n.0) => newest = Some(r),
+                    Some(_) => {}
+                    // Never written (the second slot of a new file).
+                    None if s.iter().all(|b| *b == 0) => {}
+                    None => tracing::warn!(
+                        file = %self.path.display(),
+                        slot = i,
+                        "a safety state slot fails its checksum (a write torn by a crash, \
+                         or damage); using the state in the other slot"
+                    ),
+                }
+            }
             newest.ok_or_else(damaged)?.1.to_vec()
         } else {
             // The layout before slots: the state, then its SHA-256.
@@ -264,6 +277,23 @@ mod tests {
         assert_eq!(f.load().unwrap(), Some(big.clone()));
         assert!(std::fs::metadata(f.path()).unwrap().len() > (HEADER + 2 * MIN_SLOT) as u64);
         f.store(&state(3)).unwrap();
+        assert_eq!(f.load().unwrap(), Some(state(3)));
+        // A restart reads the grown file.
+        let again = SafetyFile::new(f.path().to_path_buf());
+        assert_eq!(again.load().unwrap(), Some(state(3)));
+    }
+
+    #[test]
+    fn a_torn_second_slot_falls_back_to_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = SafetyFile::new(dir.path().join("safety.bin"));
+        for round in 1..=4 {
+            f.store(&state(round)).unwrap();
+        }
+        // Round 4 is in the second slot, round 3 in the first.
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        bytes[HEADER + MIN_SLOT + 20] ^= 0xff;
+        std::fs::write(f.path(), &bytes).unwrap();
         assert_eq!(f.load().unwrap(), Some(state(3)));
     }
 
