@@ -32,19 +32,23 @@ impl TxValidator for Recorder {
         if self.busy.load(Ordering::Relaxed) {
             return vec![Verdict::Deferred; txs.len()];
         }
-        let mut seen = self.seen.lock().unwrap();
-        txs.iter()
-            .map(|t| {
-                if !t.verify() {
-                    Verdict::Invalid
-                } else if seen.insert(t.hash()) {
-                    Verdict::Accepted
-                } else {
-                    Verdict::Ignored
-                }
-            })
-            .collect()
+        verdicts(txs, &mut self.seen.lock().unwrap())
     }
+}
+
+/// Invalid if the signature fails, else accepted the first time and ignored after.
+fn verdicts(txs: &[SignedTx], seen: &mut HashSet<Hash>) -> Vec<Verdict> {
+    txs.iter()
+        .map(|t| {
+            if !t.verify() {
+                Verdict::Invalid
+            } else if seen.insert(t.hash()) {
+                Verdict::Accepted
+            } else {
+                Verdict::Ignored
+            }
+        })
+        .collect()
 }
 
 struct TestNode {
@@ -418,22 +422,7 @@ impl TxValidator for SlowRecorder {
         self.calls.lock().unwrap().push(batches.len());
         std::thread::sleep(Duration::from_millis(300));
         let mut accepted = self.accepted.lock().unwrap();
-        batches
-            .iter()
-            .map(|b| {
-                b.iter()
-                    .map(|t| {
-                        if !t.verify() {
-                            Verdict::Invalid
-                        } else if accepted.insert(t.hash()) {
-                            Verdict::Accepted
-                        } else {
-                            Verdict::Ignored
-                        }
-                    })
-                    .collect()
-            })
-            .collect()
+        batches.iter().map(|b| verdicts(b, &mut accepted)).collect()
     }
 }
 

@@ -17,6 +17,8 @@ mod rebuild;
 mod recent;
 mod run;
 mod runtime;
+#[cfg(test)]
+mod test_support;
 mod testnet;
 mod wallet;
 

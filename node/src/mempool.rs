@@ -798,9 +798,8 @@ impl Mempool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
     use grapevine_ledger::state::build_block;
-    use grapevine_ledger::{Genesis, Keypair, Ledger, MemoryStore, Transaction};
+    use grapevine_ledger::{Keypair, Ledger, MemoryStore, Transaction};
 
     const CHAIN: u32 = 5;
 
@@ -813,21 +812,8 @@ mod tests {
 
     fn fixture(cfg: MempoolConfig) -> Fixture {
         let keys: Vec<Keypair> = (1..=4u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
-        let g = Genesis {
-            chain_id: CHAIN,
-            genesis_time_ms: 0,
-            accounts: keys
-                .iter()
-                .map(|k| GenesisAccount {
-                    address: k.address(),
-                    balance: 1_000,
-                })
-                .collect(),
-            validators: vec![GenesisValidator {
-                public_key: Address([9; 32]),
-                network_address: None,
-            }],
-        };
+        let addrs: Vec<Address> = keys.iter().map(Keypair::address).collect();
+        let g = crate::test_support::genesis(CHAIN, &addrs, 1_000, Address([9; 32]));
         Fixture {
             ledger: Ledger::open(Box::new(MemoryStore::new()), &g).unwrap(),
             keys,
@@ -849,6 +835,17 @@ mod tests {
     }
 
     impl Fixture {
+        /// A block of `txs` (another node's) on the ledger's head, written final and
+        /// passed to the pool as the node does.
+        fn final_block(&mut self, txs: Vec<SignedTx>) -> (Vec<(Hash, Dropped)>, Vec<Hash>) {
+            let head = self.ledger.head();
+            let round = head.height + 1;
+            let (block, exec) =
+                build_block(&self.ledger, CHAIN, &head, Address([9; 32]), round, 1, txs).unwrap();
+            self.ledger.commit(&block, &[], &exec).unwrap();
+            self.pool.on_commit(&block.txs, &self.ledger)
+        }
+
         fn submit(&mut self, t: SignedTx) -> Result<Admitted, Refusal> {
             let (tx, hash) = precheck(&t.to_bytes(), CHAIN).map_err(|(_, r)| r)?;
             self.pool.submit_verified(tx, hash, &self.ledger, self.now)
@@ -933,11 +930,7 @@ mod tests {
         let first = tx(&f.keys[0], 0, 1, 1);
         f.submit(first).unwrap();
         let sel = f.pool.select(10);
-        let head = f.ledger.head();
-        let (block, exec) =
-            build_block(&f.ledger, CHAIN, &head, Address([9; 32]), 1, 1, sel).unwrap();
-        f.ledger.commit(&block, &[], &exec).unwrap();
-        f.pool.on_commit(&block.txs, &f.ledger);
+        f.final_block(sel);
         f.submit(tx(&f.keys[0], 1, 1, 10)).unwrap();
         let better = tx(&f.keys[0], 1, 1, 20);
         let a = f.submit(better).unwrap();
@@ -961,19 +954,7 @@ mod tests {
             nonce: 0,
         }
         .sign(&f.keys[1]);
-        let head = f.ledger.head();
-        let (block, exec) = build_block(
-            &f.ledger,
-            CHAIN,
-            &head,
-            Address([9; 32]),
-            1,
-            1,
-            vec![payment],
-        )
-        .unwrap();
-        f.ledger.commit(&block, &[], &exec).unwrap();
-        f.pool.on_commit(&block.txs, &f.ledger);
+        f.final_block(vec![payment]);
         // 601 pooled + 801 = 1,402: more than the kept balance, within the ledger's 1,500.
         let spend = f.submit(tx(&f.keys[0], 1, 800, 1)).unwrap();
         assert_eq!(spend.state, PoolState::Pending);
@@ -1105,7 +1086,6 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let mut height = 1;
         for step in 0..600 {
             let k = &keys[(next() % 2) as usize];
             let base = f
@@ -1119,13 +1099,7 @@ mod tests {
                     // Another node's block spends the next one or two nonces.
                     let n = 1 + next() % 2;
                     let txs: Vec<SignedTx> = (base..base + n).map(|i| tx(k, i, 1, 0)).collect();
-                    let head = f.ledger.head();
-                    let (block, exec) =
-                        build_block(&f.ledger, CHAIN, &head, Address([9; 32]), height, 1, txs)
-                            .unwrap();
-                    height += 1;
-                    f.ledger.commit(&block, &[], &exec).unwrap();
-                    f.pool.on_commit(&block.txs, &f.ledger);
+                    f.final_block(txs);
                 }
                 // Transactions older than 20 steps expire, wherever their nonce is.
                 1 => {
@@ -1173,12 +1147,8 @@ mod tests {
         assert!(a.promoted.is_empty());
         // Another node's block spends nonces 0..=5: 6 becomes pending; nothing that was
         // pending before the block is reported again.
-        let head = f.ledger.head();
         let other: Vec<SignedTx> = (0..=5).map(|n| tx(k, n, 1, 0)).collect();
-        let (block, exec) =
-            build_block(&f.ledger, CHAIN, &head, Address([9; 32]), 1, 1, other).unwrap();
-        f.ledger.commit(&block, &[], &exec).unwrap();
-        let (dropped, promoted) = f.pool.on_commit(&block.txs, &f.ledger);
+        let (dropped, promoted) = f.final_block(other);
         assert_eq!(dropped.len(), 5, "nonces 0..=4 were used by the block");
         assert_eq!(promoted, vec![t6.hash()]);
         assert_eq!(f.pool.counts(), (1, 0));
@@ -1193,19 +1163,7 @@ mod tests {
         let conflicting = tx(&f.keys[0], 0, 900, 0);
         f.submit(included).unwrap();
         f.submit(later).unwrap();
-        let head = f.ledger.head();
-        let (block, exec) = build_block(
-            &f.ledger,
-            CHAIN,
-            &head,
-            Address([9; 32]),
-            1,
-            1,
-            vec![conflicting],
-        )
-        .unwrap();
-        f.ledger.commit(&block, &[], &exec).unwrap();
-        let (dropped, _) = f.pool.on_commit(&block.txs, &f.ledger);
+        let (dropped, _) = f.final_block(vec![conflicting]);
         let hashes: Vec<Hash> = dropped.iter().map(|(h, _)| *h).collect();
         assert!(hashes.contains(&included.hash()), "nonce 0 was used");
         assert!(hashes.contains(&later.hash()), "100 left cannot pay 400");

@@ -1128,24 +1128,10 @@ mod tests {
     /// others.
     #[test]
     fn batches_validated_together_keep_their_own_verdicts() {
-        use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
-        use grapevine_ledger::{Genesis, Keypair, MemoryStore, Transaction};
+        use grapevine_ledger::{Keypair, MemoryStore, Transaction};
         let keys: Vec<Keypair> = (20..23u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
-        let genesis = Genesis {
-            chain_id: 9,
-            genesis_time_ms: 0,
-            accounts: keys
-                .iter()
-                .map(|k| GenesisAccount {
-                    address: k.address(),
-                    balance: 1_000,
-                })
-                .collect(),
-            validators: vec![GenesisValidator {
-                public_key: keys[0].address(),
-                network_address: None,
-            }],
-        };
+        let addrs: Vec<Address> = keys.iter().map(Keypair::address).collect();
+        let genesis = crate::test_support::genesis(9, &addrs, 1_000, addrs[0]);
         let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
         let (node, _) = Node::new(
             ledger,
@@ -1189,21 +1175,9 @@ mod tests {
     /// again. Transactions queued behind a nonce gap do not make it busy.
     #[test]
     fn a_pool_past_its_backlog_refuses_new_transactions_until_blocks_drain_it() {
-        use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
-        use grapevine_ledger::{Genesis, Keypair, MemoryStore, Transaction};
+        use grapevine_ledger::{Keypair, MemoryStore, Transaction};
         let key = Keypair::from_seed(&[3; 32]);
-        let genesis = Genesis {
-            chain_id: 9,
-            genesis_time_ms: 0,
-            accounts: vec![GenesisAccount {
-                address: key.address(),
-                balance: 1_000_000,
-            }],
-            validators: vec![GenesisValidator {
-                public_key: key.address(),
-                network_address: None,
-            }],
-        };
+        let genesis = crate::test_support::genesis(9, &[key.address()], 1_000_000, key.address());
         let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
         let cfg = MempoolConfig {
             min_backlog_txs: 5,
