@@ -148,7 +148,7 @@ impl Ledger {
         b.put(Column::Meta, META_STATE, state.to_bytes());
         b.put(Column::Meta, META_HEAD, codec::encode(&header));
         b.put(Column::Meta, META_FORMAT, FORMAT_VERSION.to_le_bytes());
-        // Written last in the same atomic batch: its presence means the rest is there.
+        // In the same atomic batch as the rest: its presence means the rest is there.
         b.put(Column::Meta, META_GENESIS, genesis.hash().0);
         store.write(b, true)
     }

@@ -180,7 +180,13 @@ mod tests {
         b.put(Column::Txs, [1u8; 4], [3u8]);
         b.delete(Column::Txs, [1u8; 4]);
         b.put(Column::Meta, [0u8], [4u8]);
+        // Enough writes of one key, among others, that an unstable sort would reorder.
+        for i in 0..64u8 {
+            b.put(Column::Txs, [5u8; 4], [i]);
+            b.put(Column::Txs, [i.wrapping_mul(37); 3], [i]);
+        }
         store.write(b, true).unwrap();
+        assert_eq!(store.get(Column::Txs, &[5u8; 4]).unwrap(), Some(vec![63]));
         assert_eq!(store.get(Column::Txs, &[9u8; 4]).unwrap(), Some(vec![2]));
         assert_eq!(store.get(Column::Txs, &[1u8; 4]).unwrap(), None);
         assert_eq!(store.get(Column::Meta, &[0u8]).unwrap(), Some(vec![4]));
