@@ -1198,11 +1198,6 @@ impl Actor {
         self.accept_txs(valid, Some(conn));
     }
 
-    /// Keeps a body to answer requests for it (two generations, bounded).
-    fn store_tx(&mut self, h: Hash, t: SignedTx) {
-        self.tx_store.insert(h, t);
-    }
-
     /// Records valid transactions and queues their announcement to every peer but
     /// `except`.
     fn accept_txs(&mut self, txs: Vec<(Hash, SignedTx)>, except: Option<ConnId>) {
@@ -1211,7 +1206,7 @@ impl Actor {
             if !self.seen_txs.insert(h, ()) {
                 continue;
             }
-            self.store_tx(h, t);
+            self.tx_store.insert(h, t);
             hashes.push(h);
         }
         for (c, p) in self.peers.iter_mut() {
@@ -1300,7 +1295,7 @@ impl Actor {
                 for t in txs {
                     let h = t.hash();
                     self.seen_txs.insert(h, ());
-                    self.store_tx(h, t);
+                    self.tx_store.insert(h, t);
                     hashes.push(h);
                 }
                 for p in self.peers.values_mut() {

@@ -642,6 +642,19 @@ impl Node {
             .due_for_reannounce(Instant::now(), REANNOUNCE_AFTER, REANNOUNCE_MAX)
     }
 
+    /// Checks ahead, in signature batches, the signatures of the transactions of `txs`
+    /// that admission would take now (this chain's, and not deferred while busy), and
+    /// remembers the valid ones; admission then skips them. A failing batch remembers
+    /// nothing: each caller's own admission finds the invalid transaction among its own.
+    fn preverify(&self, txs: impl Iterator<Item = SignedTx>) {
+        let busy = self.busy();
+        let chain_id = self.ledger.chain_id();
+        let taken: Vec<SignedTx> = txs
+            .filter(|t| t.tx.chain_id == chain_id && !Self::busy_for(&busy, t.tx.fee))
+            .collect();
+        grapevine_ledger::tx::preverify_signatures(&taken);
+    }
+
     /// Admits transactions a peer relayed: each gets a [`Verdict`] for the network
     /// (only accepted ones are announced onwards; invalid ones cost the peer score).
     pub fn admit_from_peer(&self, txs: &[SignedTx]) -> Vec<Verdict> {
@@ -799,16 +812,11 @@ impl NodeApi for Node {
     }
 
     fn preverify_transactions(&self, txs: &[Vec<u8>]) {
-        let busy = self.busy();
-        let chain_id = self.ledger.chain_id();
-        let decoded: Vec<SignedTx> = txs
-            .iter()
-            .filter(|b| b.len() == grapevine_ledger::tx::SIGNED_TX_LEN)
-            .filter_map(|b| SignedTx::from_bytes(b).ok())
-            .filter(|t| t.tx.chain_id == chain_id && !Self::busy_for(&busy, t.tx.fee))
-            .collect();
-        // Remembers the valid ones; an invalid one is found again by its own call.
-        grapevine_ledger::tx::preverify_signatures(&decoded);
+        self.preverify(
+            txs.iter()
+                .filter(|b| b.len() == grapevine_ledger::tx::SIGNED_TX_LEN)
+                .filter_map(|b| SignedTx::from_bytes(b).ok()),
+        );
     }
 
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
@@ -1056,15 +1064,7 @@ impl grapevine_net::TxValidator for Node {
             // fails remembers nothing, and each source's own admission then finds the
             // invalid one among its own transactions: one peer's forgery costs the
             // others one batch check again, not one-by-one checks.
-            let busy = self.busy();
-            let chain_id = self.ledger.chain_id();
-            let taken: Vec<SignedTx> = batches
-                .iter()
-                .flatten()
-                .filter(|t| t.tx.chain_id == chain_id && !Self::busy_for(&busy, t.tx.fee))
-                .copied()
-                .collect();
-            grapevine_ledger::tx::preverify_signatures(&taken);
+            self.preverify(batches.iter().flatten().copied());
         }
         batches.iter().map(|b| self.admit_from_peer(b)).collect()
     }

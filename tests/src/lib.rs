@@ -53,9 +53,7 @@ impl NodeProcess {
     }
 
     fn spawn(home: &Path, args: &[OsString]) -> NodeProcess {
-        let mut child = Command::new(grapevine_bin())
-            .args(args)
-            .env("GRAPEVINE_LOG", "warn")
+        let mut child = grapevine(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -378,6 +376,17 @@ where
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
+/// The command `grapevine ARGS`, logging at warn.
+fn grapevine<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(grapevine_bin());
+    c.args(args).env("GRAPEVINE_LOG", "warn");
+    c
+}
+
 /// Runs `grapevine ARGS` (logging at warn) for at most `limit`. Returns whether it exited
 /// by itself, and its output; one still running at `limit` is killed.
 pub fn run_at_most<I, S>(args: I, limit: Duration) -> (bool, Output)
@@ -385,9 +394,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(grapevine_bin())
-        .args(args)
-        .env("GRAPEVINE_LOG", "warn")
+    let mut child = grapevine(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -211,6 +211,14 @@ mod tests {
     use crate::consensus::types::QuorumCert;
     use grapevine_ledger::Hash;
 
+    /// A safety file (not yet written) in a directory of its own, kept while the
+    /// returned guard lives.
+    fn new_file() -> (tempfile::TempDir, SafetyFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = SafetyFile::new(dir.path().join("safety.bin"));
+        (dir, f)
+    }
+
     fn state(round: u64) -> SafetyState {
         SafetyState {
             last_voted_round: round,
@@ -220,8 +228,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = SafetyFile::new(dir.path().join("safety.bin"));
+        let (_dir, f) = new_file();
         assert!(f.load().unwrap().is_none());
         let s = state(41);
         f.store(&s).unwrap();
@@ -240,8 +247,7 @@ mod tests {
 
     #[test]
     fn stores_alternate_slots_and_the_newest_valid_one_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = SafetyFile::new(dir.path().join("safety.bin"));
+        let (_dir, f) = new_file();
         for round in 1..=5 {
             f.store(&state(round)).unwrap();
             assert_eq!(f.load().unwrap(), Some(state(round)));
@@ -266,8 +272,7 @@ mod tests {
 
     #[test]
     fn a_state_larger_than_a_slot_grows_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = SafetyFile::new(dir.path().join("safety.bin"));
+        let (_dir, f) = new_file();
         f.store(&state(1)).unwrap();
         let mut big = state(2);
         big.high_qc.votes = (0..100)
@@ -285,8 +290,7 @@ mod tests {
 
     #[test]
     fn a_torn_second_slot_falls_back_to_the_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = SafetyFile::new(dir.path().join("safety.bin"));
+        let (_dir, f) = new_file();
         for round in 1..=4 {
             f.store(&state(round)).unwrap();
         }
