@@ -21,9 +21,11 @@ pub type FastSet<K> = HashSet<K, FastState>;
 /// A bounded memory of recent entries by hash, in two generations: when the current
 /// generation holds `capacity` entries it becomes the previous one and the old previous
 /// one is forgotten. Lookups see both, so an entry is kept for at least `capacity`
-/// later insertions. The forgotten generation's table is cleared and reused, so once
-/// both tables have grown to `capacity` no insertion allocates or rehashes (a new one
-/// grows with use: an idle node does not hold full tables).
+/// later insertions. Each generation's table is allocated for `capacity` entries when
+/// it starts and reused when forgotten, so no insertion rehashes: growing by doubling
+/// had copied every entry again and again on a node's busiest path. The allocation is
+/// reserved, not touched (beyond one control byte per slot), so an idle node's memory
+/// does not hold full tables.
 #[derive(Debug)]
 pub struct RecentMap<V> {
     current: FastMap<Hash, V>,
@@ -34,10 +36,11 @@ pub struct RecentMap<V> {
 impl<V> RecentMap<V> {
     /// An empty memory whose generations hold `capacity` entries each (at least one).
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         RecentMap {
-            current: FastMap::default(),
+            current: FastMap::with_capacity_and_hasher(capacity, Default::default()),
             previous: FastMap::default(),
-            capacity: capacity.max(1),
+            capacity,
         }
     }
 
@@ -60,6 +63,8 @@ impl<V> RecentMap<V> {
         if self.current.len() >= self.capacity {
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.clear();
+            // Only the first turnover allocates: afterwards both tables are full size.
+            self.current.reserve(self.capacity);
         }
         self.current.insert(hash, value);
         true
