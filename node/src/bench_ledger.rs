@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use grapevine_ledger::crypto::{sha256, verify, verify_batch};
+use grapevine_ledger::crypto::{sha256, verify, verify_batch_reference};
 use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
 use grapevine_ledger::state::{build_block, validate_block};
 use grapevine_ledger::{
@@ -102,7 +102,7 @@ fn sig_bench(secs: f64) -> SigReport {
     });
     let batch = |n: usize| {
         rate(secs, n, |_| {
-            assert!(verify_batch(&refs[..n], &addrs[..n], &sigs[..n]));
+            assert!(verify_batch_reference(&refs[..n], &addrs[..n], &sigs[..n]));
         })
     };
     SigReport {
