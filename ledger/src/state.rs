@@ -343,11 +343,11 @@ pub fn execute(
         });
     }
     for (index, t) in txs.iter().enumerate() {
-        if t.tx.chain_id != chain_id {
+        if t.tx().chain_id != chain_id {
             return Err(BlockError::WrongChain {
                 index,
                 expected: chain_id,
-                got: t.tx.chain_id,
+                got: t.tx().chain_id,
             });
         }
     }
@@ -375,8 +375,8 @@ pub fn execute(
         };
     touch(*proposer, &mut before)?;
     for t in txs {
-        touch(t.tx.from, &mut before)?;
-        touch(t.tx.to, &mut before)?;
+        touch(t.tx().from, &mut before)?;
+        touch(t.tx().to, &mut before)?;
     }
     let mut now = before.clone();
 
@@ -412,7 +412,7 @@ fn apply_tx(
     proposer: &Address,
     t: &SignedTx,
 ) -> Result<(), FailureReason> {
-    let tx = &t.tx;
+    let tx = t.tx();
     let sender = accts.get(&tx.from).copied().unwrap_or_default();
     if tx.nonce != sender.nonce {
         return Err(FailureReason::BadNonce {

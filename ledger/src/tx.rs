@@ -57,23 +57,69 @@ impl Transaction {
     /// does not verify.
     pub fn sign(self, key: &Keypair) -> SignedTx {
         let signature = key.sign(&self.signing_bytes());
-        SignedTx {
-            tx: self,
-            signature,
-        }
+        SignedTx::new(self, signature)
     }
 }
 
-/// A transaction with the sender's signature.
+/// A transaction with the sender's signature, and its hash.
+///
+/// The hash is computed once, when the value is made or decoded: a node needs a
+/// transaction's hash at each step (gossip, admission, the signature memory, execution,
+/// the index), and recomputing it there had cost 4% of a loaded validator's CPU. The
+/// fields are private so that the hash always matches them; [`SignedTx::altered`] makes
+/// a changed copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "SignedTxFields")]
 pub struct SignedTx {
-    /// The signed body.
-    pub tx: Transaction,
-    /// Ed25519 signature by `tx.from` over [`Transaction::signing_bytes`].
-    pub signature: Signature,
+    tx: Transaction,
+    signature: Signature,
+    #[serde(skip)]
+    hash: Hash,
+}
+
+/// The encoded fields of a [`SignedTx`]: the same names and order, so the encodings
+/// (bincode and JSON) are those of the struct without its cached hash.
+#[derive(Deserialize)]
+struct SignedTxFields {
+    tx: Transaction,
+    signature: Signature,
+}
+
+impl From<SignedTxFields> for SignedTx {
+    fn from(f: SignedTxFields) -> Self {
+        SignedTx::new(f.tx, f.signature)
+    }
 }
 
 impl SignedTx {
+    /// A transaction with this signature (not checked) and its hash.
+    pub fn new(tx: Transaction, signature: Signature) -> Self {
+        let hash = sha256(&[&codec::encode(&(&tx, &signature))]);
+        SignedTx {
+            tx,
+            signature,
+            hash,
+        }
+    }
+
+    /// The signed body.
+    pub fn tx(&self) -> &Transaction {
+        &self.tx
+    }
+
+    /// Ed25519 signature by `tx.from` over [`Transaction::signing_bytes`].
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// A copy with the body and signature changed by `f`, and its new hash (for
+    /// building forgeries and variants).
+    pub fn altered(self, f: impl FnOnce(&mut Transaction, &mut Signature)) -> Self {
+        let (mut tx, mut signature) = (self.tx, self.signature);
+        f(&mut tx, &mut signature);
+        SignedTx::new(tx, signature)
+    }
+
     /// The canonical full encoding (body then signature), [`SIGNED_TX_LEN`] bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         codec::encode(self)
@@ -86,7 +132,7 @@ impl SignedTx {
 
     /// SHA-256 of the full encoding: the transaction's identity.
     pub fn hash(&self) -> Hash {
-        sha256(&[&self.to_bytes()])
+        self.hash
     }
 
     /// Whether the signature is valid for `tx.from` ([`crypto::verify`]: ZIP-215 rules,
@@ -216,20 +262,21 @@ mod tests {
         assert_eq!(codec::encode(&t.tx).len(), TX_BODY_LEN);
         assert_eq!(SignedTx::from_bytes(&b), Ok(t));
         assert!(t.verify());
+        assert_eq!(t.hash(), sha256(&[&b]), "the cached hash is of the full encoding");
+        let j = serde_json::to_value(t).unwrap();
+        assert!(j.get("hash").is_none(), "the cached hash is not encoded");
+        assert_eq!(serde_json::from_value::<SignedTx>(j).unwrap(), t);
+        let changed = t.altered(|tx, _| tx.fee += 1);
+        assert_eq!(changed.hash(), sha256(&[&changed.to_bytes()]));
+        assert_ne!(changed.hash(), t.hash());
     }
 
     #[test]
     fn any_changed_field_breaks_the_signature() {
         let t = sample();
-        let mut m = t;
-        m.tx.amount += 1;
-        assert!(!m.verify());
-        let mut m = t;
-        m.tx.chain_id += 1;
-        assert!(!m.verify());
-        let mut m = t;
-        m.tx.nonce += 1;
-        assert!(!m.verify());
+        assert!(!t.altered(|tx, _| tx.amount += 1).verify());
+        assert!(!t.altered(|tx, _| tx.chain_id += 1).verify());
+        assert!(!t.altered(|tx, _| tx.nonce += 1).verify());
     }
 
     #[test]
@@ -253,10 +300,10 @@ mod tests {
         assert_eq!(first_invalid_signature(&txs), None);
         // A bad signature in a batch with remembered ones is still found.
         let mut bad = txs.clone();
-        bad[155].tx.amount += 1;
+        bad[155] = bad[155].altered(|tx, _| tx.amount += 1);
         assert_eq!(first_invalid_signature(&bad), Some(155));
         let mut bad = txs;
-        bad[130].signature.0[5] ^= 1;
+        bad[130] = bad[130].altered(|_, sig| sig.0[5] ^= 1);
         assert_eq!(first_invalid_signature(&bad), Some(130));
     }
 
@@ -277,7 +324,7 @@ mod tests {
             })
             .collect();
         assert_eq!(first_invalid_signature(&txs), None);
-        txs[100].tx.amount += 1;
+        txs[100] = txs[100].altered(|tx, _| tx.amount += 1);
         assert_eq!(first_invalid_signature(&txs), Some(100));
     }
 

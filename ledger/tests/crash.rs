@@ -82,7 +82,7 @@ fn crash_child() {
                 .nonce
                 + txs
                     .iter()
-                    .filter(|t: &&grapevine_ledger::SignedTx| t.tx.from == from.address())
+                    .filter(|t: &&grapevine_ledger::SignedTx| t.tx().from == from.address())
                     .count() as u64;
             let to = ks[(rng.next() % ACCOUNTS as u64) as usize].address();
             txs.push(

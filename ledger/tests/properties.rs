@@ -121,7 +121,7 @@ proptest! {
                 }
                 .sign(from);
                 if s.spoil == Spoil::BadSignature {
-                    st.signature.0[40] ^= 0x10;
+                    st = st.altered(|_, sig| sig.0[40] ^= 0x10);
                 }
                 spoiled |= s.spoil != Spoil::None;
                 if s.nonce_offset == 0 {
@@ -161,7 +161,7 @@ proptest! {
                 let failed_state = mem.tx_location(&t.hash()).unwrap().unwrap().receipt;
                 prop_assert_eq!(failed_state, *r);
                 if *r == Receipt::Success {
-                    *sent_ok.entry(t.tx.from).or_default() += 1;
+                    *sent_ok.entry(t.tx().from).or_default() += 1;
                 }
             }
             for k in &ks {

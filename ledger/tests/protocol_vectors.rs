@@ -62,16 +62,16 @@ fn transaction_vectors_match_the_document() {
         if print {
             println!("publicKey:    {}", kp.address().public_key_hex());
             println!("address:      {}", kp.address());
-            println!("signingBytes: {}", hex::encode(signed.tx.signing_bytes()));
-            println!("signature:    {}", signed.signature);
+            println!("signingBytes: {}", hex::encode(signed.tx().signing_bytes()));
+            println!("signature:    {}", signed.signature());
             println!("encoded:      {}", hex::encode(signed.to_bytes()));
             println!("txHash:       {}\n", signed.hash());
             continue;
         }
         assert_eq!(v["publicKey"], kp.address().public_key_hex());
         assert_eq!(v["address"], kp.address().to_string());
-        assert_eq!(v["signingBytes"], hex::encode(signed.tx.signing_bytes()));
-        assert_eq!(v["signature"], signed.signature.to_string());
+        assert_eq!(v["signingBytes"], hex::encode(signed.tx().signing_bytes()));
+        assert_eq!(v["signature"], signed.signature().to_string());
         assert_eq!(v["encoded"], hex::encode(signed.to_bytes()));
         assert_eq!(v["txHash"], signed.hash().to_string());
         // And the other way round: the document's bytes decode and verify.

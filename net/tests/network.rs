@@ -303,10 +303,10 @@ async fn garbage_and_invalid_transactions_get_a_peer_banned_and_relay_goes_on() 
 
     // Invalid transactions: penalized until banned.
     let mut spammer = handshake_as(52, hub.handle.listen_addr).await;
-    let mut bad = txs(10);
-    for t in &mut bad {
-        t.signature.0[0] ^= 1;
-    }
+    let bad: Vec<_> = txs(10)
+        .into_iter()
+        .map(|t| t.altered(|_, sig| sig.0[0] ^= 1))
+        .collect();
     let mut banned = false;
     for chunk in bad.chunks(1) {
         if spammer
@@ -460,8 +460,7 @@ async fn waiting_batches_from_several_peers_are_validated_together_each_with_its
         .send(&Message::Txs(vec![all[2], all[3]]))
         .await
         .unwrap();
-    let mut forged = all[4];
-    forged.signature.0[0] ^= 1;
+    let forged = all[4].altered(|_, sig| sig.0[0] ^= 1);
     links[3]
         .writer
         .send(&Message::Txs(vec![forged, all[5]]))

@@ -169,12 +169,12 @@ pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<(SignedTx, Hash), (Option
     }
     let tx = SignedTx::from_bytes(bytes).map_err(|e| (None, Refusal::Malformed(e.to_string())))?;
     let hash = tx.hash();
-    if tx.tx.chain_id != chain_id {
+    if tx.tx().chain_id != chain_id {
         return Err((
             Some(hash),
             Refusal::WrongChain {
                 expected: chain_id,
-                got: tx.tx.chain_id,
+                got: tx.tx().chain_id,
             },
         ));
     }
@@ -297,7 +297,7 @@ impl Sender {
 
 /// What a transfer can take from its sender's balance.
 fn cost(tx: &SignedTx) -> u128 {
-    u128::from(tx.tx.amount) + u128::from(tx.tx.fee)
+    u128::from(tx.tx().amount) + u128::from(tx.tx().fee)
 }
 
 /// The pool. Not thread-safe by itself: the node keeps it behind a mutex.
@@ -408,9 +408,9 @@ impl Mempool {
     /// The pooled transaction with this hash and its state.
     pub fn get(&self, hash: &Hash) -> Option<(SignedTx, PoolState)> {
         let e = self.entries.get(hash)?;
-        let s = self.senders.get(&e.tx.tx.from)?;
+        let s = self.senders.get(&e.tx.tx().from)?;
         let gap = s.first_gap();
-        let state = if e.tx.tx.nonce < gap {
+        let state = if e.tx.tx().nonce < gap {
             PoolState::Pending
         } else {
             PoolState::Queued { waiting_for: gap }
@@ -433,7 +433,7 @@ impl Mempool {
         view: &dyn StateView,
         now: Instant,
     ) -> Result<Admitted, Refusal> {
-        let from = tx.tx.from;
+        let from = tx.tx().from;
         let result = self.admit(tx, hash, view, now);
         // A refused first transaction leaves no sender record behind.
         self.prune(&from);
@@ -460,7 +460,7 @@ impl Mempool {
         // refuse wrongly, never admit wrongly: the ledger is read for a new sender, and
         // again to re-check a refusal on nonce or balance. Under load this spares a
         // ledger read on nearly every admission.
-        let from = tx.tx.from;
+        let from = tx.tx().from;
         let kept = self
             .senders
             .get(&from)
@@ -489,7 +489,7 @@ impl Mempool {
         hash: Hash,
         now: Instant,
     ) -> Result<Admitted, Refusal> {
-        let t = &tx.tx;
+        let t = tx.tx();
         let max_ahead = self.cfg.max_per_sender as u64;
         let sender = self.senders.get(&t.from).ok_or(Refusal::Internal)?;
         if t.nonce < sender.base_nonce {
@@ -512,7 +512,7 @@ impl Mempool {
             return Err(Refusal::InBlock { nonce: t.nonce });
         }
         if let Some(old) = replacing {
-            let old_fee = self.entries[&old].tx.tx.fee;
+            let old_fee = self.entries[&old].tx.tx().fee;
             // At least 10% more, rounded up, and at least one more.
             let min_fee = old_fee
                 .saturating_add(old_fee.div_ceil(10))
@@ -553,7 +553,7 @@ impl Mempool {
                 match self.cheapest_evictable(&t.from) {
                     Some((fee, victim)) if fee < t.fee => {
                         if let Some(e) = self.remove(&victim) {
-                            self.prune(&e.tx.tx.from);
+                            self.prune(&e.tx.tx().from);
                         }
                         dropped.push((victim, Dropped::EvictedFull));
                     }
@@ -626,20 +626,20 @@ impl Mempool {
     fn cheapest_evictable(&self, except: &Address) -> Option<(u64, Hash)> {
         self.by_fee.iter().find_map(|(fee, _, h)| {
             let e = &self.entries[h];
-            let from = &e.tx.tx.from;
+            let from = &e.tx.tx().from;
             let last = self.senders.get(from)?.txs.keys().next_back()?;
-            (from != except && *last == e.tx.tx.nonce && !self.in_block.contains(h))
+            (from != except && *last == e.tx.tx().nonce && !self.in_block.contains(h))
                 .then_some((*fee, *h))
         })
     }
 
     fn remove(&mut self, hash: &Hash) -> Option<Entry> {
         let e = self.entries.remove(hash)?;
-        self.by_fee.remove(&(e.tx.tx.fee, e.seq, *hash));
+        self.by_fee.remove(&(e.tx.tx().fee, e.seq, *hash));
         self.bytes -= SIGNED_TX_LEN;
         self.in_block.remove(hash);
-        if let Some(s) = self.senders.get_mut(&e.tx.tx.from) {
-            s.remove(e.tx.tx.nonce, cost(&e.tx));
+        if let Some(s) = self.senders.get_mut(&e.tx.tx().from) {
+            s.remove(e.tx.tx().nonce, cost(&e.tx));
         }
         Some(e)
     }
@@ -674,7 +674,7 @@ impl Mempool {
                 .map_or(s.base_nonce, |n| (*n).max(s.base_nonce));
             if let Some(h) = s.txs.get(&start) {
                 let e = &self.entries[h];
-                heap.push((e.tx.tx.fee, Reverse(e.seq), *addr, start));
+                heap.push((e.tx.tx().fee, Reverse(e.seq), *addr, start));
             }
         }
         let mut out = Vec::with_capacity(max.min(self.entries.len()));
@@ -688,7 +688,7 @@ impl Mempool {
             self.in_block.insert(h);
             if let Some(h) = s.txs.get(&(nonce + 1)) {
                 let e = &self.entries[h];
-                heap.push((e.tx.tx.fee, Reverse(e.seq), addr, nonce + 1));
+                heap.push((e.tx.tx().fee, Reverse(e.seq), addr, nonce + 1));
             }
         }
         out
@@ -709,7 +709,7 @@ impl Mempool {
         included: &[SignedTx],
         view: &dyn StateView,
     ) -> (Vec<(Hash, Dropped)>, Vec<Hash>) {
-        let mut senders: Vec<Address> = included.iter().map(|t| t.tx.from).collect();
+        let mut senders: Vec<Address> = included.iter().map(|t| t.tx().from).collect();
         senders.sort();
         senders.dedup();
         let gaps: Vec<u64> = senders
@@ -787,7 +787,7 @@ impl Mempool {
         let mut out = Vec::with_capacity(old.len());
         for h in old {
             if let Some(e) = self.remove(&h) {
-                self.prune(&e.tx.tx.from);
+                self.prune(&e.tx.tx().from);
                 out.push((h, Dropped::Expired));
             }
         }
@@ -860,14 +860,12 @@ mod tests {
             precheck(&good.to_bytes()[..100], CHAIN),
             Err((None, Refusal::Malformed(_)))
         ));
-        let mut other_chain = good;
-        other_chain.tx.chain_id = 6;
+        let other_chain = good.altered(|t, _| t.chain_id = 6);
         assert!(matches!(
             f.submit(other_chain),
             Err(Refusal::WrongChain { .. })
         ));
-        let mut bad_sig = good;
-        bad_sig.tx.amount = 11;
+        let bad_sig = good.altered(|t, _| t.amount = 11);
         assert_eq!(f.submit(bad_sig).unwrap_err(), Refusal::BadSignature);
         assert!(matches!(
             f.submit(tx(&f.keys[0], 0, 1000, 1)),
@@ -982,9 +980,9 @@ mod tests {
         // An unfinalized parent already holds nonces 0 and 1 of the first sender.
         let next = HashMap::from([(a, 2)]);
         let mut sel = f.pool.select_after(10, &next);
-        sel.sort_by_key(|t| (t.tx.from, t.tx.nonce));
+        sel.sort_by_key(|t| (t.tx().from, t.tx().nonce));
         let mut want = vec![txs[2], txs[3], other];
-        want.sort_by_key(|t| (t.tx.from, t.tx.nonce));
+        want.sort_by_key(|t| (t.tx().from, t.tx().nonce));
         assert_eq!(sel, want);
         // With no unfinalized ancestors, every pending transaction is selectable.
         f.pool.release();
@@ -1025,7 +1023,7 @@ mod tests {
             .pool
             .select(10)
             .iter()
-            .map(|t| (t.tx.from, t.tx.nonce))
+            .map(|t| (t.tx().from, t.tx().nonce))
             .collect();
         assert_eq!(order, vec![(b, 0), (a, 0), (a, 1)]);
         assert_eq!(f.pool.select(1).len(), 1);

@@ -193,8 +193,8 @@ fn now_ms() -> u64 {
 
 fn tx_view(t: &SignedTx) -> TxView {
     TxView {
-        tx: t.tx,
-        signature: t.signature,
+        tx: *t.tx(),
+        signature: *t.signature(),
     }
 }
 
@@ -650,7 +650,7 @@ impl Node {
         let busy = self.busy();
         let chain_id = self.ledger.chain_id();
         let taken: Vec<SignedTx> = txs
-            .filter(|t| t.tx.chain_id == chain_id && !Self::busy_for(&busy, t.tx.fee))
+            .filter(|t| t.tx().chain_id == chain_id && !Self::busy_for(&busy, t.tx().fee))
             .collect();
         grapevine_ledger::tx::preverify_signatures(&taken);
     }
@@ -665,13 +665,13 @@ impl Node {
         // Deferred ones are fetched again when their node re-announces them.
         let taken: Vec<SignedTx> = txs
             .iter()
-            .filter(|t| !Self::busy_for(&busy, t.tx.fee))
+            .filter(|t| !Self::busy_for(&busy, t.tx().fee))
             .copied()
             .collect();
         let mut verdicts = self.admit_relayed(&taken).into_iter();
         txs.iter()
             .map(|t| {
-                if Self::busy_for(&busy, t.tx.fee) {
+                if Self::busy_for(&busy, t.tx().fee) {
                     Verdict::Deferred
                 } else {
                     verdicts.next().unwrap_or(Verdict::Ignored)
@@ -712,7 +712,7 @@ impl Node {
                     verdicts.push(Verdict::Ignored);
                     continue;
                 }
-                if t.tx.chain_id != chain_id || (!all_signed && !t.verify()) {
+                if t.tx().chain_id != chain_id || (!all_signed && !t.verify()) {
                     verdicts.push(Verdict::Invalid);
                     continue;
                 }
@@ -823,7 +823,7 @@ impl NodeApi for Node {
         let busy = self.busy();
         if busy.is_some() {
             // The fee decides; what does not decode is refused below as malformed.
-            let fee = SignedTx::from_bytes(bytes).map_or(u64::MAX, |t| t.tx.fee);
+            let fee = SignedTx::from_bytes(bytes).map_or(u64::MAX, |t| t.tx().fee);
             if Self::busy_for(&busy, fee)
                 && let Some(refusal) = busy
             {
@@ -1150,8 +1150,7 @@ mod tests {
             }
             .sign(k)
         };
-        let mut forged = tx(&keys[1], 1, 9);
-        forged.tx.amount = 500;
+        let forged = tx(&keys[1], 1, 9).altered(|t, _| t.amount = 500);
         let batches = vec![
             vec![tx(&keys[0], 0, 9), tx(&keys[0], 1, 9)],
             vec![tx(&keys[1], 0, 9), forged, tx(&keys[1], 2, 8)],

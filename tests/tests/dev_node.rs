@@ -168,8 +168,7 @@ fn wallet_lifecycle_bad_input_and_restart() {
     wait_status(&node, &gap.hash().to_string(), "finalized");
 
     // Refusals, each with its code, remembered as rejected where the hash is known.
-    let mut bad_sig = signed(alice, bob.address(), 1, 1, 3);
-    bad_sig.signature.0[10] ^= 1;
+    let bad_sig = signed(alice, bob.address(), 1, 1, 3).altered(|_, sig| sig.0[10] ^= 1);
     let r = send(&node, &bad_sig);
     assert_eq!(r["error"]["code"], -32012, "{r}");
     let rejected = node.result("getTransaction", json!([bad_sig.hash().to_string()]));

@@ -290,13 +290,13 @@ impl Ledger {
             b.put(Column::Txs, hash.0, codec::encode(&loc));
             b.put(
                 Column::AccountTxs,
-                account_tx_key(&tx.tx.from, h.height, index),
+                account_tx_key(&tx.tx().from, h.height, index),
                 hash.0,
             );
-            if tx.tx.to != tx.tx.from {
+            if tx.tx().to != tx.tx().from {
                 b.put(
                     Column::AccountTxs,
-                    account_tx_key(&tx.tx.to, h.height, index),
+                    account_tx_key(&tx.tx().to, h.height, index),
                     hash.0,
                 );
             }
