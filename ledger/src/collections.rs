@@ -57,17 +57,27 @@ impl<V> RecentMap<V> {
     /// Remembers `value` for `hash` unless `hash` is already remembered; returns whether
     /// it was new (an entry already remembered keeps its value).
     pub fn insert(&mut self, hash: Hash, value: V) -> bool {
-        if self.contains(&hash) {
+        if self.previous.contains_key(&hash) {
             return false;
         }
         if self.current.len() >= self.capacity {
+            if self.current.contains_key(&hash) {
+                return false;
+            }
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.clear();
             // Only the first turnover allocates: afterwards both tables are full size.
             self.current.reserve(self.capacity);
         }
-        self.current.insert(hash, value);
-        true
+        // One probe of the current table both checks and inserts (these tables are
+        // far larger than the CPU caches, so each probe is a memory access).
+        match self.current.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(value);
+                true
+            }
+        }
     }
 
     /// Number of entries remembered (both generations).
@@ -109,6 +119,8 @@ mod tests {
         // The fourth insertion turns the generation over: 0..3 are the previous one.
         assert!(m.insert(h(3), 3));
         assert!((0..4).all(|i| m.contains(&h(i))));
+        assert!(!m.insert(h(0), 9), "nor is one of the previous generation");
+        assert!(!m.insert(h(3), 9), "nor one of the current generation");
         for i in 4..6 {
             m.insert(h(i), i);
         }
