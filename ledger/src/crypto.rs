@@ -485,14 +485,17 @@ mod tests {
     #[test]
     fn batch_agrees_with_the_library_batch_and_the_single_check() {
         use curve25519_dalek::scalar::Scalar;
-        let kps: Vec<Keypair> = (0..7u8).map(|i| Keypair::from_seed(&[i + 100; 32])).collect();
+        let kps: Vec<Keypair> = (0..7u8)
+            .map(|i| Keypair::from_seed(&[i + 100; 32]))
+            .collect();
         let n = 40;
         let msgs: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 3 + i % 5]).collect();
         let addrs: Vec<Address> = (0..n).map(|i| kps[i % 7].address()).collect();
         let good: Vec<Signature> = (0..n).map(|i| kps[i % 7].sign(&msgs[i])).collect();
         let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
-        let mut cases: Vec<(Vec<Address>, Vec<Signature>, Vec<&[u8]>)> = Vec::new();
-        cases.push((addrs.clone(), good.clone(), refs.clone()));
+        // (signers, signatures, messages); the first is all good.
+        type Case<'a> = (Vec<Address>, Vec<Signature>, Vec<&'a [u8]>);
+        let mut cases: Vec<Case> = vec![(addrs.clone(), good.clone(), refs.clone())];
         let mut bad_body = refs.clone();
         bad_body[17] = b"not what was signed";
         cases.push((addrs.clone(), good.clone(), bad_body));

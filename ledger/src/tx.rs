@@ -262,7 +262,11 @@ mod tests {
         assert_eq!(codec::encode(&t.tx).len(), TX_BODY_LEN);
         assert_eq!(SignedTx::from_bytes(&b), Ok(t));
         assert!(t.verify());
-        assert_eq!(t.hash(), sha256(&[&b]), "the cached hash is of the full encoding");
+        assert_eq!(
+            t.hash(),
+            sha256(&[&b]),
+            "the cached hash is of the full encoding"
+        );
         let j = serde_json::to_value(t).unwrap();
         assert!(j.get("hash").is_none(), "the cached hash is not encoded");
         assert_eq!(serde_json::from_value::<SignedTx>(j).unwrap(), t);
