@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks; peers must match it. 2: signatures are
 /// valid under ZIP-215 (docs/PROTOCOL.md); a version-1 node would refuse some valid
-/// transactions and blocks, so the two must not mix on one chain.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// transactions and blocks, so the two must not mix on one chain. 3: large consensus
+/// messages are relayed by `ConsensusHave` / `ConsensusWant`, which version 2 cannot
+/// decode.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame (one encoded message) accepted: 16 MiB, room for the largest block.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -110,6 +112,11 @@ pub enum Message {
     /// one byte string (the same bytes as a sequence of bytes, in one copy instead of
     /// one call per byte: proposals carry whole blocks).
     Consensus(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The sender has checked the consensus message with this hash (SHA-256 of its
+    /// bytes) and sends it on request: how a large one is relayed.
+    ConsensusHave(Hash),
+    /// Asks for the consensus message announced by `ConsensusHave` with this hash.
+    ConsensusWant(Hash),
 }
 
 /// Why a received message is refused.
@@ -161,6 +168,8 @@ impl Message {
             Message::TxRequest(_) => "txRequest",
             Message::Txs(_) => "txs",
             Message::Consensus(_) => "consensus",
+            Message::ConsensusHave(_) => "consensusHave",
+            Message::ConsensusWant(_) => "consensusWant",
         }
     }
 }
@@ -192,6 +201,22 @@ mod tests {
         want.extend_from_slice(&codec::encode(&payload));
         assert_eq!(enc, want);
         assert_eq!(Message::decode(&enc), Ok(Message::Consensus(payload)));
+    }
+
+    #[test]
+    fn consensus_announcements_are_a_variant_index_and_a_hash() {
+        // docs/NETWORK.md: ConsensusHave is variant 9, ConsensusWant 10, then 32 bytes.
+        let h = Hash([5; 32]);
+        for (m, index) in [
+            (Message::ConsensusHave(h), 9u32),
+            (Message::ConsensusWant(h), 10),
+        ] {
+            let enc = m.encode();
+            let mut want = index.to_le_bytes().to_vec();
+            want.extend_from_slice(&h.0);
+            assert_eq!(enc, want);
+            assert_eq!(Message::decode(&enc), Ok(m));
+        }
     }
 
     #[test]

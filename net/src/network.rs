@@ -160,11 +160,11 @@ pub struct NetStats {
     /// Peers banned.
     pub bans: AtomicU64,
     /// Messages received, by kind (see [`MESSAGE_KINDS`]).
-    pub messages: [AtomicU64; 9],
+    pub messages: [AtomicU64; 11],
 }
 
 /// Message kinds in the order of [`NetStats::messages`].
-pub const MESSAGE_KINDS: [&str; 9] = [
+pub const MESSAGE_KINDS: [&str; 11] = [
     "hello",
     "ping",
     "pong",
@@ -174,6 +174,8 @@ pub const MESSAGE_KINDS: [&str; 9] = [
     "txRequest",
     "txs",
     "consensus",
+    "consensusHave",
+    "consensusWant",
 ];
 
 /// A connected peer, as `getPeers` shows it.
@@ -199,7 +201,7 @@ pub struct PeerSummary {
 #[derive(Clone, Debug)]
 pub enum NetEvent {
     /// A consensus message seen for the first time. It is not relayed: the node checks
-    /// it and relays it with [`NetworkHandle::broadcast_consensus`], or reports the peer
+    /// it and relays it with [`NetworkHandle::relay_consensus`], or reports the peer
     /// with [`NetworkHandle::report`].
     Consensus {
         /// The peer it came from.
@@ -213,6 +215,7 @@ enum Command {
     BroadcastTxs(Vec<SignedTx>),
     Reannounce(Vec<SignedTx>),
     BroadcastConsensus(Bytes),
+    RelayConsensus(Bytes, Address),
     Peers(oneshot::Sender<Vec<PeerSummary>>),
     Report(Address, Offence, &'static str),
     SendTo(Address, Bytes),
@@ -249,13 +252,26 @@ impl NetworkHandle {
         let _ = self.commands.send(Command::Reannounce(txs)).await;
     }
 
-    /// Sends a consensus message to every peer, even one sent before (a re-sent
-    /// timeout, a block asked for again, a message relayed after checking it). Peers
-    /// that already saw the same bytes drop it.
+    /// Sends this node's own consensus message whole to every peer, even one sent
+    /// before (a re-sent timeout, a block asked for again). Peers that already saw the
+    /// same bytes drop it. Messages of other nodes go on with
+    /// [`NetworkHandle::relay_consensus`].
     pub async fn broadcast_consensus(&self, payload: Bytes) {
         let _ = self
             .commands
             .send(Command::BroadcastConsensus(payload))
+            .await;
+    }
+
+    /// Sends on a consensus message that peer `from` sent and the node checked, to
+    /// every other peer. One of at least [`RELAY_HAVE_BYTES`] (a proposal with its
+    /// block) is announced by hash instead, and sent to the peers that ask for it: in a
+    /// full mesh every peer already has the proposer's copy, and sending it on in full
+    /// had tripled the bytes each node receives.
+    pub async fn relay_consensus(&self, payload: Bytes, from: Address) {
+        let _ = self
+            .commands
+            .send(Command::RelayConsensus(payload, from))
             .await;
     }
 
@@ -347,6 +363,20 @@ struct Peer {
 const SEEN_CAPACITY: usize = 200_000;
 /// Seen-hash memory for consensus messages (a few hundred a second at most).
 const SEEN_CONSENSUS_CAPACITY: usize = 20_000;
+/// Consensus messages of at least this many bytes are relayed by announcement
+/// ([`NetworkHandle::relay_consensus`]); smaller ones (votes, timeouts, empty
+/// proposals) are sent on whole, as an announcement would save little and cost a
+/// round trip.
+pub const RELAY_HAVE_BYTES: usize = 16 * 1024;
+/// Relayed consensus messages kept to answer requests: at most this many...
+const RELAYED_KEEP: usize = 64;
+/// ...and this many bytes.
+const RELAYED_KEEP_BYTES: usize = 64 * 1024 * 1024;
+/// An announced consensus message asked for is asked for again, of the next peer that
+/// announces it, after this long without an answer.
+const WANT_RETRY: Duration = Duration::from_secs(1);
+/// At most this many announced consensus messages are asked for at once.
+const MAX_WANTED: usize = 1024;
 /// Transaction bodies kept to answer requests.
 const TX_STORE_CAPACITY: usize = 100_000;
 /// A requested body not received in this long may be requested from another peer.
@@ -398,6 +428,13 @@ struct Actor {
     banned_ips: HashMap<IpAddr, Instant>,
     seen_txs: RecentSet,
     seen_consensus: RecentSet,
+    /// Large consensus messages this node relayed by announcement, encoded as
+    /// `Message::Consensus` frames, oldest first, to answer `ConsensusWant`; at most
+    /// [`RELAYED_KEEP`] of them and [`RELAYED_KEEP_BYTES`] in all.
+    relayed: std::collections::VecDeque<(Hash, Bytes)>,
+    relayed_bytes: usize,
+    /// Announced consensus messages asked for, and when.
+    wanted: FastMap<Hash, Instant>,
     /// Bodies of valid transactions, to answer requests.
     tx_store: RecentMap<SignedTx>,
     inflight: FastMap<Hash, (ConnId, Instant)>,
@@ -453,6 +490,9 @@ pub async fn start(
         banned_ips: HashMap::new(),
         seen_txs: RecentSet::new(SEEN_CAPACITY),
         seen_consensus: RecentSet::new(SEEN_CONSENSUS_CAPACITY),
+        relayed: std::collections::VecDeque::new(),
+        relayed_bytes: 0,
+        wanted: FastMap::default(),
         tx_store: RecentMap::new(TX_STORE_CAPACITY),
         inflight: FastMap::default(),
         alternates: FastMap::default(),
@@ -705,6 +745,8 @@ impl Actor {
         let now = Instant::now();
         self.banned.retain(|_, t| *t > now);
         self.banned_ips.retain(|_, t| *t > now);
+        self.wanted
+            .retain(|_, at| now.duration_since(*at) < 10 * WANT_RETRY);
         self.retry_requests(now);
         let outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
         if outbound >= self.cfg.target_outbound {
@@ -1037,12 +1079,40 @@ impl Actor {
                 }
             }
             Message::Txs(txs) => self.on_txs(conn, txs),
+            Message::ConsensusHave(h) => {
+                if self.seen_consensus.contains(&h) {
+                    return;
+                }
+                let now = Instant::now();
+                if let Some(asked) = self.wanted.get(&h)
+                    && now.duration_since(*asked) < WANT_RETRY
+                {
+                    return;
+                }
+                if self.wanted.len() >= MAX_WANTED && !self.wanted.contains_key(&h) {
+                    self.wanted
+                        .retain(|_, at| now.duration_since(*at) < WANT_RETRY);
+                    if self.wanted.len() >= MAX_WANTED {
+                        return;
+                    }
+                }
+                self.wanted.insert(h, now);
+                self.send(conn, &Message::ConsensusWant(h));
+            }
+            Message::ConsensusWant(h) => {
+                // Only what this node announced; anything else is not answered.
+                if let Some((_, frame)) = self.relayed.iter().rev().find(|(k, _)| *k == h) {
+                    let frame = frame.clone();
+                    self.send_encoded(conn, frame);
+                }
+            }
             Message::Consensus(payload) => {
                 if payload.len() > MAX_CONSENSUS_BYTES {
                     self.penalize(conn, Offence::Malformed, "oversized consensus message");
                     return;
                 }
                 let h = sha256(&[&payload]);
+                self.wanted.remove(&h);
                 if !self.seen_consensus.insert(h, ()) {
                     return;
                 }
@@ -1305,6 +1375,35 @@ impl Actor {
             Command::BroadcastConsensus(payload) => {
                 self.seen_consensus.insert(sha256(&[&payload]), ());
                 self.flood_consensus(&payload, None);
+            }
+            Command::RelayConsensus(payload, from) => {
+                let h = sha256(&[&payload]);
+                self.seen_consensus.insert(h, ());
+                let except = self.by_id.get(&from).copied();
+                if payload.len() < RELAY_HAVE_BYTES {
+                    self.flood_consensus(&payload, except);
+                    return;
+                }
+                let frame = Bytes::from(Message::Consensus(payload.to_vec()).encode());
+                self.relayed_bytes += frame.len();
+                self.relayed.push_back((h, frame));
+                while self.relayed.len() > RELAYED_KEEP
+                    || (self.relayed_bytes > RELAYED_KEEP_BYTES && self.relayed.len() > 1)
+                {
+                    if let Some((_, old)) = self.relayed.pop_front() {
+                        self.relayed_bytes -= old.len();
+                    }
+                }
+                let have = Message::ConsensusHave(h);
+                let conns: Vec<ConnId> = self
+                    .peers
+                    .keys()
+                    .copied()
+                    .filter(|c| Some(*c) != except)
+                    .collect();
+                for c in conns {
+                    self.send(c, &have);
+                }
             }
             Command::SendTo(id, payload) => {
                 if let Some(conn) = self.by_id.get(&id).copied() {

@@ -502,3 +502,115 @@ async fn waiting_batches_from_several_peers_are_validated_together_each_with_its
         "the forger ({forger:?}) is penalized below the honest peer ({honest})"
     );
 }
+
+/// How many messages of `kind` (a [`MESSAGE_KINDS`] name) node `n` received.
+///
+/// [`MESSAGE_KINDS`]: grapevine_net::network::MESSAGE_KINDS
+fn received(n: &TestNode, kind: &str) -> u64 {
+    let i = grapevine_net::network::MESSAGE_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .expect("a message kind");
+    n.handle.stats.messages[i].load(Ordering::Relaxed)
+}
+
+/// The next consensus message `n` is handed within 10 s, with its sender.
+async fn next_consensus(n: &mut TestNode) -> (Address, Bytes) {
+    match tokio::time::timeout(Duration::from_secs(10), n.events.recv()).await {
+        Ok(Some(NetEvent::Consensus { from, payload })) => (from, payload),
+        other => panic!("no consensus message within 10 s: {other:?}"),
+    }
+}
+
+/// Wait until every node has `peers` links.
+async fn linked(nodes: &[&TestNode], peers: usize) {
+    for n in nodes {
+        assert!(
+            wait_until(Duration::from_secs(10), async || n
+                .handle
+                .peers()
+                .await
+                .len()
+                == peers)
+            .await,
+            "links up"
+        );
+    }
+}
+
+/// A - B - C in a line (no peer exchange): a large consensus message from A reaches C
+/// through B's announcement and C's request; a small one is sent on whole; neither
+/// goes back to A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_consensus_message_is_relayed_by_announcement_across_a_hop() {
+    let line = |c: &mut NetConfig| c.peer_exchange = false;
+    let a = node(1, 1, vec![], line).await;
+    let mut b = node(2, 1, vec![a.handle.listen_addr], line).await;
+    let mut c = node(3, 1, vec![b.handle.listen_addr], line).await;
+    linked(&[&b], 2).await;
+    linked(&[&a, &c], 1).await;
+
+    let large = Bytes::from(vec![7u8; grapevine_net::network::RELAY_HAVE_BYTES + 1]);
+    a.handle.broadcast_consensus(large.clone()).await;
+    let (from, payload) = next_consensus(&mut b).await;
+    assert_eq!((from, &payload), (a.handle.local_id, &large));
+    b.handle.relay_consensus(payload, from).await;
+    let (from, payload) = next_consensus(&mut c).await;
+    assert_eq!((from, &payload), (b.handle.local_id, &large));
+    assert_eq!(received(&c, "consensusHave"), 1, "announced to C");
+    assert_eq!(received(&b, "consensusWant"), 1, "C asked B for it");
+
+    let small = Bytes::from(vec![8u8; 1000]);
+    a.handle.broadcast_consensus(small.clone()).await;
+    let (from, payload) = next_consensus(&mut b).await;
+    b.handle.relay_consensus(payload, from).await;
+    assert_eq!(next_consensus(&mut c).await.1, small);
+    assert_eq!(
+        received(&c, "consensusHave"),
+        1,
+        "a small one is not announced"
+    );
+    assert_eq!(received(&c, "consensus"), 2);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        received(&a, "consensus") + received(&a, "consensusHave"),
+        0,
+        "nothing is relayed back to where it came from"
+    );
+}
+
+/// A, B and C all linked: B and C each got A's large message, and relaying it costs
+/// each of them one announcement from the other, not a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_has_a_large_consensus_message_gets_only_its_announcement() {
+    let mesh = |c: &mut NetConfig| c.peer_exchange = false;
+    let a = node(1, 1, vec![], mesh).await;
+    let mut b = node(2, 1, vec![a.handle.listen_addr], mesh).await;
+    let mut c = node(3, 1, vec![a.handle.listen_addr, b.handle.listen_addr], mesh).await;
+    linked(&[&a, &b, &c], 2).await;
+
+    let large = Bytes::from(vec![9u8; 100 * 1024]);
+    a.handle.broadcast_consensus(large.clone()).await;
+    let (from_b, at_b) = next_consensus(&mut b).await;
+    let (from_c, at_c) = next_consensus(&mut c).await;
+    assert_eq!((&at_b, &at_c), (&large, &large));
+    b.handle.relay_consensus(at_b, from_b).await;
+    c.handle.relay_consensus(at_c, from_c).await;
+
+    assert!(
+        wait_until(Duration::from_secs(5), async || received(
+            &b,
+            "consensusHave"
+        ) == 1
+            && received(&c, "consensusHave") == 1)
+        .await,
+        "each announced it to the other"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in [&b, &c] {
+        assert_eq!(received(n, "consensus"), 1, "one copy each, from A");
+        assert_eq!(received(n, "consensusWant"), 0, "nobody asked for it again");
+    }
+    assert!(b.events.try_recv().is_err() && c.events.try_recv().is_err());
+}

@@ -430,7 +430,7 @@ impl Driver {
             return;
         }
         if !matches!(msg, ConsensusMsg::Sync { .. }) {
-            self.net.broadcast_consensus(payload).await;
+            self.net.relay_consensus(payload, from).await;
         }
         if let ConsensusMsg::Proposal(p) = &msg {
             self.keep_proposal(p);
