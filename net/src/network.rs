@@ -357,6 +357,26 @@ struct Peer {
     /// We sent GetPeers and await the answer.
     asked_peers: bool,
     announce: Vec<Hash>,
+    /// Announced consensus messages asked of this peer and not yet received.
+    open_wants: usize,
+}
+
+/// An announced consensus message asked for.
+struct Want {
+    /// The peer asked, and when.
+    conn: ConnId,
+    asked: Instant,
+    /// Other peers that announced it, asked in turn if `conn` does not deliver.
+    alternates: Vec<ConnId>,
+}
+
+/// A large consensus message this node relayed by announcement.
+struct Relayed {
+    hash: Hash,
+    /// Its `Message::Consensus` frame.
+    frame: Bytes,
+    /// Peers it was announced to that have not asked for it: each is answered once.
+    announced_to: Vec<ConnId>,
 }
 
 /// Seen-hash memory for transactions.
@@ -372,10 +392,13 @@ pub const RELAY_HAVE_BYTES: usize = 16 * 1024;
 const RELAYED_KEEP: usize = 64;
 /// ...and this many bytes.
 const RELAYED_KEEP_BYTES: usize = 64 * 1024 * 1024;
-/// An announced consensus message asked for is asked for again, of the next peer that
-/// announces it, after this long without an answer.
+/// An announced consensus message not received this long after it was asked for (or
+/// whose peer left) is asked of the next peer that announced it.
 const WANT_RETRY: Duration = Duration::from_secs(1);
-/// At most this many announced consensus messages are asked for at once.
+/// At most this many announced consensus messages are asked of one peer at once, so
+/// that a peer announcing messages it does not send cannot crowd out the others...
+const MAX_WANTS_PER_PEER: usize = 8;
+/// ...and at most this many in all.
 const MAX_WANTED: usize = 1024;
 /// Transaction bodies kept to answer requests.
 const TX_STORE_CAPACITY: usize = 100_000;
@@ -428,13 +451,13 @@ struct Actor {
     banned_ips: HashMap<IpAddr, Instant>,
     seen_txs: RecentSet,
     seen_consensus: RecentSet,
-    /// Large consensus messages this node relayed by announcement, encoded as
-    /// `Message::Consensus` frames, oldest first, to answer `ConsensusWant`; at most
-    /// [`RELAYED_KEEP`] of them and [`RELAYED_KEEP_BYTES`] in all.
-    relayed: std::collections::VecDeque<(Hash, Bytes)>,
+    /// Large consensus messages this node relayed by announcement, oldest first, to
+    /// answer `ConsensusWant`; at most [`RELAYED_KEEP`] of them and
+    /// [`RELAYED_KEEP_BYTES`] in all.
+    relayed: std::collections::VecDeque<Relayed>,
     relayed_bytes: usize,
-    /// Announced consensus messages asked for, and when.
-    wanted: FastMap<Hash, Instant>,
+    /// Announced consensus messages asked for.
+    wanted: FastMap<Hash, Want>,
     /// Bodies of valid transactions, to answer requests.
     tx_store: RecentMap<SignedTx>,
     inflight: FastMap<Hash, (ConnId, Instant)>,
@@ -741,12 +764,63 @@ impl Actor {
         }
     }
 
+    /// Asks `conn` for the announced consensus message `h`, or the first of
+    /// `alternates` after it with fewer than [`MAX_WANTS_PER_PEER`] open; the others
+    /// stay alternates.
+    fn ask_consensus(&mut self, h: Hash, conn: ConnId, mut alternates: Vec<ConnId>) {
+        let mut next = Some(conn);
+        while let Some(c) = next {
+            if let Some(p) = self.peers.get_mut(&c)
+                && p.open_wants < MAX_WANTS_PER_PEER
+            {
+                p.open_wants += 1;
+                self.wanted.insert(
+                    h,
+                    Want {
+                        conn: c,
+                        asked: Instant::now(),
+                        alternates,
+                    },
+                );
+                self.send(c, &Message::ConsensusWant(h));
+                return;
+            }
+            next = (!alternates.is_empty()).then(|| alternates.remove(0));
+        }
+    }
+
+    /// Announced consensus messages not received in time, or whose peer left: asked of
+    /// the next peer that announced them, or given up (a later announcement asks
+    /// again).
+    fn retry_wants(&mut self, now: Instant) {
+        let due: Vec<Hash> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| {
+                now.duration_since(w.asked) >= WANT_RETRY || !self.peers.contains_key(&w.conn)
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for h in due {
+            let Some(w) = self.wanted.remove(&h) else {
+                continue;
+            };
+            if let Some(p) = self.peers.get_mut(&w.conn) {
+                p.open_wants = p.open_wants.saturating_sub(1);
+            }
+            let mut alternates = w.alternates;
+            if !alternates.is_empty() {
+                let first = alternates.remove(0);
+                self.ask_consensus(h, first, alternates);
+            }
+        }
+    }
+
     fn maintain(&mut self) {
         let now = Instant::now();
         self.banned.retain(|_, t| *t > now);
         self.banned_ips.retain(|_, t| *t > now);
-        self.wanted
-            .retain(|_, at| now.duration_since(*at) < 10 * WANT_RETRY);
+        self.retry_wants(now);
         self.retry_requests(now);
         let outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
         if outbound >= self.cfg.target_outbound {
@@ -960,6 +1034,7 @@ impl Actor {
                         latency: None,
                         asked_peers: self.cfg.peer_exchange,
                         announce: Vec::new(),
+                        open_wants: 0,
                     },
                 );
                 self.by_id.insert(link_id, conn);
@@ -1083,27 +1158,37 @@ impl Actor {
                 if self.seen_consensus.contains(&h) {
                     return;
                 }
-                let now = Instant::now();
-                if let Some(asked) = self.wanted.get(&h)
-                    && now.duration_since(*asked) < WANT_RETRY
-                {
+                if let Some(w) = self.wanted.get_mut(&h) {
+                    // Asked of someone already: remember who else has it.
+                    if w.conn != conn
+                        && w.alternates.len() < MAX_ALTERNATES
+                        && !w.alternates.contains(&conn)
+                    {
+                        w.alternates.push(conn);
+                    }
                     return;
                 }
-                if self.wanted.len() >= MAX_WANTED && !self.wanted.contains_key(&h) {
-                    self.wanted
-                        .retain(|_, at| now.duration_since(*at) < WANT_RETRY);
-                    if self.wanted.len() >= MAX_WANTED {
-                        return;
-                    }
+                if self.wanted.len() < MAX_WANTED {
+                    self.ask_consensus(h, conn, Vec::new());
                 }
-                self.wanted.insert(h, now);
-                self.send(conn, &Message::ConsensusWant(h));
             }
             Message::ConsensusWant(h) => {
-                // Only what this node announced; anything else is not answered.
-                if let Some((_, frame)) = self.relayed.iter().rev().find(|(k, _)| *k == h) {
-                    let frame = frame.clone();
-                    self.send_encoded(conn, frame);
+                // Answered once per peer it was announced to; a message no longer kept
+                // is not answered (the peer asks another announcer).
+                let Some(r) = self.relayed.iter_mut().rev().find(|r| r.hash == h) else {
+                    return;
+                };
+                match r.announced_to.iter().position(|c| *c == conn) {
+                    Some(i) => {
+                        r.announced_to.swap_remove(i);
+                        let frame = r.frame.clone();
+                        self.send_encoded(conn, frame);
+                    }
+                    None => self.penalize(
+                        conn,
+                        Offence::Unsolicited,
+                        "asked for a consensus message twice or unannounced",
+                    ),
                 }
             }
             Message::Consensus(payload) => {
@@ -1112,7 +1197,11 @@ impl Actor {
                     return;
                 }
                 let h = sha256(&[&payload]);
-                self.wanted.remove(&h);
+                if let Some(w) = self.wanted.remove(&h)
+                    && let Some(p) = self.peers.get_mut(&w.conn)
+                {
+                    p.open_wants = p.open_wants.saturating_sub(1);
+                }
                 if !self.seen_consensus.insert(h, ()) {
                     return;
                 }
@@ -1384,23 +1473,27 @@ impl Actor {
                     self.flood_consensus(&payload, except);
                     return;
                 }
-                let frame = Bytes::from(Message::Consensus(payload.to_vec()).encode());
-                self.relayed_bytes += frame.len();
-                self.relayed.push_back((h, frame));
-                while self.relayed.len() > RELAYED_KEEP
-                    || (self.relayed_bytes > RELAYED_KEEP_BYTES && self.relayed.len() > 1)
-                {
-                    if let Some((_, old)) = self.relayed.pop_front() {
-                        self.relayed_bytes -= old.len();
-                    }
-                }
-                let have = Message::ConsensusHave(h);
                 let conns: Vec<ConnId> = self
                     .peers
                     .keys()
                     .copied()
                     .filter(|c| Some(*c) != except)
                     .collect();
+                let frame = Bytes::from(Message::Consensus(payload.to_vec()).encode());
+                self.relayed_bytes += frame.len();
+                self.relayed.push_back(Relayed {
+                    hash: h,
+                    frame,
+                    announced_to: conns.clone(),
+                });
+                while self.relayed.len() > RELAYED_KEEP
+                    || (self.relayed_bytes > RELAYED_KEEP_BYTES && self.relayed.len() > 1)
+                {
+                    if let Some(old) = self.relayed.pop_front() {
+                        self.relayed_bytes -= old.frame.len();
+                    }
+                }
+                let have = Message::ConsensusHave(h);
                 for c in conns {
                     self.send(c, &have);
                 }

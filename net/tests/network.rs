@@ -614,3 +614,136 @@ async fn a_peer_that_has_a_large_consensus_message_gets_only_its_announcement() 
     }
     assert!(b.events.try_recv().is_err() && c.events.try_recv().is_err());
 }
+
+/// The next `ConsensusWant` on a raw link within `limit` (other messages skipped).
+async fn next_want(link: &mut secure::Link, limit: Duration) -> Option<Hash> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match link.reader.recv().await {
+                Ok((Message::ConsensusWant(h), _)) => return Some(h),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Two raw peers announce the same large consensus message to a node. The first is
+/// asked and never answers; after the retry time the second is asked, answers, and the
+/// node gets the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcer_that_does_not_deliver_is_replaced_by_the_next() {
+    let mut hub = node(1, 1, vec![], |_| {}).await;
+    let mut silent = handshake_as(70, hub.handle.listen_addr).await;
+    let mut honest = handshake_as(71, hub.handle.listen_addr).await;
+    linked(&[&hub], 2).await;
+    let payload = vec![3u8; 40_000];
+    let h = grapevine_ledger::crypto::sha256(&[&payload]);
+    silent
+        .writer
+        .send(&Message::ConsensusHave(h))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_want(&mut silent, Duration::from_secs(5)).await,
+        Some(h),
+        "the first announcer is asked"
+    );
+    honest
+        .writer
+        .send(&Message::ConsensusHave(h))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_want(&mut honest, Duration::from_secs(5)).await,
+        Some(h),
+        "the next announcer is asked when the first does not deliver"
+    );
+    honest
+        .writer
+        .send(&Message::Consensus(payload.clone()))
+        .await
+        .unwrap();
+    let (from, got) = next_consensus(&mut hub).await;
+    assert_eq!(from, Keypair::from_seed(&[71; 32]).address());
+    assert_eq!(got.as_ref(), payload.as_slice());
+}
+
+/// A node answers a request for a message it relayed by announcement once per peer it
+/// announced it to; a second request, or one from a peer it was not announced to, costs
+/// score and gets nothing. A peer announcing many messages it does not send has at most
+/// 8 requests open, and another peer's announcement is still asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consensus_requests_are_answered_once_and_announcement_spam_is_capped() {
+    let hub = node(1, 1, vec![], |_| {}).await;
+    let mut a = handshake_as(72, hub.handle.listen_addr).await;
+    let mut b = handshake_as(73, hub.handle.listen_addr).await;
+    linked(&[&hub], 2).await;
+    let large = vec![4u8; 50_000];
+    let h = grapevine_ledger::crypto::sha256(&[&large]);
+    hub.handle
+        .relay_consensus(Bytes::from(large.clone()), Address([0; 32]))
+        .await;
+    a.writer.send(&Message::ConsensusWant(h)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match a.reader.recv().await {
+                Ok((Message::Consensus(p), _)) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("link closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("answered within 5 s");
+    assert_eq!(got, large);
+    let score = async |seed: u8| {
+        let id = Keypair::from_seed(&[seed; 32]).address();
+        hub.handle
+            .peers()
+            .await
+            .into_iter()
+            .find(|p| p.id == id)
+            .map(|p| p.score)
+    };
+    assert_eq!(score(72).await, Some(0));
+    a.writer.send(&Message::ConsensusWant(h)).await.unwrap();
+    let mut late = handshake_as(74, hub.handle.listen_addr).await;
+    linked(&[&hub], 3).await;
+    late.writer.send(&Message::ConsensusWant(h)).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), async || score(72).await == Some(-5)
+            && score(74).await == Some(-5))
+        .await,
+        "a second request and an unannounced one cost score"
+    );
+
+    // Spam: 20 announcements from `b`, which sends nothing.
+    for i in 0..20u8 {
+        b.writer
+            .send(&Message::ConsensusHave(Hash([i; 32])))
+            .await
+            .unwrap();
+    }
+    let mut asked = 0;
+    while next_want(&mut b, Duration::from_millis(500))
+        .await
+        .is_some()
+    {
+        asked += 1;
+    }
+    assert_eq!(asked, 8, "at most 8 open requests per peer");
+    let other = Hash([99; 32]);
+    late.writer
+        .send(&Message::ConsensusHave(other))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_want(&mut late, Duration::from_secs(5)).await,
+        Some(other),
+        "another peer's announcement is still asked for"
+    );
+}
