@@ -345,6 +345,12 @@ static KEY_POINTS: std::sync::Mutex<Option<FastMap<[u8; 32], curve25519_dalek::E
     std::sync::Mutex::new(None);
 const KEY_POINTS_CAPACITY: usize = 100_000;
 
+/// Forgets every remembered key point (tests check batches with fresh keys).
+#[cfg(test)]
+fn forget_key_points() {
+    *KEY_POINTS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
 /// The point of `key` when it is a usable key: the encoding of a curve point (under
 /// ZIP-215, not necessarily canonical) that is not of small order.
 fn point_of(key: &Address) -> Option<curve25519_dalek::EdwardsPoint> {
@@ -513,14 +519,27 @@ mod tests {
         let mut wrong_key = addrs.clone();
         wrong_key[30] = kps[(30 + 1) % 7].address();
         cases.push((wrong_key, good.clone(), refs.clone()));
+        // Two errors that cancel without the random coefficients: S + 1 in one
+        // signature, S - 1 in another.
+        let mut sigs = good.clone();
+        for (at, delta) in [(5usize, Scalar::ONE), (26, -Scalar::ONE)] {
+            let s = Scalar::from_canonical_bytes(sigs[at].0[32..].try_into().unwrap()).unwrap();
+            sigs[at].0[32..].copy_from_slice((s + delta).as_bytes());
+        }
+        cases.push((addrs.clone(), sigs, refs.clone()));
         for (case, (a, sg, m)) in cases.iter().enumerate() {
+            // First with no key remembered, then with every key remembered.
+            forget_key_points();
+            let batch = verify_batch(m, a, sg);
             let single = (0..n).all(|i| verify(&a[i], m[i], &sg[i]));
             assert_eq!(single, case == 0, "case {case}");
-            for _ in 0..2 {
-                // The second round finds every key remembered.
-                assert_eq!(verify_batch(m, a, sg), single, "case {case}");
-                assert_eq!(verify_batch_reference(m, a, sg), single, "case {case}");
-            }
+            assert_eq!(batch, single, "case {case}, keys fresh");
+            assert_eq!(
+                verify_batch(m, a, sg),
+                single,
+                "case {case}, keys remembered"
+            );
+            assert_eq!(verify_batch_reference(m, a, sg), single, "case {case}");
         }
         assert!(verify_batch(&[], &[], &[]));
         assert!(!verify_batch(&refs[..2], &addrs[..1], &good[..2]));
@@ -542,6 +561,50 @@ mod tests {
         }
         assert_eq!(carry, 0);
         out
+    }
+
+    /// R encoded non-canonically (y = p, meaning y = 0: a point of order 4) with a
+    /// signature valid under ZIP-215's cofactored equation: k must be hashed over R's
+    /// bytes as given, not over a re-encoding.
+    #[test]
+    fn a_non_canonical_r_is_hashed_as_given() {
+        use curve25519_dalek::constants::ED25519_BASEPOINT_POINT as B;
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        use curve25519_dalek::scalar::Scalar;
+        let mut r_bytes = [0xffu8; 32];
+        r_bytes[0] = 0xed;
+        r_bytes[31] = 0x7f;
+        let r = CompressedEdwardsY(r_bytes)
+            .decompress()
+            .expect("y = p decodes");
+        assert_ne!(
+            r.compress().to_bytes(),
+            r_bytes,
+            "not the canonical encoding"
+        );
+        let a = Scalar::from_bytes_mod_order([11; 32]);
+        let key = Address((a * B).compress().to_bytes());
+        let msg = b"grapevine non-canonical R".to_vec();
+        let k = Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(r_bytes)
+                .chain_update(key.0)
+                .chain_update(&msg)
+                .finalize()
+                .into(),
+        );
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r_bytes);
+        sig[32..].copy_from_slice((k * a).as_bytes());
+        let sig = Signature(sig);
+        assert!(verify(&key, &msg, &sig));
+        let other = Keypair::from_seed(&[12; 32]);
+        let (msgs, keys) = ([msg.as_slice(), b"x"], [key, other.address()]);
+        let sigs = [sig, other.sign(b"x")];
+        for _ in 0..10 {
+            assert!(verify_batch(&msgs, &keys, &sigs));
+            assert!(verify_batch_reference(&msgs, &keys, &sigs));
+        }
     }
 
     #[test]
