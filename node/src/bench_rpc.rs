@@ -96,7 +96,8 @@ fn u64_of(v: &Value) -> u64 {
 /// One answer of a JSON-RPC batch: the fields the load generator reads.
 #[derive(serde::Deserialize)]
 struct Answer {
-    id: Option<u64>,
+    #[serde(default)]
+    id: Value,
     error: Option<Value>,
 }
 
@@ -131,7 +132,7 @@ fn submit(agent: &ureq::Agent, url: &str, txs: &[SignedTx]) -> Vec<Option<String
     let mut out = vec![Some("noAnswer".to_string()); txs.len()];
     let answers: Vec<Answer> = serde_json::from_slice(&answer).unwrap_or_default();
     for a in answers {
-        let Some(i) = a.id.map(|i| i as usize).filter(|i| *i < txs.len()) else {
+        let Some(i) = a.id.as_u64().map(|i| i as usize).filter(|i| *i < txs.len()) else {
             continue;
         };
         out[i] = a.error.map(|e| {
