@@ -1393,16 +1393,19 @@ impl Actor {
         }
     }
 
-    fn flood_consensus(&mut self, payload: &Bytes, except: Option<ConnId>) {
-        // Encoded once for every peer: a proposal carries a whole block.
-        let bytes = Bytes::from(Message::Consensus(payload.to_vec()).encode());
-        let conns: Vec<ConnId> = self
-            .peers
+    /// Every connected peer but `except`.
+    fn peers_except(&self, except: Option<ConnId>) -> Vec<ConnId> {
+        self.peers
             .keys()
             .copied()
             .filter(|c| Some(*c) != except)
-            .collect();
-        for c in conns {
+            .collect()
+    }
+
+    fn flood_consensus(&mut self, payload: &Bytes, except: Option<ConnId>) {
+        // Encoded once for every peer: a proposal carries a whole block.
+        let bytes = Bytes::from(Message::Consensus(payload.to_vec()).encode());
+        for c in self.peers_except(except) {
             self.send_encoded(c, bytes.clone());
         }
     }
@@ -1473,12 +1476,7 @@ impl Actor {
                     self.flood_consensus(&payload, except);
                     return;
                 }
-                let conns: Vec<ConnId> = self
-                    .peers
-                    .keys()
-                    .copied()
-                    .filter(|c| Some(*c) != except)
-                    .collect();
+                let conns = self.peers_except(except);
                 let frame = Bytes::from(Message::Consensus(payload.to_vec()).encode());
                 self.relayed_bytes += frame.len();
                 self.relayed.push_back(Relayed {
