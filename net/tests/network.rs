@@ -687,6 +687,20 @@ async fn consensus_requests_are_answered_once_and_announcement_spam_is_capped() 
     hub.handle
         .relay_consensus(Bytes::from(large.clone()), Address([0; 32]))
         .await;
+    // Asked for once announced, as a peer does (the request could otherwise overtake
+    // the relay command inside the node).
+    let announced = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match a.reader.recv().await {
+                Ok((Message::ConsensusHave(got), _)) => return got,
+                Ok(_) => {}
+                Err(e) => panic!("link closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("announced within 5 s");
+    assert_eq!(announced, h);
     a.writer.send(&Message::ConsensusWant(h)).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
