@@ -617,11 +617,28 @@ async fn a_peer_that_has_a_large_consensus_message_gets_only_its_announcement() 
 
 /// The next `ConsensusWant` on a raw link within `limit` (other messages skipped).
 async fn next_want(link: &mut secure::Link, limit: Duration) -> Option<Hash> {
+    next_such(link, limit, |m| match m {
+        Message::ConsensusWant(h) => Some(h),
+        _ => None,
+    })
+    .await
+}
+
+/// The first message on a raw link within `limit` that `pick` takes (others skipped);
+/// `None` at the limit or if the link closes.
+async fn next_such<T>(
+    link: &mut secure::Link,
+    limit: Duration,
+    mut pick: impl FnMut(Message) -> Option<T>,
+) -> Option<T> {
     tokio::time::timeout(limit, async {
         loop {
             match link.reader.recv().await {
-                Ok((Message::ConsensusWant(h), _)) => return Some(h),
-                Ok(_) => {}
+                Ok((m, _)) => {
+                    if let Some(t) = pick(m) {
+                        return Some(t);
+                    }
+                }
                 Err(_) => return None,
             }
         }
@@ -689,31 +706,19 @@ async fn consensus_requests_are_answered_once_and_announcement_spam_is_capped() 
         .await;
     // Asked for once announced, as a peer does (the request could otherwise overtake
     // the relay command inside the node).
-    let announced = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match a.reader.recv().await {
-                Ok((Message::ConsensusHave(got), _)) => return got,
-                Ok(_) => {}
-                Err(e) => panic!("link closed: {e}"),
-            }
-        }
+    let announced = next_such(&mut a, Duration::from_secs(5), |m| match m {
+        Message::ConsensusHave(got) => Some(got),
+        _ => None,
     })
-    .await
-    .expect("announced within 5 s");
-    assert_eq!(announced, h);
+    .await;
+    assert_eq!(announced, Some(h), "announced within 5 s");
     a.writer.send(&Message::ConsensusWant(h)).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match a.reader.recv().await {
-                Ok((Message::Consensus(p), _)) => return p,
-                Ok(_) => {}
-                Err(e) => panic!("link closed: {e}"),
-            }
-        }
+    let got = next_such(&mut a, Duration::from_secs(5), |m| match m {
+        Message::Consensus(p) => Some(p),
+        _ => None,
     })
-    .await
-    .expect("answered within 5 s");
-    assert_eq!(got, large);
+    .await;
+    assert_eq!(got, Some(large), "answered within 5 s");
     let score = async |seed: u8| {
         let id = Keypair::from_seed(&[seed; 32]).address();
         hub.handle
