@@ -12,9 +12,9 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeTuple, Serializer};
 use sha2::{Digest, Sha256, Sha512};
+use zeroize::Zeroizing;
 
 use crate::collections::FastMap;
-use zeroize::Zeroizing;
 
 /// Why a text form (hex, address) could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -290,14 +290,7 @@ pub fn verify_batch(msgs: &[&[u8]], signers: &[Address], sigs: &[Signature]) -> 
         let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
             return false;
         };
-        let k = Scalar::from_bytes_mod_order_wide(
-            &Sha512::new()
-                .chain_update(r_bytes)
-                .chain_update(signer.0)
-                .chain_update(msg)
-                .finalize()
-                .into(),
-        );
+        let k = challenge(&r_bytes, signer, msg);
         let z = Scalar::from(rng.random::<u128>());
         B_coeff -= z * s;
         Rs.push(R);
@@ -314,6 +307,19 @@ pub fn verify_batch(msgs: &[&[u8]], signers: &[Address], sigs: &[Signature]) -> 
         std::iter::once(&B).chain(&As).chain(&Rs),
     );
     check.mul_by_cofactor().is_identity()
+}
+
+/// The challenge `k = SHA-512(R || A || msg) mod l`, over R's and the key's bytes as
+/// given (ZIP-215: a non-canonical encoding is hashed as it is, not re-encoded).
+fn challenge(r_bytes: &[u8; 32], key: &Address, msg: &[u8]) -> curve25519_dalek::scalar::Scalar {
+    curve25519_dalek::scalar::Scalar::from_bytes_mod_order_wide(
+        &Sha512::new()
+            .chain_update(r_bytes)
+            .chain_update(key.0)
+            .chain_update(msg)
+            .finalize()
+            .into(),
+    )
 }
 
 /// [`verify_batch`] by `ed25519_zebra::batch::Verifier` itself, which decompresses
@@ -585,14 +591,7 @@ mod tests {
         let a = Scalar::from_bytes_mod_order([11; 32]);
         let key = Address((a * B).compress().to_bytes());
         let msg = b"grapevine non-canonical R".to_vec();
-        let k = Scalar::from_bytes_mod_order_wide(
-            &Sha512::new()
-                .chain_update(r_bytes)
-                .chain_update(key.0)
-                .chain_update(&msg)
-                .finalize()
-                .into(),
-        );
+        let k = challenge(&r_bytes, &key, &msg);
         let mut sig = [0u8; 64];
         sig[..32].copy_from_slice(&r_bytes);
         sig[32..].copy_from_slice((k * a).as_bytes());
@@ -626,17 +625,12 @@ mod tests {
     fn torsioned_r_gets_the_same_verdict_alone_and_in_any_batch() {
         use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
         use curve25519_dalek::scalar::Scalar;
-        use sha2::Sha512;
         let a = Scalar::from_bytes_mod_order([7; 32]);
         let key = Address((a * B).compress().to_bytes());
         let msg = b"grapevine torsion".to_vec();
         let r = Scalar::from_bytes_mod_order([9; 32]);
         let big_r = (r * B + EIGHT_TORSION[1]).compress().to_bytes();
-        let mut h = Sha512::new();
-        h.update(big_r);
-        h.update(key.0);
-        h.update(&msg);
-        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let k = challenge(&big_r, &key, &msg);
         let s = r + k * a;
         let mut sig = [0u8; 64];
         sig[..32].copy_from_slice(&big_r);

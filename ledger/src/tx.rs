@@ -178,15 +178,7 @@ pub fn verified_before(hash: &Hash) -> bool {
 /// transaction with an invalid signature, or `None` when all are valid. The verdict does
 /// not depend on what was remembered or how the batches fell, so every node agrees on it.
 pub fn first_invalid_signature(txs: &[SignedTx]) -> Option<usize> {
-    let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
-    first_invalid_signature_hashed(txs, &hashes)
-}
-
-/// [`first_invalid_signature`] for a caller that already has the transactions' hashes
-/// (`hashes[i]` is `txs[i].hash()`).
-pub fn first_invalid_signature_hashed(txs: &[SignedTx], hashes: &[Hash]) -> Option<usize> {
-    debug_assert_eq!(txs.len(), hashes.len());
-    for chunk in unremembered(hashes).chunks(SIG_BATCH) {
+    for chunk in unremembered(txs).chunks(SIG_BATCH) {
         if !batch_valid(txs, chunk) {
             // The batch and single checks agree, so some member fails alone; earlier
             // chunks passed, so it is the first invalid one overall.
@@ -198,16 +190,16 @@ pub fn first_invalid_signature_hashed(txs: &[SignedTx], hashes: &[Hash]) -> Opti
                     .unwrap_or(chunk[0]),
             );
         }
-        remember_verified(chunk.iter().map(|&i| hashes[i]));
+        remember_verified(chunk.iter().map(|&i| txs[i].hash()));
     }
     None
 }
 
-/// Indexes of the `hashes` not remembered as validly signed.
-fn unremembered(hashes: &[Hash]) -> Vec<usize> {
+/// Indexes of the `txs` not remembered as validly signed.
+fn unremembered(txs: &[SignedTx]) -> Vec<usize> {
     let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-    (0..hashes.len())
-        .filter(|&i| !g.as_ref().is_some_and(|set| set.contains(&hashes[i])))
+    (0..txs.len())
+        .filter(|&i| !g.as_ref().is_some_and(|set| set.contains(&txs[i].hash())))
         .collect()
 }
 
@@ -226,10 +218,9 @@ fn batch_valid(txs: &[SignedTx], members: &[usize]) -> bool {
 /// from several sources ahead of the per-source checks, which then find the invalid
 /// one among their own transactions only.
 pub fn preverify_signatures(txs: &[SignedTx]) {
-    let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
-    for chunk in unremembered(&hashes).chunks(SIG_BATCH) {
+    for chunk in unremembered(txs).chunks(SIG_BATCH) {
         if batch_valid(txs, chunk) {
-            remember_verified(chunk.iter().map(|&i| hashes[i]));
+            remember_verified(chunk.iter().map(|&i| txs[i].hash()));
         }
     }
 }

@@ -306,7 +306,7 @@ type ConnId = u64;
 struct ValidatedBatch {
     conn: ConnId,
     id: Address,
-    fresh: Vec<(Hash, SignedTx)>,
+    fresh: Vec<SignedTx>,
     verdicts: Vec<Verdict>,
 }
 
@@ -429,7 +429,7 @@ const MAX_WAITING_PER_PEER: usize = 64;
 
 /// Relayed transactions waiting for validation: the connection and id of the peer
 /// that sent them, and (hash, body) pairs.
-type WaitingBatch = (ConnId, Address, Vec<(Hash, SignedTx)>);
+type WaitingBatch = (ConnId, Address, Vec<SignedTx>);
 
 struct Actor {
     cfg: NetConfig,
@@ -920,8 +920,8 @@ impl Actor {
         let validating = &mut self.validating;
         self.waiting.retain(|(c, _, fresh)| {
             if *c == conn {
-                for (h, _) in fresh {
-                    validating.remove(h);
+                for t in fresh {
+                    validating.remove(&t.hash());
                 }
             }
             *c != conn
@@ -1232,7 +1232,7 @@ impl Actor {
                 self.stats.tx_duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            fresh.push((h, t));
+            fresh.push(t);
         }
         if unsolicited > 0 {
             self.penalize(conn, Offence::Unsolicited, "transactions nobody asked for");
@@ -1251,7 +1251,7 @@ impl Actor {
             );
             return;
         }
-        self.validating.extend(fresh.iter().map(|(h, _)| *h));
+        self.validating.extend(fresh.iter().map(SignedTx::hash));
         self.waiting.push_back((conn, id, fresh));
         self.start_validations();
     }
@@ -1276,10 +1276,8 @@ impl Actor {
             let validator = self.validator.clone();
             let events = self.events.clone();
             tokio::spawn(async move {
-                let bodies: Vec<Vec<SignedTx>> = jobs
-                    .iter()
-                    .map(|(_, _, fresh)| fresh.iter().map(|(_, t)| *t).collect())
-                    .collect();
+                let bodies: Vec<Vec<SignedTx>> =
+                    jobs.iter().map(|(_, _, fresh)| fresh.clone()).collect();
                 // Validation checks signatures: keep it off the async workers.
                 let mut verdicts =
                     tokio::task::spawn_blocking(move || validator.validate_many(&bodies))
@@ -1304,8 +1302,8 @@ impl Actor {
     fn on_validations(&mut self, batches: Vec<ValidatedBatch>) {
         self.validations = self.validations.saturating_sub(1);
         for b in &batches {
-            for (h, _) in &b.fresh {
-                self.validating.remove(h);
+            for t in &b.fresh {
+                self.validating.remove(&t.hash());
             }
         }
         self.start_validations();
@@ -1318,18 +1316,19 @@ impl Actor {
         &mut self,
         conn: ConnId,
         id: Address,
-        fresh: Vec<(Hash, SignedTx)>,
+        fresh: Vec<SignedTx>,
         verdicts: Vec<Verdict>,
     ) {
         let mut valid = Vec::new();
         let mut invalid = 0;
-        for ((h, t), v) in fresh.into_iter().zip(
+        for (t, v) in fresh.into_iter().zip(
             verdicts
                 .into_iter()
                 .chain(std::iter::repeat(Verdict::Ignored)),
         ) {
+            let h = t.hash();
             match v {
-                Verdict::Accepted => valid.push((h, t)),
+                Verdict::Accepted => valid.push(t),
                 Verdict::Ignored => {
                     // Not asked for again from others, not relayed.
                     self.seen_txs.insert(h, ());
@@ -1359,9 +1358,10 @@ impl Actor {
 
     /// Records valid transactions and queues their announcement to every peer but
     /// `except`.
-    fn accept_txs(&mut self, txs: Vec<(Hash, SignedTx)>, except: Option<ConnId>) {
+    fn accept_txs(&mut self, txs: Vec<SignedTx>, except: Option<ConnId>) {
         let mut hashes = Vec::with_capacity(txs.len());
-        for (h, t) in txs {
+        for t in txs {
+            let h = t.hash();
             if !self.seen_txs.insert(h, ()) {
                 continue;
             }
@@ -1449,8 +1449,7 @@ impl Actor {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::BroadcastTxs(txs) => {
-                let items = txs.into_iter().map(|t| (t.hash(), t)).collect();
-                self.accept_txs(items, None);
+                self.accept_txs(txs, None);
             }
             Command::Reannounce(txs) => {
                 let mut hashes = Vec::with_capacity(txs.len());

@@ -157,7 +157,7 @@ pub enum Refusal {
 /// The checks that need neither the pool nor the ledger, cheapest first: size,
 /// decoding, chain id, signature. Run without the pool's lock, so signature checks of
 /// concurrent submissions proceed in parallel. On refusal, the hash when known.
-pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<(SignedTx, Hash), (Option<Hash>, Refusal)> {
+pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<SignedTx, (Option<Hash>, Refusal)> {
     if bytes.len() != SIGNED_TX_LEN {
         return Err((
             None,
@@ -186,7 +186,7 @@ pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<(SignedTx, Hash), (Option
         }
         grapevine_ledger::tx::remember_verified([hash]);
     }
-    Ok((tx, hash))
+    Ok(tx)
 }
 
 /// Where a pooled transaction stands.
@@ -429,12 +429,11 @@ impl Mempool {
     pub fn submit_verified(
         &mut self,
         tx: SignedTx,
-        hash: Hash,
         view: &dyn StateView,
         now: Instant,
     ) -> Result<Admitted, Refusal> {
         let from = tx.tx().from;
-        let result = self.admit(tx, hash, view, now);
+        let result = self.admit(tx, view, now);
         // A refused first transaction leaves no sender record behind.
         self.prune(&from);
         result
@@ -443,10 +442,10 @@ impl Mempool {
     fn admit(
         &mut self,
         tx: SignedTx,
-        hash: Hash,
         view: &dyn StateView,
         now: Instant,
     ) -> Result<Admitted, Refusal> {
+        let hash = tx.hash();
         if self.entries.contains_key(&hash) {
             return Err(Refusal::AlreadyKnown(hash));
         }
@@ -468,14 +467,14 @@ impl Mempool {
         if !kept {
             self.refresh_sender(&from, view)?;
         }
-        match self.admit_sender_checked(tx, hash, now) {
+        match self.admit_sender_checked(tx, now) {
             Err(
                 Refusal::NonceTooLow { .. }
                 | Refusal::NonceTooHigh { .. }
                 | Refusal::InsufficientBalance { .. },
             ) if kept => {
                 self.refresh_sender(&from, view)?;
-                self.admit_sender_checked(tx, hash, now)
+                self.admit_sender_checked(tx, now)
             }
             result => result,
         }
@@ -483,12 +482,8 @@ impl Mempool {
 
     /// Admission once the sender's record is loaded: nonce, replacement, balance and
     /// the pool's limits.
-    fn admit_sender_checked(
-        &mut self,
-        tx: SignedTx,
-        hash: Hash,
-        now: Instant,
-    ) -> Result<Admitted, Refusal> {
+    fn admit_sender_checked(&mut self, tx: SignedTx, now: Instant) -> Result<Admitted, Refusal> {
+        let hash = tx.hash();
         let t = tx.tx();
         let max_ahead = self.cfg.max_per_sender as u64;
         let sender = self.senders.get(&t.from).ok_or(Refusal::Internal)?;
@@ -847,8 +842,8 @@ mod tests {
         }
 
         fn submit(&mut self, t: SignedTx) -> Result<Admitted, Refusal> {
-            let (tx, hash) = precheck(&t.to_bytes(), CHAIN).map_err(|(_, r)| r)?;
-            self.pool.submit_verified(tx, hash, &self.ledger, self.now)
+            let tx = precheck(&t.to_bytes(), CHAIN).map_err(|(_, r)| r)?;
+            self.pool.submit_verified(tx, &self.ledger, self.now)
         }
     }
 

@@ -684,22 +684,19 @@ impl Node {
         let chain_id = self.ledger.chain_id();
         // Transactions already pooled (a re-announcement of what this node took) are
         // ignored before any signature work; whether one is final is the pool's check.
-        let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
         let known: Vec<bool> = {
             let pool = self.pool();
-            hashes.iter().map(|h| pool.contains(h)).collect()
+            txs.iter().map(|t| pool.contains(&t.hash())).collect()
         };
-        let (fresh, fresh_hashes): (Vec<SignedTx>, Vec<Hash>) = txs
+        let fresh: Vec<SignedTx> = txs
             .iter()
-            .zip(&hashes)
             .zip(&known)
             .filter(|(_, k)| !**k)
-            .map(|((t, h), _)| (*t, *h))
-            .unzip();
+            .map(|(t, _)| *t)
+            .collect();
         // One batch verification for the common all-valid case; the verdicts are
         // remembered, so the block that carries these transactions skips them.
-        let all_signed =
-            grapevine_ledger::tx::first_invalid_signature_hashed(&fresh, &fresh_hashes).is_none();
+        let all_signed = grapevine_ledger::tx::first_invalid_signature(&fresh).is_none();
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
         let mut infos = Vec::new();
@@ -707,7 +704,8 @@ impl Node {
         let now = Instant::now();
         {
             let mut pool = self.pool();
-            for ((t, hash), known) in txs.iter().zip(hashes).zip(known) {
+            for (t, known) in txs.iter().zip(known) {
+                let hash = t.hash();
                 if known {
                     verdicts.push(Verdict::Ignored);
                     continue;
@@ -716,7 +714,7 @@ impl Node {
                     verdicts.push(Verdict::Invalid);
                     continue;
                 }
-                match pool.submit_verified(*t, hash, &*self.ledger, now) {
+                match pool.submit_verified(*t, &*self.ledger, now) {
                     Ok(admitted) => {
                         wake |=
                             admitted.state == PoolState::Pending || !admitted.promoted.is_empty();
@@ -833,9 +831,9 @@ impl NodeApi for Node {
         // Signature checks happen before taking the pool's lock.
         let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
         let mut pool = self.pool();
-        let result = checked.and_then(|(tx, hash)| {
-            pool.submit_verified(tx, hash, &*self.ledger, Instant::now())
-                .map_err(|r| (Some(hash), r))
+        let result = checked.and_then(|tx| {
+            pool.submit_verified(tx, &*self.ledger, Instant::now())
+                .map_err(|r| (Some(tx.hash()), r))
         });
         match result {
             Ok(admitted) => {
