@@ -61,7 +61,11 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseError> {
 }
 
 /// Serde for fixed-size byte newtypes: the text form in human-readable formats (JSON),
-/// raw bytes (a tuple, no length prefix) in the binary codec.
+/// raw bytes (no length prefix) in the binary codec. The bytes pass through serde as a
+/// tuple of little-endian u64 words, which the codec writes as their 8 bytes each
+/// (fixed-width little-endian integers), so the encoding is the bytes themselves; word
+/// by word, encoding and decoding make an eighth of the calls that byte by byte did,
+/// on the node's busiest paths (every transaction carries three of these).
 macro_rules! byte_newtype_serde {
     ($ty:ident, $n:expr) => {
         impl serde::Serialize for $ty {
@@ -69,9 +73,11 @@ macro_rules! byte_newtype_serde {
                 if s.is_human_readable() {
                     s.collect_str(self)
                 } else {
-                    let mut t = s.serialize_tuple($n)?;
-                    for b in &self.0 {
-                        t.serialize_element(b)?;
+                    let mut t = s.serialize_tuple($n / 8)?;
+                    for word in self.0.chunks_exact(8) {
+                        t.serialize_element(&u64::from_le_bytes(
+                            word.try_into().expect("chunks of 8 bytes"),
+                        ))?;
                     }
                     t.end()
                 }
@@ -91,10 +97,11 @@ macro_rules! byte_newtype_serde {
                     }
                     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<$ty, A::Error> {
                         let mut out = [0u8; $n];
-                        for (i, b) in out.iter_mut().enumerate() {
-                            *b = seq
+                        for (i, word) in out.chunks_exact_mut(8).enumerate() {
+                            let w: u64 = seq
                                 .next_element()?
                                 .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                            word.copy_from_slice(&w.to_le_bytes());
                         }
                         Ok($ty(out))
                     }
@@ -102,7 +109,7 @@ macro_rules! byte_newtype_serde {
                 if d.is_human_readable() {
                     d.deserialize_str(V)
                 } else {
-                    d.deserialize_tuple($n, V)
+                    d.deserialize_tuple($n / 8, V)
                 }
             }
         }
@@ -452,6 +459,27 @@ impl fmt::Debug for Keypair {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::codec;
+
+    #[test]
+    fn binary_encoding_is_the_raw_bytes() {
+        let bytes: [u8; 64] = std::array::from_fn(|i| (i * 7 + 1) as u8);
+        let h = Hash(bytes[..32].try_into().unwrap());
+        let a = Address(bytes[32..].try_into().unwrap());
+        let s = Signature(bytes);
+        assert_eq!(codec::encode(&h), &bytes[..32]);
+        assert_eq!(codec::encode(&a), &bytes[32..]);
+        assert_eq!(codec::encode(&s), bytes);
+        assert_eq!(codec::decode::<Hash>(&bytes[..32], 32), Ok(h));
+        assert_eq!(codec::decode::<Address>(&bytes[32..], 32), Ok(a));
+        assert_eq!(codec::decode::<Signature>(&bytes, 64), Ok(s));
+        assert!(codec::decode::<Signature>(&bytes[..63], 64).is_err());
+        assert!(
+            codec::decode::<Hash>(&bytes[..33], 64).is_err(),
+            "trailing byte"
+        );
+    }
 
     /// RFC 8032 section 7.1, tests 1 to 3: (secret, public, message, signature).
     const RFC8032: [(&str, &str, &str, &str); 3] = [

@@ -267,6 +267,37 @@ mod tests {
     }
 
     #[test]
+    fn encoding_is_the_documented_byte_layout() {
+        // docs/PROTOCOL.md: body fields in order, integers little-endian, keys and
+        // signature as their raw bytes; signatures cover the tag and this body.
+        let kp = Keypair::from_seed(&[4; 32]);
+        let to = Address(std::array::from_fn(|i| i as u8));
+        let t = Transaction {
+            chain_id: 0x0102_0304,
+            from: kp.address(),
+            to,
+            amount: 0x1122_3344_5566_7788,
+            fee: 9,
+            nonce: 1 << 40,
+        }
+        .sign(&kp);
+        let mut want = Vec::new();
+        want.extend_from_slice(&0x0102_0304u32.to_le_bytes());
+        want.extend_from_slice(&kp.address().0);
+        want.extend_from_slice(&to.0);
+        want.extend_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        want.extend_from_slice(&9u64.to_le_bytes());
+        want.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        want.extend_from_slice(&t.signature().0);
+        assert_eq!(t.to_bytes(), want);
+        assert_eq!(
+            t.tx().signing_bytes(),
+            [TX_SIGNING_TAG, &want[..TX_BODY_LEN]].concat()
+        );
+        assert_eq!(SignedTx::from_bytes(&want), Ok(t));
+    }
+
+    #[test]
     fn any_changed_field_breaks_the_signature() {
         let t = sample();
         assert!(!t.altered(|tx, _| tx.amount += 1).verify());
