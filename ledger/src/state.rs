@@ -195,6 +195,10 @@ pub trait StateView {
     fn state_hash(&self) -> Result<LtHash, StoreError>;
     /// Whether a transaction with this hash is already in a final block.
     fn contains_tx(&self, hash: &Hash) -> Result<bool, StoreError>;
+    /// [`StateView::contains_tx`] for each of `hashes`, in order, in one call.
+    fn contains_txs(&self, hashes: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        hashes.iter().map(|h| self.contains_tx(h)).collect()
+    }
 }
 
 /// The state after blocks that are executed but not yet final: a committed `base`
@@ -254,6 +258,14 @@ impl StateView for Overlay<'_> {
 
     fn contains_tx(&self, hash: &Hash) -> Result<bool, StoreError> {
         Ok(self.txs.contains(hash) || self.base.contains_tx(hash)?)
+    }
+
+    fn contains_txs(&self, hashes: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        let mut found = self.base.contains_txs(hashes)?;
+        for (f, h) in found.iter_mut().zip(hashes) {
+            *f |= self.txs.contains(h);
+        }
+        Ok(found)
     }
 }
 
@@ -353,10 +365,12 @@ pub fn execute(
     }
     let tx_hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
     let mut seen = FastSet::with_capacity_and_hasher(tx_hashes.len(), Default::default());
-    for h in &tx_hashes {
-        if !seen.insert(*h) || view.contains_tx(h)? {
-            return Err(BlockError::DuplicateTx { hash: *h });
-        }
+    if let Some(h) = tx_hashes.iter().find(|h| !seen.insert(**h)) {
+        return Err(BlockError::DuplicateTx { hash: *h });
+    }
+    let final_before = view.contains_txs(&tx_hashes)?;
+    if let Some((h, _)) = tx_hashes.iter().zip(&final_before).find(|(_, f)| **f) {
+        return Err(BlockError::DuplicateTx { hash: *h });
     }
     if let Some(index) = first_invalid_signature(txs) {
         return Err(BlockError::BadSignature { index });

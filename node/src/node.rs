@@ -6,7 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
 
-use grapevine_ledger::state::{Execution, build_block};
+use grapevine_ledger::collections::FastMap;
+use grapevine_ledger::state::{Execution, LtHash, build_block};
 use grapevine_ledger::{Address, Block, Hash, Ledger, SignedTx, StateView, StoreError};
 use grapevine_net::{NetStats, PeerSummary, Verdict};
 use grapevine_rpc::api::{
@@ -697,6 +698,12 @@ impl Node {
         // One batch verification for the common all-valid case; the verdicts are
         // remembered, so the block that carries these transactions skips them.
         let all_signed = grapevine_ledger::tx::first_invalid_signature(&fresh).is_none();
+        // "Already final?" for the whole batch in one lookup, outside the pool's lock.
+        // Blocks are written under that lock, so under it the answers still hold if the
+        // head has not moved since; if it has, each admission asks the ledger itself.
+        let head = self.ledger.head().height;
+        let fresh_hashes: Vec<Hash> = fresh.iter().map(SignedTx::hash).collect();
+        let final_before = self.ledger.contains_txs(&fresh_hashes).ok();
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
         let mut infos = Vec::new();
@@ -704,6 +711,13 @@ impl Node {
         let now = Instant::now();
         {
             let mut pool = self.pool();
+            let looked_up = final_before
+                .filter(|_| self.ledger.head().height == head)
+                .map(|f| LookedUp::new(&self.ledger, &fresh_hashes, &f));
+            let view: &dyn StateView = match &looked_up {
+                Some(v) => v,
+                None => &*self.ledger,
+            };
             for (t, known) in txs.iter().zip(known) {
                 let hash = t.hash();
                 if known {
@@ -714,7 +728,7 @@ impl Node {
                     verdicts.push(Verdict::Invalid);
                     continue;
                 }
-                match pool.submit_verified(*t, &*self.ledger, now) {
+                match pool.submit_verified(*t, view, now) {
                     Ok(admitted) => {
                         wake |=
                             admitted.state == PoolState::Pending || !admitted.promoted.is_empty();
@@ -1050,6 +1064,43 @@ impl NodeApi for Node {
     }
 }
 
+/// The ledger, with the "already final?" answers for some transactions looked up in
+/// advance (valid only while no block has been written since).
+struct LookedUp<'a> {
+    ledger: &'a Ledger,
+    final_before: FastMap<Hash, bool>,
+}
+
+impl<'a> LookedUp<'a> {
+    fn new(ledger: &'a Ledger, hashes: &[Hash], final_before: &[bool]) -> Self {
+        LookedUp {
+            ledger,
+            final_before: hashes
+                .iter()
+                .copied()
+                .zip(final_before.iter().copied())
+                .collect(),
+        }
+    }
+}
+
+impl StateView for LookedUp<'_> {
+    fn account(&self, addr: &Address) -> Result<Option<grapevine_ledger::Account>, StoreError> {
+        self.ledger.account(addr)
+    }
+
+    fn state_hash(&self) -> Result<LtHash, StoreError> {
+        self.ledger.state_hash()
+    }
+
+    fn contains_tx(&self, hash: &Hash) -> Result<bool, StoreError> {
+        match self.final_before.get(hash) {
+            Some(f) => Ok(*f),
+            None => self.ledger.contains_tx(hash),
+        }
+    }
+}
+
 impl grapevine_net::TxValidator for Node {
     fn validate(&self, txs: &[SignedTx]) -> Vec<Verdict> {
         self.admit_from_peer(txs)
@@ -1165,6 +1216,55 @@ mod tests {
             ]
         );
         assert_eq!(node.pool().counts().0, 4, "every valid one is pooled");
+    }
+
+    /// A relayed transaction already in a final block is not pooled again, even one
+    /// that failed there and so left its sender's nonce where it was.
+    #[test]
+    fn relayed_transactions_already_final_are_ignored() {
+        use grapevine_ledger::{Keypair, MemoryStore, Transaction};
+        let keys: Vec<Keypair> = (5..7u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+        let addrs: Vec<Address> = keys.iter().map(Keypair::address).collect();
+        let genesis = crate::test_support::genesis(9, &addrs, 1_000, addrs[0]);
+        let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
+        let (node, _) = Node::new(
+            ledger.clone(),
+            MempoolConfig::default(),
+            addrs[0],
+            vec![addrs[0]],
+        );
+        let tx = |k: &Keypair, to, amount| {
+            Transaction {
+                chain_id: 9,
+                from: k.address(),
+                to,
+                amount,
+                fee: 1,
+                nonce: 0,
+            }
+            .sign(k)
+        };
+        // Fails for want of balance, then the sender is credited in the same block: by
+        // nonce and balance alone it would be admissible now.
+        let failed = tx(&keys[0], Address([7; 32]), 1_500);
+        let credit = tx(&keys[1], addrs[0], 900);
+        let head = ledger.head();
+        let (block, exec) =
+            build_block(&*ledger, 9, &head, addrs[0], 1, 1, vec![failed, credit]).unwrap();
+        assert!(matches!(
+            exec.receipts[..],
+            [
+                grapevine_ledger::Receipt::Failed { .. },
+                grapevine_ledger::Receipt::Success
+            ]
+        ));
+        node.commit_block(&block, &[], &exec, false).unwrap();
+        assert_eq!(ledger.account(&addrs[0]).unwrap().unwrap().nonce, 0);
+        assert_eq!(
+            node.admit_from_peer(&[failed, tx(&keys[0], Address([7; 32]), 10)]),
+            vec![Verdict::Ignored, Verdict::Accepted]
+        );
+        assert_eq!(node.pool().counts().0, 1);
     }
 
     /// Past the backlog the node refuses client transactions as busy (before checking

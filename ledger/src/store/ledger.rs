@@ -482,4 +482,9 @@ impl StateView for Ledger {
     fn contains_tx(&self, hash: &Hash) -> Result<bool, StoreError> {
         Ok(self.store.get(Column::Txs, &hash.0)?.is_some())
     }
+
+    fn contains_txs(&self, hashes: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.0.as_slice()).collect();
+        self.store.contains_many(Column::Txs, &keys)
+    }
 }

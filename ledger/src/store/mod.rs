@@ -88,6 +88,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The value of `key` in `col`, if any.
     fn get(&self, col: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Whether each of `keys` has a value in `col`, in order. One call for many keys,
+    /// which a store may answer more cheaply than key by key.
+    fn contains_many(&self, col: Column, keys: &[&[u8]]) -> Result<Vec<bool>, StoreError> {
+        keys.iter()
+            .map(|k| self.get(col, k).map(|v| v.is_some()))
+            .collect()
+    }
+
     /// Applies every operation of `batch` or none. With `sync`, returns only once the
     /// batch is durable (survives a power loss, not just a process crash).
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError>;

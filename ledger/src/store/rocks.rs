@@ -96,6 +96,18 @@ impl Store for RocksStore {
         self.db.get_cf(self.cf(col)?, key).map_err(db_err)
     }
 
+    fn contains_many(&self, col: Column, keys: &[&[u8]]) -> Result<Vec<bool>, StoreError> {
+        // RocksDB's batched lookup probes the Bloom filters of the memtables and table
+        // files for all keys together, overlapping their cache misses: the "already
+        // final?" checks of a block or a relayed batch, nearly all of absent keys, cost
+        // a fraction of separate lookups once the column spans several table files.
+        self.db
+            .batched_multi_get_cf(self.cf(col)?, keys.iter().copied(), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()).map_err(db_err))
+            .collect()
+    }
+
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         // Reserved up front: a block's batch is megabytes, and growing it by doubling
         // copied it several times into freshly faulted pages.
@@ -166,6 +178,36 @@ impl Store for RocksStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batched_lookups_agree_with_single_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        for i in 0..50u8 {
+            b.put(Column::Txs, [i; 32], [i]);
+        }
+        store.write(b, true).unwrap();
+        // Half in a table file, half in the memtable.
+        store.flush().unwrap();
+        let mut b = WriteBatch::default();
+        for i in 50..100u8 {
+            b.put(Column::Txs, [i; 32], [i]);
+        }
+        store.write(b, true).unwrap();
+        let keys: Vec<[u8; 32]> = (0..200u8).rev().map(|i| [i; 32]).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        let single: Vec<bool> = refs
+            .iter()
+            .map(|k| store.get(Column::Txs, k).unwrap().is_some())
+            .collect();
+        assert_eq!(store.contains_many(Column::Txs, &refs).unwrap(), single);
+        assert_eq!(single.iter().filter(|f| **f).count(), 100);
+        assert_eq!(
+            store.contains_many(Column::Txs, &[]).unwrap(),
+            Vec::<bool>::new()
+        );
+    }
 
     #[test]
     fn writes_of_one_key_in_a_batch_keep_their_order() {
