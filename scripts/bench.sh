@@ -93,8 +93,14 @@ run_load() {
     cpu+="${cpu:+ / }${used}%"
     rss+="${rss:+ / }$(peak_rss_mb "$p")"
   done
-  local offered="flood"
+  local offered="flood" sent
   [ "$rate" != 0 ] && offered="$rate/s"
+  # The load generator's connections wait for answers, so a slow network can hold back
+  # what it sends: the row says so when it sent less than 95% of the rate asked for.
+  sent="$(json_field "$json" sentPerS)"
+  if [ "$rate" != 0 ] && awk -v s="${sent:-0}" -v r="$rate" 'BEGIN {exit !(s < 0.95 * r)}'; then
+    offered+=" (sent ${sent%.*}/s)"
+  fi
   ROWS+=("| $name | $offered | ${tps%.*} | $p50 | $p90 | $p99 | $max | ${ceiling} | $ratio | $rss | $cpu |")
   LAST_TPS="${tps%.*}"
   LAST_P99="${p99%.*}"
