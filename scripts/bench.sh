@@ -98,7 +98,8 @@ run_load() {
   # The load generator's connections wait for answers, so a slow network can hold back
   # what it sends: the row says so when it sent less than 95% of the rate asked for.
   sent="$(json_field "$json" sentPerS)"
-  if [ "$rate" != 0 ] && awk -v s="${sent:-0}" -v r="$rate" 'BEGIN {exit !(s < 0.95 * r)}'; then
+  if [ "$rate" != 0 ] && [ -n "$sent" ] && grep -q '"fellBehind":true' <<<"$json" &&
+    awk -v s="$sent" -v r="$rate" 'BEGIN {exit !(s < 0.95 * r)}'; then
     offered+=" (sent ${sent%.*}/s)"
   fi
   ROWS+=("| $name | $offered | ${tps%.*} | $p50 | $p90 | $p99 | $max | ${ceiling} | $ratio | $rss | $cpu |")

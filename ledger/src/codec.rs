@@ -4,7 +4,8 @@
 //! format is bincode 1.3.3 with fixed-width little-endian integers (documented byte for
 //! byte in `docs/PROTOCOL.md`). Decoding is bounded by an explicit size limit, rejects
 //! trailing bytes and never panics, whatever the input. Swapping the serializer means
-//! changing this file only.
+//! changing this file, and the serde of the fixed-size byte types in `crypto.rs`, which
+//! pass their bytes as little-endian u64 words (the same bytes here, one call per word).
 
 use bincode::Options;
 use serde::Serialize;

@@ -68,6 +68,8 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseError> {
 /// on the node's busiest paths (every transaction carries three of these).
 macro_rules! byte_newtype_serde {
     ($ty:ident, $n:expr) => {
+        const _: () = assert!($n % 8 == 0, "whole u64 words");
+
         impl serde::Serialize for $ty {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 if s.is_human_readable() {
@@ -100,7 +102,7 @@ macro_rules! byte_newtype_serde {
                         for (i, word) in out.chunks_exact_mut(8).enumerate() {
                             let w: u64 = seq
                                 .next_element()?
-                                .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                                .ok_or_else(|| de::Error::invalid_length(i * 8, &self))?;
                             word.copy_from_slice(&w.to_le_bytes());
                         }
                         Ok($ty(out))

@@ -339,6 +339,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let refused: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let busy_retries = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
+    let behind = AtomicBool::new(false);
     let start_height = u64_of(&call(&agent, first, "getStatus", json!([]))?["height"]);
 
     // Finality: read each new block from the first node.
@@ -399,8 +400,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::thread::scope(|s| {
         for (c, lane) in lanes.iter().enumerate() {
             let url = args.rpc[c % args.rpc.len()].clone();
-            let (sent_at, submitted, accepted, refused, busy_retries) =
-                (&sent_at, &submitted, &accepted, &refused, &busy_retries);
+            let (sent_at, submitted, accepted, refused, busy_retries, behind) = (
+                &sent_at,
+                &submitted,
+                &accepted,
+                &refused,
+                &busy_retries,
+                &behind,
+            );
             let per_conn_rate = args.rate as f64 / conns as f64;
             let batch = args.batch;
             s.spawn(move || {
@@ -408,6 +415,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 for (k, chunk) in lane.chunks(batch).enumerate() {
                     let now = Instant::now();
                     if now >= end {
+                        // Transfers still due before the end were held back by slow
+                        // answers (a lane that ran out of transfers is not behind).
+                        if per_conn_rate > 0.0
+                            && (k * batch) as f64 / per_conn_rate < args.duration as f64
+                        {
+                            behind.store(true, Ordering::Relaxed);
+                        }
                         break;
                     }
                     if per_conn_rate > 0.0 {
@@ -503,7 +517,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("refused     {n} {why}");
     }
     println!("finalized/s {tps:.0} over the {load_secs:.1} s of load");
-    if args.rate > 0 && sent_per_s < 0.95 * args.rate as f64 {
+    if behind.load(Ordering::Relaxed) && sent_per_s < 0.95 * args.rate as f64 {
         // The connections wait for answers: slow ones hold back what is sent.
         println!(
             "fell behind: sent {sent_per_s:.0}/s of the {}/s asked for (try more --connections)",
@@ -525,6 +539,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "duration_s": (load_secs * 10.0).round() / 10.0,
             "rate": args.rate,
             "sentPerS": sent_per_s.round(),
+            "fellBehind": behind.load(Ordering::Relaxed),
             "nodes": args.rpc.len(),
         });
         println!("{j}");

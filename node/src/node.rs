@@ -703,7 +703,11 @@ impl Node {
         // head has not moved since; if it has, each admission asks the ledger itself.
         let head = self.ledger.head().height;
         let fresh_hashes: Vec<Hash> = fresh.iter().map(SignedTx::hash).collect();
-        let final_before = self.ledger.contains_txs(&fresh_hashes).ok();
+        let looked_up = self
+            .ledger
+            .contains_txs(&fresh_hashes)
+            .ok()
+            .map(|f| LookedUp::new(&self.ledger, &fresh_hashes, &f));
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
         let mut infos = Vec::new();
@@ -711,12 +715,9 @@ impl Node {
         let now = Instant::now();
         {
             let mut pool = self.pool();
-            let looked_up = final_before
-                .filter(|_| self.ledger.head().height == head)
-                .map(|f| LookedUp::new(&self.ledger, &fresh_hashes, &f));
             let view: &dyn StateView = match &looked_up {
-                Some(v) => v,
-                None => &*self.ledger,
+                Some(v) if self.ledger.head().height == head => v,
+                _ => &*self.ledger,
             };
             for (t, known) in txs.iter().zip(known) {
                 let hash = t.hash();
@@ -1265,6 +1266,32 @@ mod tests {
             vec![Verdict::Ignored, Verdict::Accepted]
         );
         assert_eq!(node.pool().counts().0, 1);
+    }
+
+    /// Admission takes "already final?" from the looked-up answers, not the ledger.
+    #[test]
+    fn looked_up_answers_decide_admission() {
+        use grapevine_ledger::{Keypair, MemoryStore, Transaction};
+        let key = Keypair::from_seed(&[8; 32]);
+        let genesis = crate::test_support::genesis(9, &[key.address()], 1_000, key.address());
+        let ledger = Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap();
+        let tx = Transaction {
+            chain_id: 9,
+            from: key.address(),
+            to: Address([7; 32]),
+            amount: 1,
+            fee: 1,
+            nonce: 0,
+        }
+        .sign(&key);
+        let mut pool = Mempool::new(MempoolConfig::default());
+        let said_final = LookedUp::new(&ledger, &[tx.hash()], &[true]);
+        assert!(matches!(
+            pool.submit_verified(tx, &said_final, Instant::now()),
+            Err(Refusal::AlreadyFinal(_))
+        ));
+        let said_not = LookedUp::new(&ledger, &[tx.hash()], &[false]);
+        assert!(pool.submit_verified(tx, &said_not, Instant::now()).is_ok());
     }
 
     /// Past the backlog the node refuses client transactions as busy (before checking
