@@ -179,7 +179,7 @@ pub fn precheck(bytes: &[u8], chain_id: u32) -> Result<SignedTx, (Option<Hash>, 
         ));
     }
     // A batch submission's signatures may have been checked together already (see
-    // `Node::preverify_transactions`); block checks skip what is known valid.
+    // `Node::send_transactions`); block checks skip what is known valid.
     if !grapevine_ledger::tx::verified_before(&hash) {
         if !tx.verify() {
             return Err((Some(hash), Refusal::BadSignature));

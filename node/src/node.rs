@@ -656,6 +656,108 @@ impl Node {
         grapevine_ledger::tx::preverify_signatures(&taken);
     }
 
+    /// Admits one transaction from a client (its full encoding), with "already final?"
+    /// taken from `looked_up` when given: (the head height when it was looked up, the
+    /// answers).
+    fn admit_client(
+        &self,
+        bytes: &[u8],
+        looked_up: Option<(u64, &LookedUp<'_>)>,
+    ) -> Result<Hash, ApiError> {
+        let busy = self.busy();
+        if busy.is_some() {
+            // The fee decides; what does not decode is refused below as malformed.
+            let fee = SignedTx::from_bytes(bytes).map_or(u64::MAX, |t| t.tx().fee);
+            if Self::busy_for(&busy, fee)
+                && let Some(refusal) = busy
+            {
+                return Err(refusal_error(&refusal, None));
+            }
+        }
+        // Signature checks happen before taking the pool's lock.
+        let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
+        let mut pool = self.pool();
+        // Blocks are written under the pool's lock: the answers hold while the head has
+        // not moved since they were looked up.
+        let view: &dyn StateView = match looked_up {
+            Some((head, answers)) if self.ledger.head().height == head => answers,
+            _ => &*self.ledger,
+        };
+        let result = checked.and_then(|tx| {
+            pool.submit_verified(tx, view, Instant::now())
+                .map_err(|r| (Some(tx.hash()), r))
+        });
+        match result {
+            Ok(admitted) => {
+                let entry = pool.get(&admitted.hash);
+                let info = entry.map(|(t, s)| self.pooled_info(admitted.hash, t, s));
+                let promoted: Vec<TxInfo> = admitted
+                    .promoted
+                    .iter()
+                    .filter_map(|h| pool.get(h).map(|(t, s)| self.pooled_info(*h, t, s)))
+                    .collect();
+                // The pool gauges walk every sender: they are refreshed after each block
+                // and each expiry sweep (every second), not on this hot path.
+                drop(pool);
+                let wake = admitted.state == PoolState::Pending || !promoted.is_empty();
+                self.publish_dropped(
+                    admitted
+                        .dropped
+                        .into_iter()
+                        .map(|(h, d)| (h, d, None))
+                        .collect(),
+                );
+                if let Some(info) = info {
+                    self.publish(info);
+                }
+                for p in promoted {
+                    self.publish(p);
+                }
+                if wake {
+                    self.new_work.notify_one();
+                }
+                if self.net_view().networked
+                    && let Some((t, _)) = entry
+                {
+                    self.gossip
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(t);
+                    self.gossip_ready.notify_one();
+                }
+                Ok(admitted.hash)
+            }
+            Err((hash, refusal)) => {
+                drop(pool);
+                self.metrics.txs_rejected.inc();
+                let err = refusal_error(&refusal, hash);
+                // Remember refusals of decodable transactions, except those that say the
+                // transaction is alive elsewhere (pooled or final).
+                if let (Some(h), false) = (
+                    hash,
+                    matches!(refusal, Refusal::AlreadyKnown(_) | Refusal::AlreadyFinal(_)),
+                ) {
+                    let code = match &err {
+                        ApiError::Rejected { reason, .. } => (*reason).to_string(),
+                        _ => "internal".into(),
+                    };
+                    let tx = grapevine_ledger::SignedTx::from_bytes(bytes).ok();
+                    self.publish(TxInfo {
+                        hash: h,
+                        state: TxState::Rejected {
+                            reason: Reason {
+                                code,
+                                message: refusal.to_string(),
+                            },
+                        },
+                        transaction: tx.as_ref().map(tx_view),
+                    });
+                }
+                Err(err)
+            }
+        }
+    }
+
     /// Admits transactions a peer relayed: each gets a [`Verdict`] for the network
     /// (only accepted ones are announced onwards; invalid ones cost the peer score).
     pub fn admit_from_peer(&self, txs: &[SignedTx]) -> Vec<Verdict> {
@@ -824,101 +926,28 @@ impl NodeApi for Node {
         })
     }
 
-    fn preverify_transactions(&self, txs: &[Vec<u8>]) {
-        self.preverify(
-            txs.iter()
-                .filter(|b| b.len() == grapevine_ledger::tx::SIGNED_TX_LEN)
-                .filter_map(|b| SignedTx::from_bytes(b).ok()),
-        );
+    fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
+        self.admit_client(bytes, None)
     }
 
-    fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
-        let busy = self.busy();
-        if busy.is_some() {
-            // The fee decides; what does not decode is refused below as malformed.
-            let fee = SignedTx::from_bytes(bytes).map_or(u64::MAX, |t| t.tx().fee);
-            if Self::busy_for(&busy, fee)
-                && let Some(refusal) = busy
-            {
-                return Err(refusal_error(&refusal, None));
-            }
-        }
-        // Signature checks happen before taking the pool's lock.
-        let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
-        let mut pool = self.pool();
-        let result = checked.and_then(|tx| {
-            pool.submit_verified(tx, &*self.ledger, Instant::now())
-                .map_err(|r| (Some(tx.hash()), r))
-        });
-        match result {
-            Ok(admitted) => {
-                let entry = pool.get(&admitted.hash);
-                let info = entry.map(|(t, s)| self.pooled_info(admitted.hash, t, s));
-                let promoted: Vec<TxInfo> = admitted
-                    .promoted
-                    .iter()
-                    .filter_map(|h| pool.get(h).map(|(t, s)| self.pooled_info(*h, t, s)))
-                    .collect();
-                // The pool gauges walk every sender: they are refreshed after each block
-                // and each expiry sweep (every second), not on this hot path.
-                drop(pool);
-                let wake = admitted.state == PoolState::Pending || !promoted.is_empty();
-                self.publish_dropped(
-                    admitted
-                        .dropped
-                        .into_iter()
-                        .map(|(h, d)| (h, d, None))
-                        .collect(),
-                );
-                if let Some(info) = info {
-                    self.publish(info);
-                }
-                for p in promoted {
-                    self.publish(p);
-                }
-                if wake {
-                    self.new_work.notify_one();
-                }
-                if self.net_view().networked
-                    && let Some((t, _)) = entry
-                {
-                    self.gossip
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(t);
-                    self.gossip_ready.notify_one();
-                }
-                Ok(admitted.hash)
-            }
-            Err((hash, refusal)) => {
-                drop(pool);
-                self.metrics.txs_rejected.inc();
-                let err = refusal_error(&refusal, hash);
-                // Remember refusals of decodable transactions, except those that say the
-                // transaction is alive elsewhere (pooled or final).
-                if let (Some(h), false) = (
-                    hash,
-                    matches!(refusal, Refusal::AlreadyKnown(_) | Refusal::AlreadyFinal(_)),
-                ) {
-                    let code = match &err {
-                        ApiError::Rejected { reason, .. } => (*reason).to_string(),
-                        _ => "internal".into(),
-                    };
-                    let tx = grapevine_ledger::SignedTx::from_bytes(bytes).ok();
-                    self.publish(TxInfo {
-                        hash: h,
-                        state: TxState::Rejected {
-                            reason: Reason {
-                                code,
-                                message: refusal.to_string(),
-                            },
-                        },
-                        transaction: tx.as_ref().map(tx_view),
-                    });
-                }
-                Err(err)
-            }
-        }
+    fn send_transactions(&self, txs: &[Vec<u8>]) -> Vec<Result<Hash, ApiError>> {
+        let decoded: Vec<SignedTx> = txs
+            .iter()
+            .filter(|b| b.len() == grapevine_ledger::tx::SIGNED_TX_LEN)
+            .filter_map(|b| SignedTx::from_bytes(b).ok())
+            .collect();
+        // Signatures in batches, and "already final?" in one lookup, for all of them.
+        self.preverify(decoded.iter().copied());
+        let head = self.ledger.head().height;
+        let hashes: Vec<Hash> = decoded.iter().map(SignedTx::hash).collect();
+        let looked_up = self
+            .ledger
+            .contains_txs(&hashes)
+            .ok()
+            .map(|f| LookedUp::new(&self.ledger, &hashes, &f));
+        txs.iter()
+            .map(|b| self.admit_client(b, looked_up.as_ref().map(|l| (head, l))))
+            .collect()
     }
 
     fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError> {
@@ -1292,6 +1321,67 @@ mod tests {
         ));
         let said_not = LookedUp::new(&ledger, &[tx.hash()], &[false]);
         assert!(pool.submit_verified(tx, &said_not, Instant::now()).is_ok());
+    }
+
+    /// A JSON-RPC batch's transactions, admitted together, get the verdicts they would
+    /// get one by one: one already final (a failed one, its nonce unmoved, so only that
+    /// lookup refuses it), a new one, the new one again, bytes that do not decode.
+    #[test]
+    fn client_batches_get_the_verdicts_of_single_submissions() {
+        use grapevine_ledger::{Keypair, MemoryStore, Transaction};
+        let keys: Vec<Keypair> = (30..32u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+        let addrs: Vec<Address> = keys.iter().map(Keypair::address).collect();
+        let genesis = crate::test_support::genesis(9, &addrs, 1_000, addrs[0]);
+        let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
+        let (node, _) = Node::new(
+            ledger.clone(),
+            MempoolConfig::default(),
+            addrs[0],
+            vec![addrs[0]],
+        );
+        let tx = |k: &Keypair, to, amount| {
+            Transaction {
+                chain_id: 9,
+                from: k.address(),
+                to,
+                amount,
+                fee: 1,
+                nonce: 0,
+            }
+            .sign(k)
+        };
+        let failed = tx(&keys[0], Address([7; 32]), 1_500);
+        let credit = tx(&keys[1], addrs[0], 900);
+        let head = ledger.head();
+        let (block, exec) =
+            build_block(&*ledger, 9, &head, addrs[0], 1, 1, vec![failed, credit]).unwrap();
+        node.commit_block(&block, &[], &exec, false).unwrap();
+        let fresh = tx(&keys[0], Address([7; 32]), 10);
+        let batch = vec![
+            failed.to_bytes(),
+            fresh.to_bytes(),
+            fresh.to_bytes(),
+            vec![1, 2, 3],
+        ];
+        let reasons: Vec<Result<Hash, &str>> = node
+            .send_transactions(&batch)
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    ApiError::Rejected { reason, .. } => reason,
+                    _ => "other",
+                })
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                Err("alreadyFinal"),
+                Ok(fresh.hash()),
+                Err("alreadyKnown"),
+                Err("malformed")
+            ]
+        );
     }
 
     /// Past the backlog the node refuses client transactions as busy (before checking

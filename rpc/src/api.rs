@@ -16,10 +16,13 @@ pub trait NodeApi: Send + Sync + 'static {
     fn account(&self, addr: &Address) -> Result<AccountInfo, ApiError>;
     /// Admits a transaction (its full encoding) to the mempool; returns its hash.
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError>;
-    /// A hint before a JSON-RPC batch's `sendTransaction` calls run one by one: the node
-    /// may check these transactions' signatures together, which is cheaper. It changes
-    /// no verdict; undecodable entries are left to the calls themselves.
-    fn preverify_transactions(&self, _txs: &[Vec<u8>]) {}
+    /// Admits the transactions of a JSON-RPC batch's `sendTransaction` calls: the same
+    /// verdicts, in order, as [`NodeApi::send_transaction`] one by one. A node may do
+    /// work for all of them together (signature checks, ledger lookups), which is
+    /// cheaper.
+    fn send_transactions(&self, txs: &[Vec<u8>]) -> Vec<Result<Hash, ApiError>> {
+        txs.iter().map(|t| self.send_transaction(t)).collect()
+    }
     /// A transaction's lifecycle state.
     fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError>;
     /// A final block by height, with its hash and certificate.

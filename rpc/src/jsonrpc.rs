@@ -121,13 +121,43 @@ pub fn handle_body<A: NodeApi + ?Sized>(
                     ),
                 ));
             }
-            let txs: Vec<Vec<u8>> = items.iter().filter_map(submitted_bytes).collect();
-            if txs.len() > 1 {
-                api.preverify_transactions(&txs);
+            let requests: Vec<Result<Request, Value>> = items.into_iter().map(parse).collect();
+            // The batch's well-formed sendTransaction calls are admitted together.
+            let sends: Vec<(usize, Vec<u8>)> = requests
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match r {
+                    Ok(req) if req.method == "sendTransaction" => {
+                        send_params(req.params.clone()).ok().map(|b| (i, b))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let mut sent: Vec<Option<Result<Hash, ApiError>>> = Vec::new();
+            if sends.len() > 1 {
+                sent.resize_with(requests.len(), || None);
+                let txs: Vec<Vec<u8>> = sends.iter().map(|(_, b)| b.clone()).collect();
+                for ((i, _), result) in sends.iter().zip(api.send_transactions(&txs)) {
+                    sent[*i] = Some(result);
+                }
             }
-            let out: Vec<Value> = items
+            let out: Vec<Value> = requests
                 .into_iter()
-                .filter_map(|item| handle_one(api, item, observe))
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let req = match r {
+                        Ok(req) => req,
+                        Err(invalid) => return Some(invalid),
+                    };
+                    observe(&req.method);
+                    let result = match sent.get_mut(i).and_then(Option::take) {
+                        Some(admitted) => admitted
+                            .map(|h| Value::String(h.to_string()))
+                            .map_err(RpcError::from),
+                        None => call(api, &req.method, req.params),
+                    };
+                    respond(req.id, result)
+                })
                 .collect();
             (!out.is_empty()).then_some(Value::Array(out))
         }
@@ -135,53 +165,74 @@ pub fn handle_body<A: NodeApi + ?Sized>(
     }
 }
 
-/// The transaction bytes of a well-formed `sendTransaction` request, if it is one.
-fn submitted_bytes(item: &Value) -> Option<Vec<u8>> {
-    if item.get("method")?.as_str()? != "sendTransaction" {
-        return None;
+/// A request whose envelope is well formed: its id (`None` for a notification), method
+/// and parameters.
+struct Request {
+    id: Option<Value>,
+    method: String,
+    params: Option<Value>,
+}
+
+/// Checks one request object's envelope; an invalid one gets its error response.
+fn parse(v: Value) -> Result<Request, Value> {
+    let invalid = |why: &str| {
+        error_response(
+            Value::Null,
+            &RpcError::new(codes::INVALID_REQUEST, format!("Invalid Request: {why}")),
+        )
+    };
+    let Value::Object(mut obj) = v else {
+        return Err(invalid("a request is a JSON object"));
+    };
+    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
-    let params = item.get("params")?;
-    let text = params
-        .get(0)
-        .or_else(|| params.get("transaction"))?
-        .as_str()?;
-    // Takes an optional 0x prefix.
-    hex::decode(text).ok()
+    let id = match obj.remove("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
+        Some(_) => return Err(invalid("\"id\" must be a string, a number or null")),
+    };
+    let Some(Value::String(method)) = obj.remove("method") else {
+        return Err(invalid("\"method\" must be a string"));
+    };
+    let params = match obj.remove("params") {
+        None => None,
+        Some(p @ (Value::Array(_) | Value::Object(_))) => Some(p),
+        Some(_) => return Err(invalid("\"params\" must be an array or an object")),
+    };
+    Ok(Request { id, method, params })
+}
+
+/// The response to a call's result; `None` for a notification, which gets no response,
+/// not even an error.
+fn respond(id: Option<Value>, result: Result<Value, RpcError>) -> Option<Value> {
+    let id = id?;
+    Some(match result {
+        Ok(r) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
+        Err(e) => error_response(id, &e),
+    })
 }
 
 /// Handles one request object; `None` for a notification.
 pub fn handle_one<A: NodeApi + ?Sized>(api: &A, v: Value, observe: &dyn Fn(&str)) -> Option<Value> {
-    let invalid = |why: &str| {
-        Some(error_response(
-            Value::Null,
-            &RpcError::new(codes::INVALID_REQUEST, format!("Invalid Request: {why}")),
-        ))
-    };
-    let Value::Object(obj) = v else {
-        return invalid("a request is a JSON object");
-    };
-    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
-        return invalid("\"jsonrpc\" must be \"2.0\"");
+    match parse(v) {
+        Err(invalid) => Some(invalid),
+        Ok(req) => {
+            observe(&req.method);
+            respond(req.id, call(api, &req.method, req.params))
+        }
     }
-    let id = match obj.get("id") {
-        None => None,
-        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id.clone()),
-        Some(_) => return invalid("\"id\" must be a string, a number or null"),
-    };
-    let Some(Value::String(method)) = obj.get("method") else {
-        return invalid("\"method\" must be a string");
-    };
-    let params = match obj.get("params") {
-        None => None,
-        Some(p @ (Value::Array(_) | Value::Object(_))) => Some(p.clone()),
-        Some(_) => return invalid("\"params\" must be an array or an object"),
-    };
-    observe(method);
-    let result = call(api, method, params);
-    let id = id?; // a notification gets no response, not even an error
-    Some(match result {
-        Ok(r) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
-        Err(e) => error_response(id, &e),
+}
+
+/// The transaction bytes of `sendTransaction`'s parameters.
+fn send_params(params: Option<Value>) -> Result<Vec<u8>, RpcError> {
+    let p = Params::new(params, &["transaction"])?;
+    let hex_tx = p.string(0, "transaction")?;
+    // Takes an optional 0x prefix.
+    hex::decode(hex_tx).map_err(|e| {
+        RpcError::params(format!(
+            "parameter \"transaction\" must be the signed transaction's bytes in hex: {e}"
+        ))
     })
 }
 
@@ -283,14 +334,7 @@ pub fn call<A: NodeApi + ?Sized>(
             to_value(api.account(&p.address(0, "address")?)?)
         }
         "sendTransaction" => {
-            let p = Params::new(params, &["transaction"])?;
-            let hex_tx = p.string(0, "transaction")?;
-            // Takes an optional 0x prefix.
-            let bytes = hex::decode(hex_tx).map_err(|e| {
-                RpcError::params(format!(
-                    "parameter \"transaction\" must be the signed transaction's bytes in hex: {e}"
-                ))
-            })?;
+            let bytes = send_params(params)?;
             Ok(Value::String(api.send_transaction(&bytes)?.to_string()))
         }
         "getTransaction" => {
