@@ -657,12 +657,11 @@ impl Node {
     }
 
     /// Admits one transaction from a client (its full encoding), with "already final?"
-    /// taken from `looked_up` when given: (the head height when it was looked up, the
-    /// answers).
+    /// taken from `looked_up` when given.
     fn admit_client(
         &self,
         bytes: &[u8],
-        looked_up: Option<(u64, &LookedUp<'_>)>,
+        looked_up: Option<&LookedUp<'_>>,
     ) -> Result<Hash, ApiError> {
         let busy = self.busy();
         if busy.is_some() {
@@ -677,12 +676,7 @@ impl Node {
         // Signature checks happen before taking the pool's lock.
         let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
         let mut pool = self.pool();
-        // Blocks are written under the pool's lock: the answers hold while the head has
-        // not moved since they were looked up.
-        let view: &dyn StateView = match looked_up {
-            Some((head, answers)) if self.ledger.head().height == head => answers,
-            _ => &*self.ledger,
-        };
+        let view = looked_up.map_or(&*self.ledger as &dyn StateView, LookedUp::view);
         let result = checked.and_then(|tx| {
             pool.submit_verified(tx, view, Instant::now())
                 .map_err(|r| (Some(tx.hash()), r))
@@ -801,15 +795,7 @@ impl Node {
         // remembered, so the block that carries these transactions skips them.
         let all_signed = grapevine_ledger::tx::first_invalid_signature(&fresh).is_none();
         // "Already final?" for the whole batch in one lookup, outside the pool's lock.
-        // Blocks are written under that lock, so under it the answers still hold if the
-        // head has not moved since; if it has, each admission asks the ledger itself.
-        let head = self.ledger.head().height;
-        let fresh_hashes: Vec<Hash> = fresh.iter().map(SignedTx::hash).collect();
-        let looked_up = self
-            .ledger
-            .contains_txs(&fresh_hashes)
-            .ok()
-            .map(|f| LookedUp::new(&self.ledger, &fresh_hashes, &f));
+        let looked_up = LookedUp::new(&self.ledger, &fresh);
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
         let mut infos = Vec::new();
@@ -817,10 +803,7 @@ impl Node {
         let now = Instant::now();
         {
             let mut pool = self.pool();
-            let view: &dyn StateView = match &looked_up {
-                Some(v) if self.ledger.head().height == head => v,
-                _ => &*self.ledger,
-            };
+            let view = looked_up.view();
             for (t, known) in txs.iter().zip(known) {
                 let hash = t.hash();
                 if known {
@@ -938,15 +921,9 @@ impl NodeApi for Node {
             .collect();
         // Signatures in batches, and "already final?" in one lookup, for all of them.
         self.preverify(decoded.iter().copied());
-        let head = self.ledger.head().height;
-        let hashes: Vec<Hash> = decoded.iter().map(SignedTx::hash).collect();
-        let looked_up = self
-            .ledger
-            .contains_txs(&hashes)
-            .ok()
-            .map(|f| LookedUp::new(&self.ledger, &hashes, &f));
+        let looked_up = LookedUp::new(&self.ledger, &decoded);
         txs.iter()
-            .map(|b| self.admit_client(b, looked_up.as_ref().map(|l| (head, l))))
+            .map(|b| self.admit_client(b, Some(&looked_up)))
             .collect()
     }
 
@@ -1094,22 +1071,40 @@ impl NodeApi for Node {
     }
 }
 
-/// The ledger, with the "already final?" answers for some transactions looked up in
-/// advance (valid only while no block has been written since).
+/// The ledger, with the "already final?" answers for some transactions looked up
+/// together before admission takes the pool's lock.
 struct LookedUp<'a> {
     ledger: &'a Ledger,
+    /// The head height when they were looked up.
+    head: u64,
     final_before: FastMap<Hash, bool>,
 }
 
 impl<'a> LookedUp<'a> {
-    fn new(ledger: &'a Ledger, hashes: &[Hash], final_before: &[bool]) -> Self {
+    /// Looks up whether each of `txs` is final, in one call (none are known if the
+    /// lookup fails: admission then asks the ledger one by one).
+    fn new(ledger: &'a Ledger, txs: &[SignedTx]) -> Self {
+        let head = ledger.head().height;
+        let hashes: Vec<Hash> = txs.iter().map(SignedTx::hash).collect();
+        let final_before = match ledger.contains_txs(&hashes) {
+            Ok(found) => hashes.into_iter().zip(found).collect(),
+            Err(_) => FastMap::default(),
+        };
         LookedUp {
             ledger,
-            final_before: hashes
-                .iter()
-                .copied()
-                .zip(final_before.iter().copied())
-                .collect(),
+            head,
+            final_before,
+        }
+    }
+
+    /// What admission reads under the pool's lock: these answers while the head has not
+    /// moved since they were looked up, else the ledger itself. Blocks are written
+    /// under that lock (`Node::commit_block`), so an unmoved head means none was.
+    fn view(&self) -> &dyn StateView {
+        if self.ledger.head().height == self.head {
+            self
+        } else {
+            self.ledger
         }
     }
 }
@@ -1248,12 +1243,30 @@ mod tests {
         assert_eq!(node.pool().counts().0, 4, "every valid one is pooled");
     }
 
-    /// A relayed transaction already in a final block is not pooled again, even one
-    /// that failed there and so left its sender's nonce where it was.
-    #[test]
-    fn relayed_transactions_already_final_are_ignored() {
-        use grapevine_ledger::{Keypair, MemoryStore, Transaction};
-        let keys: Vec<Keypair> = (5..7u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+    /// A transfer of chain 9 with nonce 0 and fee 1.
+    fn first_transfer(k: &grapevine_ledger::Keypair, to: Address, amount: u64) -> SignedTx {
+        grapevine_ledger::Transaction {
+            chain_id: 9,
+            from: k.address(),
+            to,
+            amount,
+            fee: 1,
+            nonce: 0,
+        }
+        .sign(k)
+    }
+
+    /// A node whose ledger holds a final block with a transfer that failed for want of
+    /// balance, then a credit to its sender: by nonce and balance alone the failed
+    /// transfer would be admissible now. Returns the node, its ledger, the sender's key
+    /// and the failed transfer.
+    fn node_with_a_failed_final_transfer(
+        seed: u8,
+    ) -> (Arc<Node>, Arc<Ledger>, grapevine_ledger::Keypair, SignedTx) {
+        use grapevine_ledger::{Keypair, MemoryStore};
+        let keys: Vec<Keypair> = (seed..seed + 2)
+            .map(|i| Keypair::from_seed(&[i; 32]))
+            .collect();
         let addrs: Vec<Address> = keys.iter().map(Keypair::address).collect();
         let genesis = crate::test_support::genesis(9, &addrs, 1_000, addrs[0]);
         let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
@@ -1263,21 +1276,8 @@ mod tests {
             addrs[0],
             vec![addrs[0]],
         );
-        let tx = |k: &Keypair, to, amount| {
-            Transaction {
-                chain_id: 9,
-                from: k.address(),
-                to,
-                amount,
-                fee: 1,
-                nonce: 0,
-            }
-            .sign(k)
-        };
-        // Fails for want of balance, then the sender is credited in the same block: by
-        // nonce and balance alone it would be admissible now.
-        let failed = tx(&keys[0], Address([7; 32]), 1_500);
-        let credit = tx(&keys[1], addrs[0], 900);
+        let failed = first_transfer(&keys[0], Address([7; 32]), 1_500);
+        let credit = first_transfer(&keys[1], addrs[0], 900);
         let head = ledger.head();
         let (block, exec) =
             build_block(&*ledger, 9, &head, addrs[0], 1, 1, vec![failed, credit]).unwrap();
@@ -1290,8 +1290,18 @@ mod tests {
         ));
         node.commit_block(&block, &[], &exec, false).unwrap();
         assert_eq!(ledger.account(&addrs[0]).unwrap().unwrap().nonce, 0);
+        let sender = keys.into_iter().next().unwrap();
+        (node, ledger, sender, failed)
+    }
+
+    /// A relayed transaction already in a final block is not pooled again, even one
+    /// that failed there and so left its sender's nonce where it was.
+    #[test]
+    fn relayed_transactions_already_final_are_ignored() {
+        let (node, _, sender, failed) = node_with_a_failed_final_transfer(5);
+        let fresh = first_transfer(&sender, Address([7; 32]), 10);
         assert_eq!(
-            node.admit_from_peer(&[failed, tx(&keys[0], Address([7; 32]), 10)]),
+            node.admit_from_peer(&[failed, fresh]),
             vec![Verdict::Ignored, Verdict::Accepted]
         );
         assert_eq!(node.pool().counts().0, 1);
@@ -1314,13 +1324,21 @@ mod tests {
         }
         .sign(&key);
         let mut pool = Mempool::new(MempoolConfig::default());
-        let said_final = LookedUp::new(&ledger, &[tx.hash()], &[true]);
+        let answer = |f| LookedUp {
+            ledger: &ledger,
+            head: ledger.head().height,
+            final_before: [(tx.hash(), f)].into_iter().collect(),
+        };
+        let said_final = answer(true);
         assert!(matches!(
-            pool.submit_verified(tx, &said_final, Instant::now()),
+            pool.submit_verified(tx, said_final.view(), Instant::now()),
             Err(Refusal::AlreadyFinal(_))
         ));
-        let said_not = LookedUp::new(&ledger, &[tx.hash()], &[false]);
-        assert!(pool.submit_verified(tx, &said_not, Instant::now()).is_ok());
+        let said_not = answer(false);
+        assert!(
+            pool.submit_verified(tx, said_not.view(), Instant::now())
+                .is_ok()
+        );
     }
 
     /// A JSON-RPC batch's transactions, admitted together, get the verdicts they would
@@ -1328,35 +1346,8 @@ mod tests {
     /// lookup refuses it), a new one, the new one again, bytes that do not decode.
     #[test]
     fn client_batches_get_the_verdicts_of_single_submissions() {
-        use grapevine_ledger::{Keypair, MemoryStore, Transaction};
-        let keys: Vec<Keypair> = (30..32u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
-        let addrs: Vec<Address> = keys.iter().map(Keypair::address).collect();
-        let genesis = crate::test_support::genesis(9, &addrs, 1_000, addrs[0]);
-        let ledger = Arc::new(Ledger::open(Box::new(MemoryStore::new()), &genesis).unwrap());
-        let (node, _) = Node::new(
-            ledger.clone(),
-            MempoolConfig::default(),
-            addrs[0],
-            vec![addrs[0]],
-        );
-        let tx = |k: &Keypair, to, amount| {
-            Transaction {
-                chain_id: 9,
-                from: k.address(),
-                to,
-                amount,
-                fee: 1,
-                nonce: 0,
-            }
-            .sign(k)
-        };
-        let failed = tx(&keys[0], Address([7; 32]), 1_500);
-        let credit = tx(&keys[1], addrs[0], 900);
-        let head = ledger.head();
-        let (block, exec) =
-            build_block(&*ledger, 9, &head, addrs[0], 1, 1, vec![failed, credit]).unwrap();
-        node.commit_block(&block, &[], &exec, false).unwrap();
-        let fresh = tx(&keys[0], Address([7; 32]), 10);
+        let (node, _, sender, failed) = node_with_a_failed_final_transfer(30);
+        let fresh = first_transfer(&sender, Address([7; 32]), 10);
         let batch = vec![
             failed.to_bytes(),
             fresh.to_bytes(),
