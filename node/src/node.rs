@@ -919,9 +919,16 @@ impl NodeApi for Node {
             .filter(|b| b.len() == grapevine_ledger::tx::SIGNED_TX_LEN)
             .filter_map(|b| SignedTx::from_bytes(b).ok())
             .collect();
-        // Signatures in batches, and "already final?" in one lookup, for all of them.
-        self.preverify(decoded.iter().copied());
-        let looked_up = LookedUp::new(&self.ledger, &decoded);
+        // Signatures in batches, and "already final?" in one lookup, for those that
+        // admission would take now (this chain's, not refused while busy).
+        let busy = self.busy();
+        let chain_id = self.ledger.chain_id();
+        let taken: Vec<SignedTx> = decoded
+            .into_iter()
+            .filter(|t| t.tx().chain_id == chain_id && !Self::busy_for(&busy, t.tx().fee))
+            .collect();
+        self.preverify(taken.iter().copied());
+        let looked_up = LookedUp::new(&self.ledger, &taken);
         txs.iter()
             .map(|b| self.admit_client(b, Some(&looked_up)))
             .collect()
