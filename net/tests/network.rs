@@ -615,6 +615,13 @@ async fn a_peer_that_has_a_large_consensus_message_gets_only_its_announcement() 
     assert!(b.events.try_recv().is_err() && c.events.try_recv().is_err());
 }
 
+/// Announces a large consensus message `h` on a raw link; returns the request for it
+/// that comes back within 5 s, if any.
+async fn announce(link: &mut secure::Link, h: Hash) -> Option<Hash> {
+    link.writer.send(&Message::ConsensusHave(h)).await.unwrap();
+    next_want(link, Duration::from_secs(5)).await
+}
+
 /// The next `ConsensusWant` on a raw link within `limit` (other messages skipped).
 async fn next_want(link: &mut secure::Link, limit: Duration) -> Option<Hash> {
     next_such(link, limit, |m| match m {
@@ -659,23 +666,13 @@ async fn an_announcer_that_does_not_deliver_is_replaced_by_the_next() {
     linked(&[&hub], 2).await;
     let payload = vec![3u8; 40_000];
     let h = grapevine_ledger::crypto::sha256(&[&payload]);
-    silent
-        .writer
-        .send(&Message::ConsensusHave(h))
-        .await
-        .unwrap();
     assert_eq!(
-        next_want(&mut silent, Duration::from_secs(5)).await,
+        announce(&mut silent, h).await,
         Some(h),
         "the first announcer is asked"
     );
-    honest
-        .writer
-        .send(&Message::ConsensusHave(h))
-        .await
-        .unwrap();
     assert_eq!(
-        next_want(&mut honest, Duration::from_secs(5)).await,
+        announce(&mut honest, h).await,
         Some(h),
         "the next announcer is asked when the first does not deliver"
     );
@@ -756,12 +753,8 @@ async fn consensus_requests_are_answered_once_and_announcement_spam_is_capped() 
     }
     assert_eq!(asked, 8, "at most 8 open requests per peer");
     let other = Hash([99; 32]);
-    late.writer
-        .send(&Message::ConsensusHave(other))
-        .await
-        .unwrap();
     assert_eq!(
-        next_want(&mut late, Duration::from_secs(5)).await,
+        announce(&mut late, other).await,
         Some(other),
         "another peer's announcement is still asked for"
     );

@@ -240,9 +240,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         (1..=MAX_BATCH).contains(&args.batch),
         "--batch must be 1 to {MAX_BATCH}"
     );
-    let sender_count = args.senders;
     anyhow::ensure!(
-        sender_count > 0 && args.connections > 0,
+        args.senders > 0 && args.connections > 0,
         "--senders and --connections must be positive"
     );
     let agent = new_agent();
@@ -258,9 +257,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // As fast as taken: more than a node finalizes in that time.
         (60_000 * args.duration).min(3_000_000)
     };
-    let per_sender = total.div_ceil(sender_count as u64);
+    let per_sender = total.div_ceil(args.senders as u64);
     eprintln!(
-        "bench: funding {sender_count} senders on chain {chain_id} from {} accounts",
+        "bench: funding {} senders on chain {chain_id} from {} accounts",
+        args.senders,
         funders.len()
     );
     let senders = fund_senders(
@@ -268,7 +268,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         first,
         chain_id,
         &funders,
-        sender_count,
+        args.senders,
         per_sender * 10 + 1_000,
     )?;
 

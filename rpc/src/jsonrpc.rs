@@ -123,7 +123,7 @@ pub fn handle_body<A: NodeApi + ?Sized>(
             }
             let requests: Vec<Result<Request, Value>> = items.into_iter().map(parse).collect();
             // The batch's well-formed sendTransaction calls are admitted together.
-            let sends: Vec<(usize, Vec<u8>)> = requests
+            let (at, txs): (Vec<usize>, Vec<Vec<u8>>) = requests
                 .iter()
                 .enumerate()
                 .filter_map(|(i, r)| match r {
@@ -132,13 +132,12 @@ pub fn handle_body<A: NodeApi + ?Sized>(
                     }
                     _ => None,
                 })
-                .collect();
+                .unzip();
             let mut sent: Vec<Option<Result<Hash, ApiError>>> = Vec::new();
-            if sends.len() > 1 {
+            if txs.len() > 1 {
                 sent.resize_with(requests.len(), || None);
-                let txs: Vec<Vec<u8>> = sends.iter().map(|(_, b)| b.clone()).collect();
-                for ((i, _), result) in sends.iter().zip(api.send_transactions(&txs)) {
-                    sent[*i] = Some(result);
+                for (i, result) in at.into_iter().zip(api.send_transactions(&txs)) {
+                    sent[i] = Some(result);
                 }
             }
             let out: Vec<Value> = requests
