@@ -257,6 +257,27 @@ fn reopening_for_another_genesis_fails_clearly() {
 }
 
 #[test]
+fn a_new_ledger_writes_its_genesis_state_to_table_files() {
+    // A large genesis left in the memtable is searched by every account read until a
+    // background flush, and replayed from the log on every restart until then.
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis(&[5, 6, 7], Address([1; 32]));
+    let ledger = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap();
+    let tables = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sst"))
+        })
+        .count();
+    assert!(
+        tables > 0,
+        "the genesis state is only in the memtable and the log"
+    );
+    assert_eq!(supply(&ledger), u128::from(g.total_supply()));
+}
+
+#[test]
 fn account_history_pages_newest_first_in_both_stores() {
     let ks = keys(3);
     let proposer = Keypair::from_seed(&[99; 32]).address();

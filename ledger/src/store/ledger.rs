@@ -72,7 +72,15 @@ impl Ledger {
     pub fn open(store: Box<dyn Store>, genesis: &Genesis) -> Result<Ledger, StoreError> {
         let genesis_hash = genesis.hash();
         match store.get(Column::Meta, META_GENESIS)? {
-            None => Self::initialize(&*store, genesis)?,
+            None => {
+                Self::initialize(&*store, genesis)?;
+                // The genesis state, possibly millions of accounts, is otherwise one
+                // giant memtable until a background flush gets to it: every account
+                // read meanwhile searches its skip list (a 10M-account block apply
+                // spent a third of its state part there), and a restart replays it
+                // from the log.
+                store.flush()?;
+            }
             Some(found) => {
                 let found = Hash(
                     found

@@ -113,7 +113,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
 
-    /// Makes everything written so far durable (used at shutdown).
+    /// Makes everything written so far durable, and out of the write-ahead log where
+    /// the store has one (used at shutdown and after writing a genesis).
     fn flush(&self) -> Result<(), StoreError>;
 }
 
