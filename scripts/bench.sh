@@ -7,7 +7,8 @@
 #   half of it, then a flood (as fast as the nodes accept); measured with
 #   `grapevine bench --rpc` (signed transfers over JSON-RPC, finality followed block by
 #   block); plus the ed25519 ceiling from `grapevine bench ledger` and, per run, the
-#   ratio TPS / (cores x batch-verify/s / nodes), each node's peak RSS and CPU use;
+#   ratio TPS / (cores x batch-verify/s / nodes), each node's peak RSS and CPU use
+#   (over the seconds of load);
 #   the 4-validator testnet also at 10,000 tx/s (BENCH_TARGET_RATE), after the sweep
 #   and on a fresh testnet;
 #   (c) 7- and 10-validator testnets at one rate (BENCH_SCALE_VALIDATORS="7 10",
@@ -67,13 +68,30 @@ SATURATION=()
 run_load() {
   local name="$1" nodes="$2" rate="$3" urls="$4" accounts="$5"
   shift 5
-  local pids=("$@") t0 t1 out json
-  declare -A ticks0
+  local pids=("$@") t0 t1 out json bench_pid status=0
+  declare -A ticks0 ticks1
+  local log="$WORK/bench-run.log"
+  "$B" bench --rpc "$urls" --accounts "$accounts" --rate "$rate" \
+    --duration "$SECONDS_PER_RUN" --json >"$log" 2>&1 &
+  bench_pid=$!
+  # CPU is measured over the seconds of load alone: funding the senders and signing
+  # the transfers beforehand (the nodes idle) would dilute it.
+  while kill -0 "$bench_pid" 2>/dev/null && ! grep -q '^bench: submitting' "$log"; do
+    sleep 0.05
+  done
   for p in "${pids[@]}"; do ticks0[$p]="$(cpu_ticks "$p")"; done
   t0="$(date +%s.%N)"
-  out="$("$B" bench --rpc "$urls" --accounts "$accounts" --rate "$rate" \
-    --duration "$SECONDS_PER_RUN" --json 2>&1)" || { echo "$out" >&2; return 1; }
+  local stop_at
+  stop_at="$(awk -v a="$t0" -v d="$SECONDS_PER_RUN" 'BEGIN {print a + d}')"
+  while kill -0 "$bench_pid" 2>/dev/null &&
+    awk -v u="$stop_at" -v n="$(date +%s.%N)" 'BEGIN {exit !(n < u)}'; do
+    sleep 0.05
+  done
+  for p in "${pids[@]}"; do ticks1[$p]="$(cpu_ticks "$p")"; done
   t1="$(date +%s.%N)"
+  wait "$bench_pid" || status=$?
+  out="$(cat "$log")"
+  if [ "$status" != 0 ]; then echo "$out" >&2; return 1; fi
   json="$(tail -1 <<<"$out")"
   echo "$out" | grep -v '^{' | sed 's/^/  /'
   local tps p50 p90 p99 max ceiling ratio cpu rss
@@ -88,7 +106,7 @@ run_load() {
   wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
   for p in "${pids[@]}"; do
     local used
-    used="$(awk -v a="${ticks0[$p]}" -v b="$(cpu_ticks "$p")" -v hz="$hz" -v w="$wall" \
+    used="$(awk -v a="${ticks0[$p]}" -v b="${ticks1[$p]}" -v hz="$hz" -v w="$wall" \
       'BEGIN {printf "%.0f", 100 * (b - a) / hz / w}')"
     cpu+="${cpu:+ / }${used}%"
     rss+="${rss:+ / }$(peak_rss_mb "$p")"
@@ -196,6 +214,7 @@ TABLE="$WORK/table.md"
   echo
   printf -- '- %s\n' "${SATURATION[@]}"
   echo "- flood: every submission as fast as the nodes accept it (no rate)."
+  echo "- CPU per node: percent of one core over the seconds of load ($CORES cores in all: 100% x $CORES is the whole machine)."
   echo
   echo "<!-- bench.sh:end -->"
 } >"$TABLE"
