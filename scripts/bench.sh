@@ -75,18 +75,15 @@ run_load() {
     --duration "$SECONDS_PER_RUN" --json >"$log" 2>&1 &
   bench_pid=$!
   # CPU is measured over the seconds of load alone: funding the senders and signing
-  # the transfers beforehand (the nodes idle) would dilute it.
+  # the transfers beforehand (the nodes idle) would dilute it. The load starts when
+  # `grapevine bench` prints its "bench: submitting ..." line.
   while kill -0 "$bench_pid" 2>/dev/null && ! grep -q '^bench: submitting' "$log"; do
     sleep 0.05
   done
   for p in "${pids[@]}"; do ticks0[$p]="$(cpu_ticks "$p")"; done
   t0="$(date +%s.%N)"
-  local stop_at
-  stop_at="$(awk -v a="$t0" -v d="$SECONDS_PER_RUN" 'BEGIN {print a + d}')"
-  while kill -0 "$bench_pid" 2>/dev/null &&
-    awk -v u="$stop_at" -v n="$(date +%s.%N)" 'BEGIN {exit !(n < u)}'; do
-    sleep 0.05
-  done
+  # The load's seconds, or less if the command ends first.
+  timeout "$SECONDS_PER_RUN" tail --pid="$bench_pid" -f /dev/null || true
   for p in "${pids[@]}"; do ticks1[$p]="$(cpu_ticks "$p")"; done
   t1="$(date +%s.%N)"
   wait "$bench_pid" || status=$?
