@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use grapevine_ledger::crypto::{sha256, verify, verify_batch_reference};
+use grapevine_ledger::crypto::{sha256, verify, verify_batch, verify_batch_reference};
 use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
 use grapevine_ledger::state::{build_block, validate_block};
 use grapevine_ledger::{
@@ -43,7 +43,21 @@ struct SigReport {
     verify_per_s: f64,
     batch64_verify_per_s: f64,
     batch256_verify_per_s: f64,
+    /// The node's own batch check ([`verify_batch`], signers' keys remembered) by batch
+    /// size, 200 signers taking turns as in `grapevine bench --rpc`: microseconds per
+    /// signature.
+    node_batch_us_per_sig: Vec<BatchCost>,
 }
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchCost {
+    batch: usize,
+    us_per_sig: f64,
+}
+
+/// Batch sizes [`SigReport::node_batch_us_per_sig`] is measured at.
+const NODE_BATCHES: [usize; 7] = [64, 100, 128, 192, 256, 512, 1024];
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -105,11 +119,39 @@ fn sig_bench(secs: f64) -> SigReport {
             assert!(verify_batch_reference(&refs[..n], &addrs[..n], &sigs[..n]));
         })
     };
+    let batch64_verify_per_s = batch(64);
+    let batch256_verify_per_s = batch(256);
+
+    let largest = NODE_BATCHES[NODE_BATCHES.len() - 1];
+    let signers = &keys[..200];
+    let msgs: Vec<Vec<u8>> = (0..largest as u32)
+        .map(|i| sha256(&[b"bench message", &i.to_le_bytes()]).0.repeat(3))
+        .collect();
+    let addrs: Vec<Address> = (0..largest)
+        .map(|i| signers[i % signers.len()].address())
+        .collect();
+    let sigs: Vec<_> = (0..largest)
+        .map(|i| signers[i % signers.len()].sign(&msgs[i]))
+        .collect();
+    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    let node_batch_us_per_sig = NODE_BATCHES
+        .iter()
+        .map(|&n| {
+            let per_s = rate(secs / 4.0, n, |_| {
+                assert!(verify_batch(&refs[..n], &addrs[..n], &sigs[..n]));
+            });
+            BatchCost {
+                batch: n,
+                us_per_sig: 1e6 / per_s,
+            }
+        })
+        .collect();
     SigReport {
         sign_per_s,
         verify_per_s,
-        batch64_verify_per_s: batch(64),
-        batch256_verify_per_s: batch(256),
+        batch64_verify_per_s,
+        batch256_verify_per_s,
+        node_batch_us_per_sig,
     }
 }
 
@@ -247,6 +289,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!(
             "  batch verify 256{:>10.0} /s",
             ed25519.batch256_verify_per_s
+        );
+        let costs: Vec<String> = ed25519
+            .node_batch_us_per_sig
+            .iter()
+            .map(|c| format!("{}: {:.1}", c.batch, c.us_per_sig))
+            .collect();
+        println!(
+            "  node's batch check, 200 signers, us/signature by batch size: {}",
+            costs.join(", ")
         );
         println!(
             "block apply (validate + synced commit, one core; transactions unseen / known from the mempool):"

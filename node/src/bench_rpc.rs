@@ -22,7 +22,7 @@ use grapevine_ledger::{Address, Hash, Keypair, SignedTx, Transaction};
 use serde_json::{Value, json};
 
 /// Most requests in one JSON-RPC batch (the server's limit).
-const MAX_BATCH: usize = 100;
+const MAX_BATCH: usize = grapevine_rpc::jsonrpc::MAX_BATCH;
 /// How long finality is followed after the load ends.
 const DRAIN: Duration = Duration::from_secs(30);
 /// Pause before sending again what a node refused as `busy`.
@@ -56,8 +56,10 @@ pub struct Args {
     /// transfers go out than `--rate` asks for, and the report says so.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Transfers per JSON-RPC batch (1 to 100).
-    #[arg(long, default_value_t = 100)]
+    /// Transfers per JSON-RPC batch (1 to 1000). Larger batches cost the nodes less per
+    /// transfer: a node checks a batch's signatures together, and its peers check them
+    /// together again when it relays them (docs/PERFORMANCE.md, seventh round).
+    #[arg(long, default_value_t = 256)]
     batch: usize,
     /// Also print one JSON object with the results as the last line.
     #[arg(long)]

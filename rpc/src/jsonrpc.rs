@@ -9,8 +9,9 @@ use grapevine_ledger::{Address, Hash};
 /// Largest page of `getAccountTransactions`.
 pub const MAX_PAGE: u64 = 100;
 
-/// Most requests in one batch; a larger batch is refused whole with -32600.
-pub const MAX_BATCH: usize = 100;
+/// Most requests in one batch (geth's default limit); a larger batch is refused whole
+/// with -32600. The request body limit bounds a batch's bytes as well.
+pub const MAX_BATCH: usize = 1000;
 
 /// The standard error codes.
 pub mod codes {

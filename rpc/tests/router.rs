@@ -295,7 +295,7 @@ async fn oversized_bodies_and_batches_are_refused() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     let one = json!({"jsonrpc": "2.0", "method": "getBlockHeight", "id": 1});
-    let batch = Value::Array(vec![one; 101]);
+    let batch = Value::Array(vec![one; 1001]);
     let (_, got) = post(router(RpcConfig::default()), batch.to_string()).await;
     let got = got.unwrap();
     assert_eq!(got["error"]["code"], -32600);
@@ -303,7 +303,7 @@ async fn oversized_bodies_and_batches_are_refused() {
         got["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("limit of 100")
+            .contains("limit of 1000")
     );
 }
 

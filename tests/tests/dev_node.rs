@@ -206,7 +206,7 @@ fn wallet_lifecycle_bad_input_and_restart() {
     assert_eq!(r.unwrap()["error"]["code"], -32602);
     let huge = format!(
         "[{}]",
-        vec![r#"{"jsonrpc":"2.0","method":"getBlockHeight","id":1}"#; 101].join(",")
+        vec![r#"{"jsonrpc":"2.0","method":"getBlockHeight","id":1}"#; 1001].join(",")
     );
     let (_, r) = post_json(&node.rpc, &huge);
     assert_eq!(r.unwrap()["error"]["code"], -32600);
