@@ -24,6 +24,9 @@ mod wallet;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if args.runs_a_node() {
+        cli::limit_malloc_arenas();
+    }
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -46,6 +46,31 @@ impl NodeProcess {
         Self::spawn(home, &args)
     }
 
+    /// [`NodeProcess::start`] with `env` changed for the process: `(name, Some(value))`
+    /// sets a variable, `(name, None)` removes it.
+    pub fn start_with_env(
+        home: &Path,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> NodeProcess {
+        let mut args: Vec<OsString> = vec!["dev".into(), "--home".into(), home.into()];
+        args.extend(["--rpc-addr", "127.0.0.1:0"].map(OsString::from));
+        args.extend(extra.iter().map(OsString::from));
+        let mut cmd = grapevine(&args);
+        for (name, value) in env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+        Self::spawn_command(home, cmd, &args)
+    }
+
+    /// The process id of the process started (the node itself: it never forks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts `grapevine run --home HOME` (a testnet node) and waits (at most 60 s) for
     /// its banner to name the RPC address.
     pub fn run(home: &Path) -> NodeProcess {
@@ -53,7 +78,11 @@ impl NodeProcess {
     }
 
     fn spawn(home: &Path, args: &[OsString]) -> NodeProcess {
-        let mut child = grapevine(args)
+        Self::spawn_command(home, grapevine(args), args)
+    }
+
+    fn spawn_command(home: &Path, mut cmd: Command, args: &[OsString]) -> NodeProcess {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

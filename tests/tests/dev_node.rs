@@ -348,3 +348,34 @@ fn health_and_metrics() {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
 }
+
+/// A node caps glibc's malloc arenas (docs/PERFORMANCE.md, seventh round) by starting
+/// itself again in place with `MALLOC_ARENA_MAX` set, at the number of cores (at least
+/// 2); a value the operator set is kept. The variable is read from the environment of
+/// the process started, so a node that did not restart in place (same process id)
+/// fails this.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_node_caps_its_malloc_arenas_unless_the_operator_chose() {
+    fn arena_env(node: &NodeProcess) -> Option<String> {
+        let pid = node.pid().expect("running");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("readable environ");
+        environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix("MALLOC_ARENA_MAX=").map(String::from))
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_with_env(dir.path(), &[], &[("MALLOC_ARENA_MAX", None)]);
+    assert_eq!(arena_env(&node), Some(cores.to_string()));
+    // It serves as usual after restarting itself.
+    assert!(!node.result("getBlockHeight", json!([])).is_null());
+    assert!(node.stop(), "a clean stop after the restart in place");
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_with_env(dir.path(), &[], &[("MALLOC_ARENA_MAX", Some("3"))]);
+    assert_eq!(arena_env(&node).as_deref(), Some("3"));
+    assert!(node.stop());
+}
