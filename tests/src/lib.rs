@@ -40,10 +40,7 @@ impl NodeProcess {
     /// Starts `grapevine dev --home HOME --rpc-addr 127.0.0.1:0 EXTRA...` and waits (at
     /// most 60 s) for its banner to name the RPC address.
     pub fn start(home: &Path, extra: &[&str]) -> NodeProcess {
-        let mut args: Vec<OsString> = vec!["dev".into(), "--home".into(), home.into()];
-        args.extend(["--rpc-addr", "127.0.0.1:0"].map(OsString::from));
-        args.extend(extra.iter().map(OsString::from));
-        Self::spawn(home, &args)
+        Self::start_with_env(home, extra, &[])
     }
 
     /// [`NodeProcess::start`] with `env` changed for the process: `(name, Some(value))`
