@@ -39,6 +39,10 @@ pub struct Args {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SigReport {
+    /// Whether this CPU has AVX-512 IFMA (with VL), where curve25519-dalek's IFMA
+    /// backend does the multiscalar multiplication of batch checks (the workspace
+    /// compiles it in: `.cargo/config.toml`); otherwise AVX2.
+    avx512_ifma: bool,
     sign_per_s: f64,
     verify_per_s: f64,
     batch64_verify_per_s: f64,
@@ -147,6 +151,7 @@ fn sig_bench(secs: f64) -> SigReport {
         })
         .collect();
     SigReport {
+        avx512_ifma: has_avx512_ifma(),
         sign_per_s,
         verify_per_s,
         batch64_verify_per_s,
@@ -275,11 +280,31 @@ fn apply_bench(args: &Args, accounts: u64) -> anyhow::Result<ApplyReport> {
     })
 }
 
+/// Whether the CPU has what curve25519-dalek's IFMA backend needs (AVX-512 IFMA and VL).
+fn has_avx512_ifma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Runs the benchmark and prints the report.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let ed25519 = sig_bench(args.seconds);
     if !args.json {
-        println!("ed25519 on one core:");
+        println!(
+            "ed25519 on one core ({}):",
+            if ed25519.avx512_ifma {
+                "the CPU has AVX-512 IFMA"
+            } else {
+                "no AVX-512 IFMA on this CPU"
+            }
+        );
         println!("  sign            {:>10.0} /s", ed25519.sign_per_s);
         println!("  verify          {:>10.0} /s", ed25519.verify_per_s);
         println!(
