@@ -15,25 +15,49 @@ use crate::producer;
 /// How long shutdown waits for in-flight RPC requests and the block being written.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C and SIGTERM, listened for from the moment this is made. A node makes it before
+/// it serves anything: a signal that came between the first answered request and the
+/// first wait for a signal used to take the default action, killing the node without
+/// its drain (a test that stopped a node right after its first answer caught it).
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignal {
+    /// Starts listening; must run inside the runtime.
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(int), Ok(term)) => Some((int, term)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGINT and SIGTERM; only Ctrl-C stops the node");
+                    None
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-                let _ = ctrl_c.await;
-            }
+            };
+            ShutdownSignal { signals }
         }
+        #[cfg(not(unix))]
+        ShutdownSignal {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Resolves at the first Ctrl-C or SIGTERM.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((int, term)) = &mut self.signals {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -62,6 +86,7 @@ pub fn run_node(
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async move {
+        let mut shutdown = ShutdownSignal::listen();
         let listener = bind_rpc(rpc_addr).await?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -74,7 +99,7 @@ pub fn run_node(
         tracing::info!(%addr, "JSON-RPC server listening");
         on_ready(addr);
 
-        shutdown_signal().await;
+        shutdown.recv().await;
         tracing::info!("shutting down: draining RPC and finishing the current block");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -118,6 +143,7 @@ pub fn run_networked(
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async move {
+        let mut shutdown = ShutdownSignal::listen();
         let listener = bind_rpc(rpc_addr).await?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -188,7 +214,7 @@ pub fn run_networked(
 
         let mut failure = None;
         tokio::select! {
-            () = shutdown_signal() => {
+            () = shutdown.recv() => {
                 tracing::info!("shutting down: draining RPC and consensus");
             }
             res = &mut consensus => {
