@@ -310,22 +310,35 @@ mod tests {
         assert!(!t.altered(|tx, _| tx.nonce += 1).verify());
     }
 
-    #[test]
-    fn remembered_signatures_do_not_change_the_verdict() {
-        let txs: Vec<SignedTx> = (0..200u64)
+    /// `count` transfers to `Address([to; 32])` on chain `chain_id`, signed in turn by
+    /// `keys` senders whose seeds are `[first_seed + i; 32]`, transaction `n` with nonce
+    /// and amount `n`.
+    fn signed_by_turns(
+        count: usize,
+        keys: u8,
+        first_seed: u8,
+        chain_id: u32,
+        to: u8,
+    ) -> Vec<SignedTx> {
+        (0..count as u64)
             .map(|n| {
-                let kp = Keypair::from_seed(&[(n % 7) as u8 + 40; 32]);
+                let kp = Keypair::from_seed(&[(n % u64::from(keys)) as u8 + first_seed; 32]);
                 Transaction {
-                    chain_id: 3,
+                    chain_id,
                     from: kp.address(),
-                    to: Address([8; 32]),
+                    to: Address([to; 32]),
                     amount: n,
                     fee: 1,
                     nonce: n,
                 }
                 .sign(&kp)
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn remembered_signatures_do_not_change_the_verdict() {
+        let txs: Vec<SignedTx> = signed_by_turns(200, 7, 40, 3, 8);
         // Remember the first 128 (two whole batches) and a few of the rest.
         remember_verified(txs[..128].iter().chain(&txs[150..160]).map(SignedTx::hash));
         assert_eq!(first_invalid_signature(&txs), None);
@@ -342,20 +355,7 @@ mod tests {
     /// one in a later batch, and the batches before it are remembered as valid.
     #[test]
     fn the_first_invalid_signature_across_batches_is_named() {
-        let mut txs: Vec<SignedTx> = (0..(2 * SIG_BATCH + 10) as u64)
-            .map(|n| {
-                let kp = Keypair::from_seed(&[(n % 11) as u8 + 60; 32]);
-                Transaction {
-                    chain_id: 11,
-                    from: kp.address(),
-                    to: Address([10; 32]),
-                    amount: n,
-                    fee: 1,
-                    nonce: n,
-                }
-                .sign(&kp)
-            })
-            .collect();
+        let mut txs: Vec<SignedTx> = signed_by_turns(2 * SIG_BATCH + 10, 11, 60, 11, 10);
         txs[2 * SIG_BATCH + 3] = txs[2 * SIG_BATCH + 3].altered(|tx, _| tx.amount += 1);
         txs[SIG_BATCH + 5] = txs[SIG_BATCH + 5].altered(|_, sig| sig.0[9] ^= 1);
         assert_eq!(first_invalid_signature(&txs), Some(SIG_BATCH + 5));
@@ -365,20 +365,7 @@ mod tests {
 
     #[test]
     fn batch_check_names_the_bad_transaction() {
-        let mut txs: Vec<SignedTx> = (0..150u64)
-            .map(|n| {
-                let kp = Keypair::from_seed(&[(n % 5) as u8; 32]);
-                Transaction {
-                    chain_id: 1,
-                    from: kp.address(),
-                    to: Address([9; 32]),
-                    amount: n,
-                    fee: 1,
-                    nonce: n,
-                }
-                .sign(&kp)
-            })
-            .collect();
+        let mut txs: Vec<SignedTx> = signed_by_turns(150, 5, 0, 1, 9);
         assert_eq!(first_invalid_signature(&txs), None);
         txs[100] = txs[100].altered(|tx, _| tx.amount += 1);
         assert_eq!(first_invalid_signature(&txs), Some(100));
