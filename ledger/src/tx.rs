@@ -320,9 +320,12 @@ mod tests {
         chain_id: u32,
         to: u8,
     ) -> Vec<SignedTx> {
+        let kps: Vec<Keypair> = (0..keys)
+            .map(|i| Keypair::from_seed(&[first_seed + i; 32]))
+            .collect();
         (0..count as u64)
             .map(|n| {
-                let kp = Keypair::from_seed(&[(n % u64::from(keys)) as u8 + first_seed; 32]);
+                let kp = &kps[(n % u64::from(keys)) as usize];
                 Transaction {
                     chain_id,
                     from: kp.address(),
@@ -331,7 +334,7 @@ mod tests {
                     fee: 1,
                     nonce: n,
                 }
-                .sign(&kp)
+                .sign(kp)
             })
             .collect()
     }
