@@ -5,9 +5,10 @@ use std::collections::HashMap;
 
 use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
 use grapevine_ledger::state::{BlockError, build_block, execute, validate_block};
+use grapevine_ledger::store::{Column, FORMAT_VERSION, WriteBatch};
 use grapevine_ledger::{
-    Account, Address, Genesis, Keypair, Ledger, MemoryStore, Receipt, RocksStore, StateView,
-    Transaction,
+    Account, Address, Genesis, Keypair, Ledger, MemoryStore, Receipt, RocksStore, StateView, Store,
+    StoreError, Transaction,
 };
 use proptest::prelude::*;
 
@@ -257,6 +258,32 @@ fn reopening_for_another_genesis_fails_clearly() {
 }
 
 #[test]
+fn a_data_directory_of_another_format_is_refused_with_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis(&[5], Address([1; 32]));
+    drop(Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap());
+    {
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        b.put(
+            Column::Meta,
+            b"format_version".to_vec(),
+            2u32.to_le_bytes().to_vec(),
+        );
+        store.write(b, true).unwrap();
+    }
+    let err = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::FormatVersion { found: 2, supported } if supported == FORMAT_VERSION
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("start with a new one"), "{err}");
+}
+
+#[test]
 fn a_new_ledger_writes_its_genesis_state_to_table_files() {
     // A large genesis left in the memtable is searched by every account read until a
     // background flush, and replayed from the log on every restart until then.
@@ -287,18 +314,19 @@ fn account_history_pages_newest_first_in_both_stores() {
         Ledger::open(Box::new(MemoryStore::new()), &g).unwrap(),
         Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap(),
     ] {
+        // Three transfers a block from ks[0]: to ks[1], to ks[2] and to itself, so one
+        // account's history entry for a block holds several transactions.
         let mut sent = vec![];
         for block in 0..3u64 {
-            let txs: Vec<_> = (0..2u64)
+            let txs: Vec<_> = (0..3u64)
                 .map(|i| {
-                    let n = block * 2 + i;
                     Transaction {
                         chain_id: CHAIN,
                         from: ks[0].address(),
-                        to: ks[(n % 2 + 1) as usize].address(),
+                        to: ks[[1, 2, 0][i as usize]].address(),
                         amount: 1,
                         fee: 1,
-                        nonce: n,
+                        nonce: block * 3 + i,
                     }
                     .sign(&ks[0])
                 })
@@ -308,32 +336,106 @@ fn account_history_pages_newest_first_in_both_stores() {
             l.commit(&b, &[], &exec).unwrap();
         }
         sent.reverse();
-        let all: Vec<_> = l
-            .account_transactions(&ks[0].address(), None, 100)
-            .unwrap()
-            .into_iter()
-            .map(|(h, _, _)| h)
-            .collect();
-        assert_eq!(all, sent, "the sender sees all six, newest first");
-        let page1 = l.account_transactions(&ks[0].address(), None, 4).unwrap();
-        let (_, h, i) = page1[3];
-        let page2 = l
-            .account_transactions(&ks[0].address(), Some((h, i)), 4)
-            .unwrap();
-        let paged: Vec<_> = page1.iter().chain(&page2).map(|(h, _, _)| *h).collect();
-        assert_eq!(paged, sent, "pages continue where the last one stopped");
+        let history = |addr: &Address, before, limit| {
+            l.account_transactions(addr, before, limit)
+                .unwrap()
+                .into_iter()
+                .map(|(h, _, _)| h)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            l.account_transactions(&ks[1].address(), None, 100)
+            history(&ks[0].address(), None, 100),
+            sent,
+            "the sender sees all nine, its transfer to itself once, newest first"
+        );
+        let (_, last_height, last_index) =
+            l.account_transactions(&ks[0].address(), None, 1).unwrap()[0];
+        assert_eq!(
+            (last_height, last_index),
+            (3, 2),
+            "positions are height and index"
+        );
+        for size in 1..=10 {
+            let mut paged = Vec::new();
+            let mut before = None;
+            // Bounded: a cursor that does not advance fails the comparison below.
+            for _ in 0..=sent.len() {
+                let page = l
+                    .account_transactions(&ks[0].address(), before, size)
+                    .unwrap();
+                assert!(page.len() <= size);
+                paged.extend(page.iter().map(|(h, _, _)| *h));
+                match page.last() {
+                    Some((_, h, i)) if page.len() == size => before = Some((*h, *i)),
+                    _ => break,
+                }
+            }
+            assert_eq!(
+                paged, sent,
+                "pages of {size} continue where the last stopped"
+            );
+        }
+        assert_eq!(history(&ks[1].address(), None, 100).len(), 3);
+        assert_eq!(
+            history(&ks[2].address(), None, 100),
+            [sent[1], sent[4], sent[7]],
+            "the recipient sees its own transfers only"
+        );
+        assert!(history(&ks[0].address(), None, 0).is_empty());
+        assert!(history(&proposer, None, 100).is_empty());
+    }
+}
+
+#[test]
+fn a_damaged_account_history_entry_is_an_error_not_a_short_page() {
+    let ks = keys(2);
+    let g = genesis(&[1000, 0], Address([1; 32]));
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let l = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap();
+        let tx = Transaction {
+            chain_id: CHAIN,
+            from: ks[0].address(),
+            to: ks[1].address(),
+            amount: 1,
+            fee: 1,
+            nonce: 0,
+        }
+        .sign(&ks[0]);
+        let (b, exec) =
+            build_block(&l, CHAIN, &l.head(), Address([1; 32]), 0, 0, vec![tx]).unwrap();
+        l.commit(&b, &[], &exec).unwrap();
+        assert_eq!(
+            l.account_transactions(&ks[1].address(), None, 10)
                 .unwrap()
                 .len(),
-            3
-        );
-        assert!(
-            l.account_transactions(&proposer, None, 100)
-                .unwrap()
-                .is_empty()
+            1
         );
     }
+    {
+        // An entry for height 1 of ks[1] cut short: 35 bytes, not a whole record.
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut key = ks[1].address().0.to_vec();
+        key.extend_from_slice(&1u64.to_be_bytes());
+        let mut b = WriteBatch::default();
+        b.put(Column::AccountTxs, key, vec![0u8; 35]);
+        store.write(b, true).unwrap();
+    }
+    let l = Ledger::open(Box::new(RocksStore::open(dir.path()).unwrap()), &g).unwrap();
+    let err = l
+        .account_transactions(&ks[1].address(), None, 10)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("account transaction index"),
+        "{err}"
+    );
+    assert_eq!(
+        l.account_transactions(&ks[0].address(), None, 10)
+            .unwrap()
+            .len(),
+        1,
+        "another account's history is still read"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{Column, Store, StoreError, WriteBatch};
 use crate::block::{Block, BlockHeader, MAX_BLOCK_BYTES};
 use crate::codec;
+use crate::collections::FastMap;
 use crate::crypto::{Address, Hash};
 use crate::genesis::Genesis;
 use crate::state::{Account, Execution, LtHash, StateView, TxLocation};
@@ -18,7 +19,9 @@ const META_HEAD: &[u8] = b"head";
 const META_STATE: &[u8] = b"state";
 
 /// Version of the on-disk layout; a node refuses a data directory of another version.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the account history holds one entry per account and block (was one per
+/// transaction and account).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A consensus record: (key, value).
 pub type ConsensusRecord = (Vec<u8>, Vec<u8>);
@@ -51,15 +54,18 @@ struct Tip {
     state: LtHash,
 }
 
-/// Key of the account-transaction index: address || height (BE) || index (BE), so one
-/// account's entries sort in chain order.
-fn account_tx_key(addr: &Address, height: u64, index: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(44);
+/// Key of the account history: address || height (BE), so one account's entries sort
+/// in chain order.
+fn account_tx_key(addr: &Address, height: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
     k.extend_from_slice(&addr.0);
     k.extend_from_slice(&height.to_be_bytes());
-    k.extend_from_slice(&index.to_be_bytes());
     k
 }
+
+/// One record of an account history entry: the transaction's index in its block (u32
+/// BE) and its hash.
+const ACCOUNT_TX_RECORD: usize = 36;
 
 fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
@@ -98,11 +104,14 @@ impl Ledger {
         let version = store
             .get(Column::Meta, META_FORMAT)?
             .ok_or_else(|| corrupt("format version missing"))?;
-        if version != FORMAT_VERSION.to_le_bytes() {
-            return Err(corrupt(format!(
-                "data format version {:?} is not the supported version {FORMAT_VERSION}",
-                version
-            )));
+        let version = <[u8; 4]>::try_from(version.as_slice())
+            .map(u32::from_le_bytes)
+            .map_err(|_| corrupt("format version record is not 4 bytes"))?;
+        if version != FORMAT_VERSION {
+            return Err(StoreError::FormatVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let head_bytes = store
             .get(Column::Meta, META_HEAD)?
@@ -282,6 +291,7 @@ impl Ledger {
 
         let mut b = WriteBatch::default();
         Self::put_block(&mut b, block, certificate);
+        let mut history: FastMap<Address, Vec<u8>> = FastMap::default();
         for (index, ((hash, receipt), tx)) in exec
             .tx_hashes
             .iter()
@@ -296,18 +306,20 @@ impl Ledger {
                 receipt: *receipt,
             };
             b.put(Column::Txs, hash.0, codec::encode(&loc));
-            b.put(
-                Column::AccountTxs,
-                account_tx_key(&tx.tx().from, h.height, index),
-                hash.0,
-            );
-            if tx.tx().to != tx.tx().from {
-                b.put(
-                    Column::AccountTxs,
-                    account_tx_key(&tx.tx().to, h.height, index),
-                    hash.0,
-                );
+            let mut record = [0u8; ACCOUNT_TX_RECORD];
+            record[..4].copy_from_slice(&index.to_be_bytes());
+            record[4..].copy_from_slice(&hash.0);
+            let (from, to) = (tx.tx().from, tx.tx().to);
+            history.entry(from).or_default().extend_from_slice(&record);
+            if to != from {
+                history.entry(to).or_default().extend_from_slice(&record);
             }
+        }
+        // One entry per account and block, its records in index order: an account in
+        // many of a block's transfers (an exchange, a busy sender) costs one memtable
+        // insert, where one per transfer was the largest part of a block's write.
+        for (addr, records) in history {
+            b.put(Column::AccountTxs, account_tx_key(&addr, h.height), records);
         }
         for (addr, acct) in &exec.accounts {
             if acct.is_empty() {
@@ -340,33 +352,44 @@ impl Ledger {
         before: Option<(u64, u32)>,
         limit: usize,
     ) -> Result<Vec<(Hash, u64, u32)>, StoreError> {
-        let lower = account_tx_key(addr, 0, 0);
-        let upper = match before {
-            Some((h, i)) => account_tx_key(addr, h, i),
-            None => {
-                let mut u = addr.0.to_vec();
-                u.extend_from_slice(&[0xff; 13]);
-                u
-            }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lower = account_tx_key(addr, 0);
+        // Exclusive: one byte past the entry of `before`'s height, so that entry is read.
+        let mut upper = match before {
+            Some((h, _)) => account_tx_key(addr, h),
+            None => account_tx_key(addr, u64::MAX),
         };
+        upper.push(0);
         let mut out = Vec::new();
         let mut bad = false;
         self.store
-            .scan_range_rev(Column::AccountTxs, &lower, &upper, &mut |k, v| match (
-                k.get(32..40),
-                k.get(40..44),
-                <[u8; 32]>::try_from(v),
-            ) {
-                (Some(h), Some(i), Ok(hash)) if k.len() == 44 => {
-                    let height = u64::from_be_bytes(h.try_into().unwrap_or_default());
-                    let index = u32::from_be_bytes(i.try_into().unwrap_or_default());
-                    out.push((Hash(hash), height, index));
-                    out.len() < limit
-                }
-                _ => {
+            .scan_range_rev(Column::AccountTxs, &lower, &upper, &mut |k, v| {
+                let Some(height) = k
+                    .get(32..)
+                    .and_then(|h| <[u8; 8]>::try_from(h).ok())
+                    .map(u64::from_be_bytes)
+                else {
                     bad = true;
-                    false
+                    return false;
+                };
+                if v.is_empty() || v.len() % ACCOUNT_TX_RECORD != 0 {
+                    bad = true;
+                    return false;
                 }
+                for r in v.chunks_exact(ACCOUNT_TX_RECORD).rev() {
+                    let (i, hash) = r.split_at(4);
+                    let index = u32::from_be_bytes(i.try_into().unwrap_or_default());
+                    if before.is_some_and(|b| (height, index) >= b) {
+                        continue;
+                    }
+                    out.push((Hash(hash.try_into().unwrap_or_default()), height, index));
+                    if out.len() >= limit {
+                        return false;
+                    }
+                }
+                true
             })?;
         if bad {
             return Err(corrupt("unreadable account transaction index entry"));

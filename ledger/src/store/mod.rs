@@ -11,7 +11,7 @@ mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
-pub use ledger::{Ledger, StoredBlock};
+pub use ledger::{FORMAT_VERSION, Ledger, StoredBlock};
 pub use memory::MemoryStore;
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
@@ -33,8 +33,9 @@ pub enum Column {
     Meta,
     /// Consensus safety state (last voted round, lock, highest certificate).
     Consensus,
-    /// Address || height (u64 BE) || index (u32 BE) -> transaction hash: every final
-    /// transaction an account sent or received, in chain order.
+    /// Address || height (u64 BE) -> the final transactions of that block the account
+    /// sent or received, in block order: index (u32 BE) || transaction hash, 36 bytes
+    /// each.
     AccountTxs,
 }
 
@@ -141,6 +142,16 @@ pub enum StoreError {
         expected: Hash,
         /// The genesis hash stored in the data directory.
         found: Hash,
+    },
+    /// The data directory was written in another on-disk format (by another release).
+    #[error(
+        "the data directory is in data format version {found}, this binary reads version {supported}; move it aside and start with a new one (a node syncs the chain from its peers)"
+    )]
+    FormatVersion {
+        /// The version recorded in the data directory.
+        found: u32,
+        /// [`FORMAT_VERSION`], the one this binary reads.
+        supported: u32,
     },
     /// Stored data is damaged or inconsistent.
     #[error("the data directory is corrupt: {0}")]
