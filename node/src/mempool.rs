@@ -744,16 +744,22 @@ impl Mempool {
                     }
                 }
             }
-            let used = format!(
-                "nonce already used: the account's next nonce is {}",
-                acct.nonce
-            );
-            let poor = format!(
-                "insufficient balance after the last block: {} available",
-                acct.balance
-            );
-            for (hashes, why) in [(stale, used), (unaffordable, poor)] {
-                for h in hashes {
+            if !stale.is_empty() {
+                let why = format!(
+                    "nonce already used: the account's next nonce is {}",
+                    acct.nonce
+                );
+                for h in stale {
+                    self.remove(&h);
+                    dropped.push((h, Dropped::Invalidated(why.clone())));
+                }
+            }
+            if !unaffordable.is_empty() {
+                let why = format!(
+                    "insufficient balance after the last block: {} available",
+                    acct.balance
+                );
+                for h in unaffordable {
                     self.remove(&h);
                     dropped.push((h, Dropped::Invalidated(why.clone())));
                 }

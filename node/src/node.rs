@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::collections::HashMap;
 
 use grapevine_ledger::collections::FastMap;
-use grapevine_ledger::state::{Execution, LtHash, build_block};
+use grapevine_ledger::state::{Execution, LtHash, Overlay, build_block};
 use grapevine_ledger::{Address, Block, Hash, Ledger, SignedTx, StateView, StoreError};
 use grapevine_net::{NetStats, PeerSummary, Verdict};
 use grapevine_rpc::api::{
@@ -431,7 +431,10 @@ impl Node {
         // transactions in the pool or in the ledger, never in neither.
         let mut pool = self.pool();
         self.ledger.commit(block, certificate, exec)?;
-        let (dropped, promoted) = pool.on_commit(&block.txs, &*self.ledger);
+        // The senders' new nonces and balances from the execution itself: reading them
+        // back from the ledger cost a lookup per sender per block.
+        let written = Overlay::new(&*self.ledger, &[exec]);
+        let (dropped, promoted) = pool.on_commit(&block.txs, &written);
         let promoted: Vec<TxInfo> = promoted
             .into_iter()
             .filter_map(|h| pool.get(&h).map(|(t, s)| self.pooled_info(h, t, s)))
