@@ -23,6 +23,14 @@ mod testnet;
 mod wallet;
 
 fn main() -> ExitCode {
+    if let Some(missing) = missing_cpu_features() {
+        eprintln!(
+            "error: this build of grapevine needs CPU features this machine lacks: {missing}. \
+             Build it for this CPU: RUSTFLAGS='--cfg curve25519_dalek_backend=\"avx512\"' \
+             cargo build --release (see .cargo/config.toml)"
+        );
+        return ExitCode::FAILURE;
+    }
     let args = cli::Cli::parse();
     if args.runs_a_node() {
         cli::limit_malloc_arenas();
@@ -35,4 +43,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The x86-64 features `.cargo/config.toml` builds for that this CPU lacks: a clear
+/// message instead of an illegal-instruction crash somewhere later.
+#[cfg(target_arch = "x86_64")]
+fn missing_cpu_features() -> Option<String> {
+    let mut missing = Vec::new();
+    macro_rules! need {
+        ($($f:tt),*) => {$(
+            if cfg!(target_feature = $f) && !std::arch::is_x86_feature_detected!($f) {
+                missing.push($f);
+            }
+        )*};
+    }
+    need!("sse4.2", "popcnt", "pclmulqdq");
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn missing_cpu_features() -> Option<String> {
+    None
 }
