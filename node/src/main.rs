@@ -45,23 +45,69 @@ fn main() -> ExitCode {
     }
 }
 
-/// The x86-64 features `.cargo/config.toml` builds for that this CPU lacks: a clear
-/// message instead of an illegal-instruction crash somewhere later.
+/// The x86-64 features `.cargo/config.toml` builds for (x86-64-v2 and PCLMULQDQ) that
+/// this CPU lacks: a message instead of an illegal-instruction crash somewhere later.
+/// Read from CPUID itself: `is_x86_feature_detected!` answers `true` at compile time
+/// for every feature the build enables. Best effort: code that runs before `main`
+/// (RocksDB's static constructors) could still trap first.
 #[cfg(target_arch = "x86_64")]
 fn missing_cpu_features() -> Option<String> {
-    let mut missing = Vec::new();
-    macro_rules! need {
-        ($($f:tt),*) => {$(
-            if cfg!(target_feature = $f) && !std::arch::is_x86_feature_detected!($f) {
-                missing.push($f);
-            }
-        )*};
-    }
-    need!("sse4.2", "popcnt", "pclmulqdq");
+    let (leaf1, ext1) = (raw_cpuid::cpuid!(1).ecx, raw_cpuid::cpuid!(0x8000_0001).ecx);
+    let missing = missing_of(leaf1, ext1);
     (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// The features the build assumes that CPUID's ECX of leaf 1 (`leaf1`) and of leaf
+/// 0x8000_0001 (`ext1`) do not report.
+#[cfg(target_arch = "x86_64")]
+fn missing_of(leaf1: u32, ext1: u32) -> Vec<&'static str> {
+    const LEAF1: [(u32, &str); 7] = [
+        (0, "sse3"),
+        (1, "pclmulqdq"),
+        (9, "ssse3"),
+        (13, "cmpxchg16b"),
+        (19, "sse4.1"),
+        (20, "sse4.2"),
+        (23, "popcnt"),
+    ];
+    let mut missing: Vec<&str> = LEAF1
+        .iter()
+        .filter(|(bit, _)| leaf1 & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if ext1 & 1 == 0 {
+        missing.push("lahf_lm");
+    }
+    missing
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 fn missing_cpu_features() -> Option<String> {
     None
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_features_are_read_from_the_cpuid_bits() {
+        assert_eq!(missing_of(u32::MAX, 1), Vec::<&str>::new());
+        assert_eq!(missing_of(!(1 << 20), 1), vec!["sse4.2"]);
+        assert_eq!(
+            missing_of(0, 0),
+            vec![
+                "sse3",
+                "pclmulqdq",
+                "ssse3",
+                "cmpxchg16b",
+                "sse4.1",
+                "sse4.2",
+                "popcnt",
+                "lahf_lm"
+            ]
+        );
+        // The machine that runs the tests runs the build, so it has them all.
+        assert_eq!(missing_cpu_features(), None);
+    }
 }

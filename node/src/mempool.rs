@@ -312,7 +312,8 @@ pub struct Mempool {
     next_seq: u64,
     /// Selected for the block being built: not to be replaced, evicted or expired.
     in_block: FastSet<Hash>,
-    /// Blocks through [`Mempool::on_commit`] so far.
+    /// Calls of [`Mempool::on_commit`] so far: blocks written, and blocks that could
+    /// not be built (`Node::unbuildable`), which only makes idle records go sooner.
     commits: u64,
     /// Senders whose last pooled transactions a block took, with the commit count then:
     /// their records are kept for [`IDLE_COMMITS`] more blocks (see `admit`).

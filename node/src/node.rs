@@ -426,8 +426,8 @@ impl Node {
         log: bool,
     ) -> Result<(), StoreError> {
         // The pool's lock is held across the write: admission trusts the pool's record
-        // of a sender with pooled transactions (nonce, balance), which `on_commit`
-        // brings up to date, so no admission may run between the two. Readers see the
+        // of a sender (nonce, balance), which `on_commit` brings up to date, so no
+        // admission may run between the two. Readers see the
         // transactions in the pool or in the ledger, never in neither.
         let mut pool = self.pool();
         self.ledger.commit(block, certificate, exec)?;
