@@ -889,6 +889,21 @@ mod tests {
             self.pool.on_commit(&block.txs, &self.ledger)
         }
 
+        /// A final block in which the second key (nonce 0, no fee) pays `amount` to
+        /// `to`.
+        fn pay_from_second_key(&mut self, to: Address, amount: u64) {
+            let payment = Transaction {
+                chain_id: CHAIN,
+                from: self.keys[1].address(),
+                to,
+                amount,
+                fee: 0,
+                nonce: 0,
+            }
+            .sign(&self.keys[1]);
+            self.final_block(vec![payment]);
+        }
+
         fn submit(&mut self, t: SignedTx) -> Result<Admitted, Refusal> {
             let tx = precheck(&t.to_bytes(), CHAIN).map_err(|(_, r)| r)?;
             self.pool.submit_verified(tx, &self.ledger, self.now)
@@ -986,16 +1001,7 @@ mod tests {
         f.submit(tx(&f.keys[0], 0, 600, 1)).unwrap();
         // A block that pays the pooled sender but holds none of its transactions, so
         // `on_commit` does not refresh its record: the kept balance (1,000) is stale.
-        let payment = Transaction {
-            chain_id: CHAIN,
-            from: f.keys[1].address(),
-            to: a,
-            amount: 500,
-            fee: 0,
-            nonce: 0,
-        }
-        .sign(&f.keys[1]);
-        f.final_block(vec![payment]);
+        f.pay_from_second_key(a, 500);
         // 601 pooled + 801 = 1,402: more than the kept balance, within the ledger's 1,500.
         let spend = f.submit(tx(&f.keys[0], 1, 800, 1)).unwrap();
         assert_eq!(spend.state, PoolState::Pending);
@@ -1070,16 +1076,7 @@ mod tests {
         // Paid by another sender, it may spend more than the record says (1,000 - 101
         // - 101 = 798 left): the refusal is re-checked against the ledger.
         f.final_block(vec![t1]);
-        let payment = Transaction {
-            chain_id: CHAIN,
-            from: f.keys[1].address(),
-            to: a,
-            amount: 500,
-            fee: 0,
-            nonce: 0,
-        }
-        .sign(&f.keys[1]);
-        f.final_block(vec![payment]);
+        f.pay_from_second_key(a, 500);
         let view = Counting(&f.ledger, Default::default());
         let big = tx(&f.keys[0], 2, 1_000, 1);
         assert_eq!(
