@@ -662,17 +662,6 @@ impl Mempool {
         }
     }
 
-    /// [`Mempool::prune`] for a record that is not current (a failed read left it so).
-    fn prune_if_unsynced(&mut self, addr: &Address) {
-        if self
-            .senders
-            .get(addr)
-            .is_some_and(|s| s.txs.is_empty() && !s.synced)
-        {
-            self.senders.remove(addr);
-        }
-    }
-
     /// Up to `max` pending transactions for a block: highest fee first, each sender's in
     /// nonce order. Leaves them in the pool until [`Mempool::on_commit`] and protects them
     /// from replacement, eviction and expiry until then (or [`Mempool::release`]).
@@ -773,22 +762,27 @@ impl Mempool {
                     }
                 }
             }
-            if !stale.is_empty() {
-                let why = format!(
-                    "nonce already used: the account's next nonce is {}",
-                    acct.nonce
-                );
-                for h in stale {
-                    self.remove(&h);
-                    dropped.push((h, Dropped::Invalidated(why.clone())));
+            // Each reason is formatted only when something is dropped for it.
+            let reasons: [(Vec<Hash>, &dyn Fn() -> String); 2] = [
+                (stale, &|| {
+                    format!(
+                        "nonce already used: the account's next nonce is {}",
+                        acct.nonce
+                    )
+                }),
+                (unaffordable, &|| {
+                    format!(
+                        "insufficient balance after the last block: {} available",
+                        acct.balance
+                    )
+                }),
+            ];
+            for (hashes, why) in reasons {
+                if hashes.is_empty() {
+                    continue;
                 }
-            }
-            if !unaffordable.is_empty() {
-                let why = format!(
-                    "insufficient balance after the last block: {} available",
-                    acct.balance
-                );
-                for h in unaffordable {
+                let why = why();
+                for h in hashes {
                     self.remove(&h);
                     dropped.push((h, Dropped::Invalidated(why.clone())));
                 }
@@ -799,9 +793,10 @@ impl Mempool {
                 promoted.extend(s.hashes_in(gap_before.max(s.base_nonce)..s.first_gap()));
                 if s.txs.is_empty() && s.synced {
                     self.idle.push_back((addr, self.commits));
+                    continue;
                 }
             }
-            self.prune_if_unsynced(&addr);
+            self.prune(&addr);
         }
         // Forget idle senders' records after IDLE_COMMITS blocks (or beyond IDLE_MAX).
         // One that pooled a transaction since keeps its record; a stale queue entry for
