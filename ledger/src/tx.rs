@@ -149,8 +149,11 @@ impl SignedTx {
 /// of at most [`VERIFIED_CAPACITY`] each.
 static VERIFIED: std::sync::Mutex<Option<RecentSet>> = std::sync::Mutex::new(None);
 
-/// See [`VERIFIED`].
-const VERIFIED_CAPACITY: usize = 400_000;
+/// See [`VERIFIED`]. A verdict has to last from admission to the block that takes the
+/// transaction; admission's backpressure keeps the pool near 2 s of throughput, so
+/// 200,000 (and up to twice that) is ample, and a verdict forgotten early costs only
+/// a check again.
+const VERIFIED_CAPACITY: usize = 200_000;
 
 /// Remembers that the transactions with these hashes have valid signatures (checked by
 /// [`SignedTx::verify`] or [`crypto::verify_batch`]), so later checks skip them.

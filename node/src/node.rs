@@ -53,6 +53,7 @@ struct Metrics {
     net_tx_duplicates: Counter,
     net_bans: Counter,
     net_messages: Family<Vec<(String, String)>, Counter>,
+    db_memory: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Metrics {
@@ -128,6 +129,11 @@ impl Metrics {
             "grapevine_net_messages",
             "Messages received from peers, by kind",
             self.net_messages.clone(),
+        );
+        r.register(
+            "grapevine_db_memory_bytes",
+            "Memory the database holds, by part (block cache, memtables, table readers)",
+            self.db_memory.clone(),
         );
     }
 }
@@ -1073,6 +1079,13 @@ impl NodeApi for Node {
     }
 
     fn metrics_text(&self) -> String {
+        // Read when scraped: RocksDB adds it up on request.
+        for (part, bytes) in self.ledger.store_memory() {
+            self.metrics
+                .db_memory
+                .get_or_create(&vec![("part".to_string(), part.to_string())])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             tracing::error!("encoding metrics failed");

@@ -328,7 +328,8 @@ fn websocket_follows_a_transaction_to_finality_and_streams_heads() {
 #[test]
 fn health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(&dir.path().join("h"), &["--ephemeral"]);
+    // On disk, so the database's memory is reported too.
+    let node = NodeProcess::start(&dir.path().join("h"), &[]);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -344,6 +345,8 @@ fn health_and_metrics() {
         "grapevine_mempool_pending",
         "grapevine_rpc_requests",
         "grapevine_peers",
+        "grapevine_db_memory_bytes{part=\"account_cache\"}",
+        "grapevine_db_memory_bytes{part=\"memtables\"}",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }

@@ -185,6 +185,12 @@ impl Ledger {
         self.genesis_hash
     }
 
+    /// Approximate bytes of memory the storage holds, by part (empty if it does not
+    /// track it).
+    pub fn store_memory(&self) -> Vec<(&'static str, u64)> {
+        self.store.memory()
+    }
+
     /// The chain id from genesis.
     pub fn chain_id(&self) -> u32 {
         self.chain_id

@@ -117,6 +117,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes everything written so far durable, and out of the write-ahead log where
     /// the store has one (used at shutdown and after writing a genesis).
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Approximate bytes of memory the store holds, by part (for metrics). Empty when
+    /// the store does not track it.
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// A storage failure. Each names what went wrong so an operator can act on it.
