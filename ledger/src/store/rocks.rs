@@ -270,27 +270,16 @@ mod tests {
         store.write(b, false).unwrap();
         store.flush().unwrap();
 
-        for i in 0..6000u32 {
-            assert!(
-                store
-                    .get(Column::Blocks, &i.to_be_bytes())
-                    .unwrap()
-                    .is_some()
-            );
-        }
+        let read_all = |col: Column, n: u32| {
+            (0..n).all(|i| store.get(col, &i.to_be_bytes()).unwrap().is_some())
+        };
+        assert!(read_all(Column::Blocks, 6000));
         let other = part("other_cache");
         assert!(other > 8 << 20, "block reads cached: {other}");
         assert!(other <= OTHER_CACHE_BYTES as u64, "bounded: {other}");
         assert!(part("account_cache") < 1 << 20, "{}", part("account_cache"));
 
-        for i in 0..256u32 {
-            assert!(
-                store
-                    .get(Column::Accounts, &i.to_be_bytes())
-                    .unwrap()
-                    .is_some()
-            );
-        }
+        assert!(read_all(Column::Accounts, 256));
         assert!(
             part("account_cache") >= 1 << 20,
             "{}",
