@@ -12,8 +12,10 @@ use super::{Column, Store, StoreError, WriteBatch};
 /// A [`Store`] in a RocksDB directory, one column family per [`Column`].
 pub struct RocksStore {
     db: DB,
-    /// The block caches the column families share (for [`Store::memory`]).
-    caches: [Cache; 2],
+    /// The account state's block cache (kept for [`Store::memory`]).
+    account_cache: Cache,
+    /// The block cache the other columns share (kept for [`Store::memory`]).
+    other_cache: Cache,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -68,7 +70,7 @@ impl RocksStore {
         // bodies and indexes read by RPC and admission) filled it by about 15 MB per
         // load, while the account blocks in use stayed under 1 MB. Block sync reads
         // blocks 8 MiB at a time, which must not evict account state either.
-        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let account_cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let other_cache = Cache::new_lru_cache(OTHER_CACHE_BYTES);
         let cfs = Column::ALL.iter().map(|c| {
             let mut o = Options::default();
@@ -85,7 +87,7 @@ impl RocksStore {
                 table.set_whole_key_filtering(true);
             }
             if matches!(c, Column::Accounts | Column::BlockHashes | Column::Meta) {
-                table.set_block_cache(&cache);
+                table.set_block_cache(&account_cache);
             } else {
                 table.set_block_cache(&other_cache);
             }
@@ -98,7 +100,8 @@ impl RocksStore {
         })?;
         Ok(RocksStore {
             db,
-            caches: [cache, other_cache],
+            account_cache,
+            other_cache,
         })
     }
 
@@ -185,8 +188,8 @@ impl Store for RocksStore {
 
     fn memory(&self) -> Vec<(&'static str, u64)> {
         let mut parts = vec![
-            ("account_cache", self.caches[0].get_usage() as u64),
-            ("other_cache", self.caches[1].get_usage() as u64),
+            ("account_cache", self.account_cache.get_usage() as u64),
+            ("other_cache", self.other_cache.get_usage() as u64),
         ];
         if let Ok(m) = rocksdb::perf::get_memory_usage_stats(Some(&[&self.db]), None) {
             parts.push(("memtables", m.mem_table_total));
