@@ -370,8 +370,9 @@ impl Node {
             return Ok(0);
         }
         let head = self.ledger.head();
+        let view = self.block_view(&txs);
         let built = build_block(
-            &*self.ledger,
+            &view,
             self.ledger.chain_id(),
             &head,
             self.proposer,
@@ -397,6 +398,24 @@ impl Node {
     /// `next_nonce` holds the next nonce of senders the unfinalized ancestors touched.
     pub fn select_txs(&self, max: usize, next_nonce: &HashMap<Address, u64>) -> Vec<SignedTx> {
         self.pool().select_after(max, next_nonce)
+    }
+
+    /// The ledger as a view for building or checking a block of `txs` on the final head:
+    /// those of them in the pool are known not to be final without a database read
+    /// (each admission looked them up already). Consensus asks "already final?" of
+    /// every transaction of every block; on a chain with history that read was a few
+    /// percent of a validator's CPU. The answers are the ledger's own, so every node
+    /// decides the same whatever its pool holds.
+    pub fn block_view(&self, txs: &[SignedTx]) -> PooledView<'_> {
+        let pool = self.pool();
+        PooledView {
+            ledger: &self.ledger,
+            head: self.ledger.head().height,
+            txs: txs
+                .iter()
+                .map(|t| (t.hash(), pool.contains(&t.hash())))
+                .collect(),
+        }
     }
 
     /// Building a block of `txs` failed with `e`: a storage fault keeps them; anything
@@ -1094,6 +1113,62 @@ impl NodeApi for Node {
     }
 }
 
+/// The ledger, answering "already final?" for a block's transactions that were in the
+/// pool without reading the database (see [`Node::block_view`]).
+pub struct PooledView<'a> {
+    ledger: &'a Ledger,
+    /// The head height when the pool was read.
+    head: u64,
+    /// The block's transaction hashes in order, each with whether the pool held it.
+    txs: Vec<(Hash, bool)>,
+}
+
+impl PooledView<'_> {
+    /// Whether the pool's answers still hold: no block was written since it was read.
+    /// Blocks are written under the pool's lock, and a block takes its transactions out
+    /// of the pool in the same step ([`Node::commit_block`]), so a transaction in the
+    /// pool at head `h` is in no final block up to `h`.
+    fn current(&self) -> bool {
+        self.ledger.head().height == self.head
+    }
+}
+
+impl StateView for PooledView<'_> {
+    fn account(&self, addr: &Address) -> Result<Option<grapevine_ledger::Account>, StoreError> {
+        self.ledger.account(addr)
+    }
+
+    fn state_hash(&self) -> Result<LtHash, StoreError> {
+        self.ledger.state_hash()
+    }
+
+    fn contains_tx(&self, hash: &Hash) -> Result<bool, StoreError> {
+        self.ledger.contains_tx(hash)
+    }
+
+    /// The pool's answers when asked about the block's transactions in the block's
+    /// order (as block execution asks), the ledger's otherwise.
+    fn contains_txs(&self, hashes: &[Hash]) -> Result<Vec<bool>, StoreError> {
+        let same = hashes.len() == self.txs.len()
+            && hashes.iter().zip(&self.txs).all(|(h, (t, _))| h == t);
+        if !same || !self.current() {
+            return self.ledger.contains_txs(hashes);
+        }
+        let unknown: Vec<Hash> = self
+            .txs
+            .iter()
+            .filter(|(_, pooled)| !pooled)
+            .map(|(h, _)| *h)
+            .collect();
+        let mut found = self.ledger.contains_txs(&unknown)?.into_iter();
+        Ok(self
+            .txs
+            .iter()
+            .map(|(_, pooled)| !pooled && found.next().unwrap_or(false))
+            .collect())
+    }
+}
+
 /// The ledger, with the "already final?" answers for some transactions looked up
 /// together before admission takes the pool's lock.
 struct LookedUp<'a> {
@@ -1328,6 +1403,32 @@ mod tests {
             vec![Verdict::Ignored, Verdict::Accepted]
         );
         assert_eq!(node.pool().counts().0, 1);
+    }
+
+    /// A block view answers "already final?" like the ledger: no for what the pool
+    /// holds, the ledger's answer for the rest, and the ledger's alone once a block was
+    /// written after the pool was read.
+    #[test]
+    fn block_view_answers_like_the_ledger() {
+        let (node, ledger, sender, failed) = node_with_a_failed_final_transfer(11);
+        let fresh = first_transfer(&sender, Address([7; 32]), 10);
+        let unknown = first_transfer(&sender, Address([7; 32]), 20);
+        assert_eq!(node.admit_from_peer(&[fresh]), vec![Verdict::Accepted]);
+        let all = [failed.hash(), fresh.hash(), unknown.hash()];
+        let view = node.block_view(&[failed, fresh, unknown]);
+        assert_eq!(view.contains_txs(&all).unwrap(), vec![true, false, false]);
+        // Asked in another order, it asks the ledger: the same answers.
+        let reordered = [all[2], all[0], all[1]];
+        assert_eq!(
+            view.contains_txs(&reordered).unwrap(),
+            vec![false, true, false]
+        );
+
+        let head = ledger.head();
+        let (block, exec) =
+            build_block(&*ledger, 9, &head, sender.address(), 2, 2, vec![fresh]).unwrap();
+        node.commit_block(&block, &[], &exec, false).unwrap();
+        assert_eq!(view.contains_txs(&all).unwrap(), vec![true, true, false]);
     }
 
     /// Admission takes "already final?" from the looked-up answers, not the ledger.

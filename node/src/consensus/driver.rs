@@ -108,6 +108,7 @@ impl ExecCache {
 /// state (the ledger plus the unfinalized ancestors) and its time is sane.
 struct LedgerCheck {
     ledger: Arc<Ledger>,
+    node: Arc<Node>,
     cache: Arc<Mutex<ExecCache>>,
 }
 
@@ -128,7 +129,8 @@ impl BlockCheck for LedgerCheck {
             return false;
         };
         let refs: Vec<&Execution> = layers.iter().map(|e| &**e).collect();
-        let overlay = Overlay::new(&*self.ledger, &refs);
+        let base = self.node.block_view(&block.txs);
+        let overlay = Overlay::new(&base, &refs);
         match validate_block(&overlay, self.ledger.chain_id(), &parent.header, block) {
             Ok(exec) => {
                 cache.map.insert(hash, (block.header, Arc::new(exec)));
@@ -237,6 +239,7 @@ pub async fn run(
     let cache = Arc::new(Mutex::new(ExecCache::default()));
     let check = LedgerCheck {
         ledger: ledger.clone(),
+        node: node.clone(),
         cache: cache.clone(),
     };
     let engine = Engine::new(
@@ -511,7 +514,8 @@ impl Driver {
         }
         let txs = self.node.select_txs(self.cfg.max_block_txs, &next_nonce);
         let refs: Vec<&Execution> = layers.iter().map(|e| &**e).collect();
-        let overlay = Overlay::new(&*self.ledger, &refs);
+        let base = self.node.block_view(&txs);
+        let overlay = Overlay::new(&base, &refs);
         let ts = now_ms().max(parent.header.timestamp_ms);
         let chain_id = self.ledger.chain_id();
         match build_block(
