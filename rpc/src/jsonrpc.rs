@@ -1,6 +1,7 @@
 //! JSON-RPC 2.0 request handling: single requests, batches, notifications, and the
 //! method table. Pure over bytes and a [`NodeApi`], so it is tested without sockets.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::api::{ApiError, NodeApi};
@@ -83,6 +84,90 @@ impl From<ApiError> for RpcError {
 
 fn error_response(id: Value, e: &RpcError) -> Value {
     json!({"jsonrpc": "2.0", "error": e.to_json(), "id": id})
+}
+
+/// [`handle_body`], with the response serialized: `None` when nothing is to be sent
+/// back. A batch made only of plain `sendTransaction` calls (the load of a busy node)
+/// takes a path that builds no JSON tree; its answers are the same.
+pub fn handle_body_bytes<A: NodeApi + ?Sized>(
+    api: &A,
+    body: &[u8],
+    observe: &dyn Fn(&str),
+) -> Option<Vec<u8>> {
+    if let Some(out) = send_batch(api, body, observe) {
+        return Some(out);
+    }
+    handle_body(api, body, observe).map(|v| serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// One plain `sendTransaction` call of a batch, borrowed from the body: one positional
+/// parameter, and strings without escapes. Any other shape does not match, and the
+/// batch takes the general path.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendCall<'a> {
+    jsonrpc: &'a str,
+    #[serde(borrow)]
+    id: &'a RawValue,
+    method: &'a str,
+    params: [&'a str; 1],
+}
+
+/// The response to a batch of two or more plain `sendTransaction` calls, each with a
+/// string or number id; `None` for any other body (including one with a malformed
+/// transaction), which [`handle_body`] then answers.
+fn send_batch<A: NodeApi + ?Sized>(
+    api: &A,
+    body: &[u8],
+    observe: &dyn Fn(&str),
+) -> Option<Vec<u8>> {
+    let calls: Vec<SendCall<'_>> = serde_json::from_slice(body).ok()?;
+    if !(2..=MAX_BATCH).contains(&calls.len()) {
+        return None;
+    }
+    // An id that the general path would not read as a JSON value (a number out of
+    // range) must not get this far: nothing falls back once transactions are admitted.
+    let plain = calls.iter().all(|c| {
+        c.jsonrpc == "2.0"
+            && c.method == "sendTransaction"
+            && match c.id.get().as_bytes().first() {
+                Some(b'"') => true,
+                Some(b'-' | b'0'..=b'9') => serde_json::from_str::<Value>(c.id.get()).is_ok(),
+                _ => false,
+            }
+    });
+    if !plain {
+        return None;
+    }
+    let txs: Vec<Vec<u8>> = calls
+        .iter()
+        .map(|c| decode_transaction(c.params[0]).ok())
+        .collect::<Option<_>>()?;
+    let results = api.send_transactions(&txs);
+    let mut out = Vec::with_capacity(calls.len() * 128);
+    out.push(b'[');
+    for (i, (call, result)) in calls.iter().zip(results).enumerate() {
+        observe("sendTransaction");
+        if i > 0 {
+            out.push(b',');
+        }
+        match result {
+            Ok(hash) => {
+                out.extend_from_slice(br#"{"jsonrpc":"2.0","result":""#);
+                out.extend_from_slice(hash.to_string().as_bytes());
+                out.extend_from_slice(br#"","id":"#);
+                out.extend_from_slice(call.id.get().as_bytes());
+                out.push(b'}');
+            }
+            Err(e) => {
+                let id: Value = serde_json::from_str(call.id.get()).unwrap_or(Value::Null);
+                // Cannot fail: a JSON value written into memory.
+                let _ = serde_json::to_writer(&mut out, &error_response(id, &RpcError::from(e)));
+            }
+        }
+    }
+    out.push(b']');
+    Some(out)
 }
 
 /// Handles a request body. Returns `None` when nothing is to be sent back (only
@@ -227,7 +312,11 @@ pub fn handle_one<A: NodeApi + ?Sized>(api: &A, v: Value, observe: &dyn Fn(&str)
 /// The transaction bytes of `sendTransaction`'s parameters.
 fn send_params(params: Option<Value>) -> Result<Vec<u8>, RpcError> {
     let p = Params::new(params, &["transaction"])?;
-    let hex_tx = p.string(0, "transaction")?;
+    decode_transaction(p.string(0, "transaction")?)
+}
+
+/// A `sendTransaction` parameter's bytes.
+fn decode_transaction(hex_tx: &str) -> Result<Vec<u8>, RpcError> {
     // Takes an optional 0x prefix.
     hex::decode(hex_tx).map_err(|e| {
         RpcError::params(format!(

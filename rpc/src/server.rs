@@ -213,12 +213,12 @@ async fn rpc_handler<A: NodeApi>(State(state): State<Arc<AppState<A>>>, body: By
     let st = state.clone();
     // The node's methods may read the disk: keep them off the async workers.
     let out = tokio::task::spawn_blocking(move || {
-        jsonrpc::handle_body(&*st.api, &body, &|m| st.metrics.count(m))
+        jsonrpc::handle_body_bytes(&*st.api, &body, &|m| st.metrics.count(m))
     })
     .await;
     state.metrics.latency.observe(start.elapsed().as_secs_f64());
     match out {
-        Ok(Some(v)) => json_response(StatusCode::OK, v.to_string().into_bytes()),
+        Ok(Some(v)) => json_response(StatusCode::OK, v),
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
             tracing::error!(error = %e, "RPC handler task failed");

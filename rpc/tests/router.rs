@@ -45,7 +45,11 @@ impl NodeApi for Fake {
             pending_nonce: 3,
         })
     }
+    /// Takes a one-byte transaction (its hash is that byte 32 times), refuses the rest.
     fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
+        if let [b] = bytes {
+            return Ok(Hash([*b; 32]));
+        }
         Err(ApiError::Rejected {
             code: -32010,
             reason: "malformed",
@@ -283,6 +287,67 @@ async fn application_errors_keep_their_codes_and_missing_blocks_are_reported() {
     let req = json!({"jsonrpc": "2.0", "method": "getBlock", "params": [99], "id": 5});
     let (_, got) = post(router(RpcConfig::default()), req.to_string()).await;
     assert_eq!(got.unwrap()["error"]["code"], -32030);
+}
+
+/// A batch of plain sendTransaction calls is answered without building a JSON tree;
+/// the answers are those of the general path (here taken through named parameters).
+#[tokio::test]
+async fn send_batches_answer_the_same_on_both_paths() {
+    let calls = [
+        ("01", json!(1)),
+        ("00ff", json!("b")),
+        ("0x02", json!(-3)),
+        ("zz", json!(4)),
+    ];
+    let batch = |named: bool, upto: usize| {
+        Value::Array(
+            calls[..upto]
+                .iter()
+                .map(|(tx, id)| {
+                    let params = if named { json!({"transaction": tx}) } else { json!([tx]) };
+                    json!({"jsonrpc": "2.0", "method": "sendTransaction", "params": params, "id": id})
+                })
+                .collect(),
+        )
+        .to_string()
+    };
+    let post_raw = |body: String| async move {
+        let req = Request::post("/")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = router(RpcConfig::default()).oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    };
+    let fast = post_raw(batch(false, 3)).await;
+    // The general path serializes objects with sorted keys; the plain path writes
+    // "jsonrpc" first, which shows it was taken.
+    assert!(
+        fast.starts_with(br#"[{"jsonrpc":"2.0","result":"#),
+        "{fast:?}"
+    );
+    let fast: Value = serde_json::from_slice(&fast).unwrap();
+    let general: Value = serde_json::from_slice(&post_raw(batch(true, 3)).await).unwrap();
+    assert_eq!(fast, general);
+    assert_eq!(fast[0]["result"], Hash([1; 32]).to_string());
+    assert_eq!(fast[0]["id"], 1);
+    assert_eq!(fast[1]["error"]["data"]["reason"], "malformed");
+    assert_eq!(fast[1]["id"], "b");
+    assert_eq!(fast[2]["result"], Hash([2; 32]).to_string());
+    assert_eq!(fast[2]["id"], -3);
+    // A call whose transaction is not hex: the whole batch takes the general path,
+    // which answers that call with invalid params and the others as before.
+    let mixed: Value = serde_json::from_slice(&post_raw(batch(false, 4)).await).unwrap();
+    assert_eq!(
+        mixed.as_array().unwrap()[..3],
+        general.as_array().unwrap()[..]
+    );
+    assert_eq!(mixed[3]["error"]["code"], -32602);
+    assert_eq!(mixed[3]["id"], 4);
+    // An id JSON cannot hold is a parse error on either path, before any admission.
+    let huge = batch(false, 2).replacen("\"id\":1", "\"id\":1e400", 1);
+    let got: Value = serde_json::from_slice(&post_raw(huge).await).unwrap();
+    assert_eq!(got["error"]["code"], -32700, "{got}");
 }
 
 #[tokio::test]
