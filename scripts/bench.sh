@@ -74,6 +74,10 @@ run_load() {
   local pids=("$@") t0 t1 out json bench_pid status=0
   declare -A ticks0 ticks1
   local log="$WORK/bench-run.log"
+  # Emptied here, not by the redirection below: that happens in the background
+  # process, and the wait for "bench: submitting" could otherwise read the previous
+  # run's line and measure CPU over this run's funding and signing.
+  : >"$log"
   "$B" bench --rpc "$urls" --accounts "$accounts" --rate "$rate" \
     --duration "$SECONDS_PER_RUN" --json >"$log" 2>&1 &
   bench_pid=$!
