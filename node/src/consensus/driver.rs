@@ -107,7 +107,6 @@ impl ExecCache {
 /// The engine's block validity check: the block executes correctly on its parent's
 /// state (the ledger plus the unfinalized ancestors) and its time is sane.
 struct LedgerCheck {
-    ledger: Arc<Ledger>,
     node: Arc<Node>,
     cache: Arc<Mutex<ExecCache>>,
 }
@@ -124,14 +123,15 @@ impl BlockCheck for LedgerCheck {
             tracing::warn!(height = block.header.height, %hash, "refusing a block whose time is before its parent's or too far ahead");
             return false;
         }
-        let Some(layers) = cache.layers(&self.ledger, &parent.hash()) else {
+        let ledger = self.node.ledger();
+        let Some(layers) = cache.layers(ledger, &parent.hash()) else {
             tracing::debug!(%hash, "cannot check a block whose parent does not extend the final chain");
             return false;
         };
         let refs: Vec<&Execution> = layers.iter().map(|e| &**e).collect();
         let base = self.node.block_view(&block.txs);
         let overlay = Overlay::new(&base, &refs);
-        match validate_block(&overlay, self.ledger.chain_id(), &parent.header, block) {
+        match validate_block(&overlay, ledger.chain_id(), &parent.header, block) {
             Ok(exec) => {
                 cache.map.insert(hash, (block.header, Arc::new(exec)));
                 true
@@ -238,7 +238,6 @@ pub async fn run(
         .unwrap_or_default();
     let cache = Arc::new(Mutex::new(ExecCache::default()));
     let check = LedgerCheck {
-        ledger: ledger.clone(),
         node: node.clone(),
         cache: cache.clone(),
     };
