@@ -153,6 +153,10 @@ pub struct ConsensusSection {
     pub idle_block_ms: u64,
     /// Most transactions in a proposed block (1 to 50,000).
     pub max_block_txs: usize,
+    /// Least milliseconds from a block's timestamp to the proposal of its child (0: as
+    /// soon as there is something to include). Larger: less CPU per transaction, more
+    /// latency.
+    pub min_block_interval_ms: u64,
 }
 
 impl Default for ConsensusSection {
@@ -162,6 +166,7 @@ impl Default for ConsensusSection {
             max_timeout_ms: 10_000,
             idle_block_ms: 500,
             max_block_txs: 10_000,
+            min_block_interval_ms: 40,
         }
     }
 }
@@ -217,6 +222,11 @@ impl Config {
         anyhow::ensure!(
             c.idle_block_ms < c.base_timeout_ms,
             "{}: consensus.idle_block_ms must be below base_timeout_ms, or idle rounds time out",
+            path.display()
+        );
+        anyhow::ensure!(
+            c.min_block_interval_ms < c.base_timeout_ms,
+            "{}: consensus.min_block_interval_ms must be below base_timeout_ms, or rounds time out",
             path.display()
         );
         Ok(cfg)
@@ -326,6 +336,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             },
             max_block_txs: cfg.consensus.max_block_txs,
             idle_block: Duration::from_millis(cfg.consensus.idle_block_ms),
+            min_block_interval: Duration::from_millis(cfg.consensus.min_block_interval_ms),
         },
     };
     let head = ledger.head();
