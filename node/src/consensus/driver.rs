@@ -76,6 +76,19 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// When a child of a block stamped `parent_ms` may be proposed, given a minimum interval
+/// `min`, the moment the build was asked for (`since`) and the time now (as an instant
+/// and in wall-clock milliseconds): the parent's time plus `min`, but never later than
+/// `since` plus `min`, so a parent stamped by a clock ahead of ours cannot stall the
+/// round. `since` when `min` is zero.
+fn paced_at(min: Duration, parent_ms: u64, since: Instant, now: Instant, now_ms: u64) -> Instant {
+    if min.is_zero() {
+        return since;
+    }
+    let due_ms = parent_ms.saturating_add(u64::try_from(min.as_millis()).unwrap_or(u64::MAX));
+    (now + Duration::from_millis(due_ms.saturating_sub(now_ms))).min(since + min)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -483,20 +496,15 @@ impl Driver {
         head.hash() == grandparent && head.tx_count > 0
     }
 
-    /// When the minimum block interval after `parent` is over: its timestamp plus the
-    /// interval, but never later than the interval after the build was asked for
-    /// (`since`), so a parent stamped by a clock ahead of ours cannot stall the round.
+    /// When the minimum block interval after `parent` is over ([`paced_at`]).
     fn paced_at(&self, parent: &Block, since: Instant) -> Instant {
-        let min = self.cfg.min_block_interval;
-        if min.is_zero() {
-            return since;
-        }
-        let due_ms = parent
-            .header
-            .timestamp_ms
-            .saturating_add(u64::try_from(min.as_millis()).unwrap_or(u64::MAX));
-        let wait = Duration::from_millis(due_ms.saturating_sub(now_ms()));
-        (Instant::now() + wait).min(since + min)
+        paced_at(
+            self.cfg.min_block_interval,
+            parent.header.timestamp_ms,
+            since,
+            Instant::now(),
+            now_ms(),
+        )
     }
 
     /// Builds the block the engine asked for once there is something to put in it, the
@@ -824,5 +832,34 @@ fn log_progress(p: &Progress) {
             "syncing"
         ),
         None => tracing::info!(height = p.current, target = p.target, "syncing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_waits_for_the_parent_time_plus_the_interval_but_never_longer_than_the_interval() {
+        let min = Duration::from_millis(40);
+        let since = Instant::now();
+        let now = since + Duration::from_millis(5);
+        let now_ms = 1_000_000;
+        // No interval: at once.
+        assert_eq!(paced_at(Duration::ZERO, now_ms, since, now, now_ms), since);
+        // Parent stamped 10 ms ago: 30 ms from now.
+        assert_eq!(
+            paced_at(min, now_ms - 10, since, now, now_ms),
+            now + Duration::from_millis(30)
+        );
+        // Parent stamped long ago: due already.
+        assert!(paced_at(min, now_ms - 1_000, since, now, now_ms) <= now);
+        // Parent stamped 30 s ahead of our clock: the interval from `since`, no more.
+        assert_eq!(
+            paced_at(min, now_ms + 30_000, since, now, now_ms),
+            since + min
+        );
+        // A timestamp at the end of time does not overflow.
+        assert_eq!(paced_at(min, u64::MAX, since, now, now_ms), since + min);
     }
 }
