@@ -14,7 +14,7 @@
 #   and on a fresh testnet;
 #   (c) 7- and 10-validator testnets at one rate (BENCH_SCALE_VALIDATORS="7 10",
 #   BENCH_SCALE_RATE=4000).
-#   scripts/bench.sh                  # about 4 minutes
+#   scripts/bench.sh                  # about 5 minutes
 #   BENCH_SECONDS=30 scripts/bench.sh # longer runs
 # Numbers are measurements of this machine; nothing here passes or fails.
 set -euo pipefail
