@@ -249,7 +249,20 @@ fn wallet_lifecycle_bad_input_and_restart() {
 #[test]
 fn websocket_follows_a_transaction_to_finality_and_streams_heads() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(&dir.path().join("h"), &["--ephemeral", "--accounts", "2"]);
+    // --ephemeral makes its home under TMPDIR: kept inside this test's directory, so a
+    // failed run leaves nothing behind, and the clean stop below must remove it.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let node = NodeProcess::start_with_env(
+        &dir.path().join("h"),
+        &["--ephemeral", "--accounts", "2"],
+        &[("TMPDIR", Some(tmp.to_str().unwrap()))],
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        1,
+        "the ephemeral home is under TMPDIR"
+    );
     let keys = {
         // --ephemeral keeps its home in a temporary directory: derive the keys instead.
         let status = node.result("getStatus", json!([]));
@@ -322,6 +335,12 @@ fn websocket_follows_a_transaction_to_finality_and_streams_heads() {
             .iter()
             .all(|s| s == "unknown" || s == "pending" || s == "finalized"),
         "{statuses:?}"
+    );
+    assert!(node.stop(), "SIGTERM gives a clean exit");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "a clean stop removes the ephemeral home: {left:?}"
     );
 }
 
