@@ -54,6 +54,14 @@ impl<V> RecentMap<V> {
         self.current.get(hash).or_else(|| self.previous.get(hash))
     }
 
+    /// The value remembered for `hash`, to change it in place.
+    pub fn get_mut(&mut self, hash: &Hash) -> Option<&mut V> {
+        match self.current.get_mut(hash) {
+            Some(v) => Some(v),
+            None => self.previous.get_mut(hash),
+        }
+    }
+
     /// Remembers `value` for `hash` unless `hash` is already remembered; returns whether
     /// it was new (an entry already remembered keeps its value).
     pub fn insert(&mut self, hash: Hash, value: V) -> bool {

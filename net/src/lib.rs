@@ -18,5 +18,6 @@ pub mod network;
 pub mod secure;
 
 pub use network::{
-    NetConfig, NetEvent, NetStats, NetworkHandle, Offence, PeerSummary, TxValidator, Verdict, start,
+    Inbox, NetConfig, NetEvent, NetStats, NetworkHandle, Offence, PeerSummary, TxValidator,
+    Verdict, start,
 };

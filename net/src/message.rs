@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 /// valid under ZIP-215 (docs/PROTOCOL.md); a version-1 node would refuse some valid
 /// transactions and blocks, so the two must not mix on one chain. 3: large consensus
 /// messages are relayed by `ConsensusHave` / `ConsensusWant`, which version 2 cannot
-/// decode.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// decode. 4: block sync travels in its own message, [`Message::Sync`], which nodes
+/// serve from a queue of its own and never relay; version 3 sent it as a consensus
+/// message.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame (one encoded message) accepted: 16 MiB, room for the largest block.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -117,6 +119,9 @@ pub enum Message {
     ConsensusHave(Hash),
     /// Asks for the consensus message announced by `ConsensusHave` with this hash.
     ConsensusWant(Hash),
+    /// A block sync message between two peers (status, requests, answers; opaque to
+    /// the network, never relayed). Encoded like `Consensus`.
+    Sync(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Why a received message is refused.
@@ -170,6 +175,7 @@ impl Message {
             Message::Consensus(_) => "consensus",
             Message::ConsensusHave(_) => "consensusHave",
             Message::ConsensusWant(_) => "consensusWant",
+            Message::Sync(_) => "sync",
         }
     }
 }
@@ -217,6 +223,17 @@ mod tests {
             assert_eq!(enc, want);
             assert_eq!(Message::decode(&enc), Ok(m));
         }
+    }
+
+    #[test]
+    fn sync_payload_is_variant_eleven_then_a_byte_string() {
+        // docs/NETWORK.md: Sync is variant 11, encoded as Consensus is.
+        let payload = vec![1u8, 2, 3];
+        let enc = Message::Sync(payload.clone()).encode();
+        let mut want = 11u32.to_le_bytes().to_vec();
+        want.extend_from_slice(&codec::encode(&payload));
+        assert_eq!(enc, want);
+        assert_eq!(Message::decode(&enc), Ok(Message::Sync(payload)));
     }
 
     #[test]

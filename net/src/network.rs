@@ -130,6 +130,9 @@ pub enum Offence {
     BadAddress,
     /// A consensus message the node found malformed or wrongly signed.
     InvalidConsensus,
+    /// More block sync requests or status messages than an honest peer sends: the
+    /// excess is dropped unserved (throttled) and each one costs score.
+    Flood,
 }
 
 impl Offence {
@@ -140,6 +143,7 @@ impl Offence {
             Offence::Unsolicited => 5,
             Offence::BadAddress => 10,
             Offence::InvalidConsensus => 50,
+            Offence::Flood => 10,
         }
     }
 }
@@ -160,11 +164,16 @@ pub struct NetStats {
     /// Peers banned.
     pub bans: AtomicU64,
     /// Messages received, by kind (see [`MESSAGE_KINDS`]).
-    pub messages: [AtomicU64; 11],
+    pub messages: [AtomicU64; 12],
+    /// Consensus messages dropped because the node's consensus queue was full (not
+    /// recorded as seen, so a later copy is taken).
+    pub consensus_dropped: AtomicU64,
+    /// Sync messages dropped because the node's sync queue was full.
+    pub sync_dropped: AtomicU64,
 }
 
 /// Message kinds in the order of [`NetStats::messages`].
-pub const MESSAGE_KINDS: [&str; 11] = [
+pub const MESSAGE_KINDS: [&str; 12] = [
     "hello",
     "ping",
     "pong",
@@ -176,6 +185,7 @@ pub const MESSAGE_KINDS: [&str; 11] = [
     "consensus",
     "consensusHave",
     "consensusWant",
+    "sync",
 ];
 
 /// A connected peer, as `getPeers` shows it.
@@ -209,6 +219,23 @@ pub enum NetEvent {
         /// Its bytes.
         payload: Bytes,
     },
+    /// A block sync message (never relayed, no seen-set: every copy is delivered).
+    Sync {
+        /// The peer it came from.
+        from: Address,
+        /// Its bytes.
+        payload: Bytes,
+    },
+}
+
+/// What the network delivers to the node, on two queues so that no volume of block
+/// sync traffic can crowd out a proposal, vote or timeout.
+#[derive(Debug)]
+pub struct Inbox {
+    /// [`NetEvent::Consensus`] only.
+    pub consensus: mpsc::Receiver<NetEvent>,
+    /// [`NetEvent::Sync`] only.
+    pub sync: mpsc::Receiver<NetEvent>,
 }
 
 enum Command {
@@ -218,7 +245,8 @@ enum Command {
     RelayConsensus(Bytes, Address),
     Peers(oneshot::Sender<Vec<PeerSummary>>),
     Report(Address, Offence, &'static str),
-    SendTo(Address, Bytes),
+    SendSync(Address, Bytes),
+    BroadcastSync(Bytes),
 }
 
 /// Control of a running network.
@@ -275,10 +303,15 @@ impl NetworkHandle {
             .await;
     }
 
-    /// Sends a consensus-channel message to peer `id` only (requests and answers of
-    /// block sync); dropped if that peer is not connected.
-    pub async fn send_consensus_to(&self, id: Address, payload: Bytes) {
-        let _ = self.commands.send(Command::SendTo(id, payload)).await;
+    /// Sends a block sync message ([`Message::Sync`]) to peer `id` only; dropped if
+    /// that peer is not connected.
+    pub async fn send_sync_to(&self, id: Address, payload: Bytes) {
+        let _ = self.commands.send(Command::SendSync(id, payload)).await;
+    }
+
+    /// Sends a block sync message to every connected peer (the node's final height).
+    pub async fn broadcast_sync(&self, payload: Bytes) {
+        let _ = self.commands.send(Command::BroadcastSync(payload)).await;
     }
 
     /// Lowers the score of peer `id` for `offence` (the node found what it sent
@@ -383,6 +416,13 @@ struct Relayed {
 const SEEN_CAPACITY: usize = 200_000;
 /// Seen-hash memory for consensus messages (a few hundred a second at most).
 const SEEN_CONSENSUS_CAPACITY: usize = 20_000;
+/// A consensus message is a duplicate only this long after the node took it. Copies
+/// relayed by other peers arrive within a round trip or two; a later copy is a
+/// retransmission (a re-sent timeout, an answer to a block request) that the node may
+/// need because its consensus dropped the first (a restart, a proposal that waited
+/// for a parent too long), and it must not be refused for as long as the seen-set
+/// happens to remember it.
+pub const SEEN_CONSENSUS_TTL: Duration = Duration::from_secs(2);
 /// Consensus messages of at least this many bytes are relayed by announcement
 /// ([`NetworkHandle::relay_consensus`]); smaller ones (votes, timeouts, empty
 /// proposals) are sent on whole, as an announcement would save little and cost a
@@ -419,6 +459,8 @@ const MAX_ALTERNATES: usize = 4;
 const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Capacity of the channel from link tasks to the actor.
 const EVENT_QUEUE: usize = 4096;
+/// Capacity of each of the node's two queues ([`Inbox`]).
+const INBOX_QUEUE: usize = 4096;
 /// Relayed transaction batches validated at once. Validation runs beside the actor, so
 /// consensus messages and links are served while it works.
 const MAX_VALIDATING: usize = 2;
@@ -440,6 +482,7 @@ struct Actor {
     stats: Arc<NetStats>,
     events: mpsc::Sender<LinkEvent>,
     to_node: mpsc::Sender<NetEvent>,
+    to_sync: mpsc::Sender<NetEvent>,
     identity: Arc<LocalIdentity>,
     peers: HashMap<ConnId, Peer>,
     by_id: HashMap<Address, ConnId>,
@@ -453,7 +496,8 @@ struct Actor {
     banned: HashMap<Address, Instant>,
     banned_ips: HashMap<IpAddr, Instant>,
     seen_txs: RecentSet,
-    seen_consensus: RecentSet,
+    /// Consensus messages the node took, and when (see [`SEEN_CONSENSUS_TTL`]).
+    seen_consensus: RecentMap<Instant>,
     /// Large consensus messages this node relayed by announcement, oldest first, to
     /// answer `ConsensusWant`; at most [`RELAYED_KEEP`] of them and
     /// [`RELAYED_KEEP_BYTES`] in all.
@@ -481,12 +525,13 @@ pub async fn start(
     cfg: NetConfig,
     validator: Arc<dyn TxValidator>,
     stop: watch::Receiver<bool>,
-) -> std::io::Result<(NetworkHandle, mpsc::Receiver<NetEvent>)> {
+) -> std::io::Result<(NetworkHandle, Inbox)> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let listen_addr = listener.local_addr()?;
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-    let (node_tx, node_rx) = mpsc::channel(EVENT_QUEUE);
+    let (node_tx, node_rx) = mpsc::channel(INBOX_QUEUE);
+    let (sync_tx, sync_rx) = mpsc::channel(INBOX_QUEUE);
     let stats = Arc::new(NetStats::default());
     let local_id = cfg.node_key.address();
     let identity = Arc::new(LocalIdentity {
@@ -504,6 +549,7 @@ pub async fn start(
         stats: stats.clone(),
         events: ev_tx,
         to_node: node_tx,
+        to_sync: sync_tx,
         identity,
         peers: HashMap::new(),
         by_id: HashMap::new(),
@@ -515,7 +561,7 @@ pub async fn start(
         banned: HashMap::new(),
         banned_ips: HashMap::new(),
         seen_txs: RecentSet::new(SEEN_CAPACITY),
-        seen_consensus: RecentSet::new(SEEN_CONSENSUS_CAPACITY),
+        seen_consensus: RecentMap::new(SEEN_CONSENSUS_CAPACITY),
         relayed: std::collections::VecDeque::new(),
         relayed_bytes: 0,
         wanted: FastMap::default(),
@@ -536,7 +582,10 @@ pub async fn start(
             local_id,
             listen_addr,
         },
-        node_rx,
+        Inbox {
+            consensus: node_rx,
+            sync: sync_rx,
+        },
     ))
 }
 
@@ -1158,7 +1207,7 @@ impl Actor {
             }
             Message::Txs(txs) => self.on_txs(conn, txs),
             Message::ConsensusHave(h) => {
-                if self.seen_consensus.contains(&h) {
+                if self.seen_recently(&h) {
                     return;
                 }
                 if let Some(w) = self.wanted.get_mut(&h) {
@@ -1205,7 +1254,7 @@ impl Actor {
                 {
                     p.open_wants = p.open_wants.saturating_sub(1);
                 }
-                if !self.seen_consensus.insert(h, ()) {
+                if self.seen_recently(&h) {
                     return;
                 }
                 let from = match self.peers.get(&conn) {
@@ -1213,7 +1262,49 @@ impl Actor {
                     None => return,
                 };
                 let payload = Bytes::from(payload);
-                let _ = self.to_node.try_send(NetEvent::Consensus { from, payload });
+                // Seen only once the node has it: a copy dropped at a full queue must
+                // not make the next copy (a re-sent timeout, another peer's relay) a
+                // duplicate, or a burst that fills the queue could end liveness.
+                match self.to_node.try_send(NetEvent::Consensus { from, payload }) {
+                    Ok(()) => self.mark_seen(h),
+                    Err(_) => {
+                        self.stats.consensus_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %from, "consensus queue full; message dropped");
+                    }
+                }
+            }
+            Message::Sync(payload) => {
+                let Some(from) = self.peers.get(&conn).map(|p| p.id) else {
+                    return;
+                };
+                let payload = Bytes::from(payload);
+                if self
+                    .to_sync
+                    .try_send(NetEvent::Sync { from, payload })
+                    .is_err()
+                {
+                    self.stats.sync_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %from, "sync queue full; message dropped");
+                }
+            }
+        }
+    }
+
+    /// Whether the node took the consensus message `h` less than
+    /// [`SEEN_CONSENSUS_TTL`] ago.
+    fn seen_recently(&self, h: &Hash) -> bool {
+        self.seen_consensus
+            .get(h)
+            .is_some_and(|at| at.elapsed() < SEEN_CONSENSUS_TTL)
+    }
+
+    /// Records that the node took (or sent) the consensus message `h` now.
+    fn mark_seen(&mut self, h: Hash) {
+        let now = Instant::now();
+        match self.seen_consensus.get_mut(&h) {
+            Some(at) => *at = now,
+            None => {
+                self.seen_consensus.insert(h, now);
             }
         }
     }
@@ -1467,12 +1558,12 @@ impl Actor {
                 }
             }
             Command::BroadcastConsensus(payload) => {
-                self.seen_consensus.insert(sha256(&[&payload]), ());
+                self.mark_seen(sha256(&[&payload]));
                 self.flood_consensus(&payload, None);
             }
             Command::RelayConsensus(payload, from) => {
                 let h = sha256(&[&payload]);
-                self.seen_consensus.insert(h, ());
+                self.mark_seen(h);
                 let except = self.by_id.get(&from).copied();
                 if payload.len() < RELAY_HAVE_BYTES {
                     self.flood_consensus(&payload, except);
@@ -1498,9 +1589,15 @@ impl Actor {
                     self.send(c, &have);
                 }
             }
-            Command::SendTo(id, payload) => {
+            Command::SendSync(id, payload) => {
                 if let Some(conn) = self.by_id.get(&id).copied() {
-                    self.send(conn, &Message::Consensus(payload.to_vec()));
+                    self.send(conn, &Message::Sync(payload.to_vec()));
+                }
+            }
+            Command::BroadcastSync(payload) => {
+                let bytes = Bytes::from(Message::Sync(payload.to_vec()).encode());
+                for c in self.peers_except(None) {
+                    self.send_encoded(c, bytes.clone());
                 }
             }
             Command::Report(id, offence, detail) => {

@@ -54,6 +54,7 @@ fn verdicts(txs: &[SignedTx], seen: &mut HashSet<Hash>) -> Vec<Verdict> {
 struct TestNode {
     handle: NetworkHandle,
     events: mpsc::Receiver<NetEvent>,
+    sync: mpsc::Receiver<NetEvent>,
     recorder: Arc<Recorder>,
     _stop: watch::Sender<bool>,
 }
@@ -76,10 +77,11 @@ async fn node(
     tune(&mut cfg);
     let recorder = Arc::new(Recorder::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (handle, events) = start(cfg, recorder.clone(), stop_rx).await.unwrap();
+    let (handle, inbox) = start(cfg, recorder.clone(), stop_rx).await.unwrap();
     TestNode {
         handle,
-        events,
+        events: inbox.consensus,
+        sync: inbox.sync,
         recorder,
         _stop: stop_tx,
     }
@@ -757,5 +759,139 @@ async fn consensus_requests_are_answered_once_and_announcement_spam_is_capped() 
         announce(&mut late, other).await,
         Some(other),
         "another peer's announcement is still asked for"
+    );
+}
+
+/// A consensus message dropped because the node's consensus queue was full is not
+/// recorded as seen: when its sender sends the same bytes again (a re-sent timeout),
+/// the node takes it. Recording it as seen had let any burst end liveness for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consensus_message_dropped_at_a_full_queue_is_taken_when_sent_again() {
+    // A send queue that holds the whole burst, so the sender never drops the link.
+    let mesh = |c: &mut NetConfig| {
+        c.peer_exchange = false;
+        c.send_queue = 16_384;
+    };
+    let a = node(1, 1, vec![], mesh).await;
+    let mut b = node(2, 1, vec![a.handle.listen_addr], mesh).await;
+    linked(&[&a, &b], 1).await;
+
+    // Fill B's consensus queue (nobody reads it yet), then send the message that
+    // matters: it arrives at a full queue.
+    let filler = 5_000u32;
+    for i in 0..filler {
+        a.handle
+            .broadcast_consensus(Bytes::from(i.to_le_bytes().to_vec()))
+            .await;
+    }
+    let timeout = Bytes::from_static(b"a timeout that must get through");
+    a.handle.broadcast_consensus(timeout.clone()).await;
+    assert!(
+        wait_until(Duration::from_secs(20), async || received(&b, "consensus")
+            == u64::from(filler) + 1)
+        .await,
+        "B received every message"
+    );
+    assert!(
+        b.handle.stats.consensus_dropped.load(Ordering::Relaxed) > 0,
+        "the queue overflowed"
+    );
+    let mut got = false;
+    while let Ok(NetEvent::Consensus { payload, .. }) = b.events.try_recv() {
+        got |= payload == timeout;
+    }
+    assert!(!got, "the last message was dropped at the full queue");
+
+    // The re-send is delivered now that the queue has room.
+    a.handle.broadcast_consensus(timeout.clone()).await;
+    let (_, payload) = next_consensus(&mut b).await;
+    assert_eq!(payload, timeout, "the re-sent message is taken");
+}
+
+/// Block sync messages go to their own queue, every copy of them (no seen-set), and a
+/// flood of them that fills that queue leaves consensus messages unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_messages_have_their_own_queue() {
+    // A send queue that holds the whole burst, so the sender never drops the link.
+    let mesh = |c: &mut NetConfig| {
+        c.peer_exchange = false;
+        c.send_queue = 16_384;
+    };
+    let a = node(1, 1, vec![], mesh).await;
+    let mut b = node(2, 1, vec![a.handle.listen_addr], mesh).await;
+    linked(&[&a, &b], 1).await;
+
+    let request = Bytes::from_static(b"the same sync request");
+    for _ in 0..6_000 {
+        a.handle
+            .send_sync_to(b.handle.local_id, request.clone())
+            .await;
+    }
+    let vote = Bytes::from_static(b"a vote");
+    a.handle.broadcast_consensus(vote.clone()).await;
+    let (from, payload) = next_consensus(&mut b).await;
+    assert_eq!((from, payload), (a.handle.local_id, vote));
+    assert!(
+        wait_until(Duration::from_secs(20), async || received(&b, "sync")
+            == 6_000)
+        .await,
+        "B received every sync message"
+    );
+    let mut delivered = 0;
+    while let Ok(ev) = b.sync.try_recv() {
+        assert!(matches!(ev, NetEvent::Sync { ref payload, .. } if *payload == request));
+        delivered += 1;
+    }
+    let dropped = b.handle.stats.sync_dropped.load(Ordering::Relaxed);
+    assert!(
+        delivered > 1,
+        "repeats of one sync message are all delivered"
+    );
+    assert_eq!(
+        delivered + dropped,
+        6_000,
+        "each was delivered or counted dropped"
+    );
+    assert!(
+        b.events.try_recv().is_err(),
+        "no sync message on the consensus queue"
+    );
+}
+
+/// A copy of a consensus message the node took is dropped for a moment (relayed
+/// copies arrive within a round trip), but a retransmission after
+/// [`SEEN_CONSENSUS_TTL`] is taken: a node whose consensus lost the first copy must
+/// be able to get it again.
+///
+/// [`SEEN_CONSENSUS_TTL`]: grapevine_net::network::SEEN_CONSENSUS_TTL
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmission_is_taken_once_the_seen_window_passed() {
+    let mesh = |c: &mut NetConfig| c.peer_exchange = false;
+    let a = node(1, 1, vec![], mesh).await;
+    let mut b = node(2, 1, vec![a.handle.listen_addr], mesh).await;
+    linked(&[&a, &b], 1).await;
+
+    let proposal = Bytes::from_static(b"a proposal");
+    a.handle.broadcast_consensus(proposal.clone()).await;
+    assert_eq!(next_consensus(&mut b).await.1, proposal);
+    a.handle.broadcast_consensus(proposal.clone()).await;
+    assert!(
+        wait_until(Duration::from_secs(5), async || received(&b, "consensus")
+            == 2)
+        .await,
+        "the copy arrived"
+    );
+    // The count goes up just before the copy is judged: give that a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        b.events.try_recv().is_err(),
+        "a copy right after is dropped"
+    );
+    tokio::time::sleep(grapevine_net::network::SEEN_CONSENSUS_TTL).await;
+    a.handle.broadcast_consensus(proposal.clone()).await;
+    assert_eq!(
+        next_consensus(&mut b).await.1,
+        proposal,
+        "taken again once the window passed"
     );
 }

@@ -17,6 +17,7 @@ mod rebuild;
 mod recent;
 mod run;
 mod runtime;
+mod sync_serve;
 #[cfg(test)]
 mod test_support;
 mod testnet;

@@ -52,6 +52,8 @@ struct Metrics {
     net_tx_bodies: Counter,
     net_tx_duplicates: Counter,
     net_bans: Counter,
+    net_consensus_dropped: Counter,
+    net_sync_dropped: Counter,
     net_messages: Family<Vec<(String, String)>, Counter>,
     db_memory: Family<Vec<(String, String)>, Gauge>,
 }
@@ -126,6 +128,16 @@ impl Metrics {
         );
         r.register("grapevine_net_bans", "Peers banned", self.net_bans.clone());
         r.register(
+            "grapevine_net_consensus_dropped",
+            "Consensus messages dropped at the node's full consensus queue",
+            self.net_consensus_dropped.clone(),
+        );
+        r.register(
+            "grapevine_net_sync_dropped",
+            "Block sync messages dropped at the node's full sync queue",
+            self.net_sync_dropped.clone(),
+        );
+        r.register(
             "grapevine_net_messages",
             "Messages received from peers, by kind",
             self.net_messages.clone(),
@@ -167,6 +179,11 @@ pub struct Node {
     finalized: Mutex<std::collections::VecDeque<(Instant, usize)>>,
     /// The pool's pending count and when it was taken (see [`Node::busy`]).
     pending_count: Mutex<Option<(Instant, usize)>>,
+    /// When the last block became final here (or the node started).
+    last_final_at: Mutex<Instant>,
+    /// `/health` reports not ready once finality has not advanced for this long while
+    /// blocks are due (see [`Node::set_health_max_stall`]); `None`: never.
+    health_max_stall: Mutex<Option<Duration>>,
 }
 
 /// How long a pending count is reused by admission backpressure.
@@ -181,6 +198,10 @@ const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
 
 /// A networked node this many blocks behind its peers reports not ready on `/health`.
 pub const HEALTH_MAX_LAG: u64 = 5;
+
+/// The default of `[rpc] health_max_stall_ms`: finality that has not advanced for this
+/// long while blocks are due makes `/health` report not ready.
+pub const DEFAULT_HEALTH_MAX_STALL: Duration = Duration::from_secs(20);
 
 /// The network as RPC sees it: refreshed by the runtime about once a second.
 #[derive(Debug, Default)]
@@ -292,6 +313,8 @@ impl Node {
             sync: Mutex::new(None),
             finalized: Mutex::new(std::collections::VecDeque::new()),
             pending_count: Mutex::new(None),
+            last_final_at: Mutex::new(Instant::now()),
+            health_max_stall: Mutex::new(Some(DEFAULT_HEALTH_MAX_STALL)),
         };
         (Arc::new(node), rpc_metrics)
     }
@@ -471,6 +494,7 @@ impl Node {
         let n = block.txs.len();
         {
             let now = Instant::now();
+            *self.last_final_at.lock().unwrap_or_else(|p| p.into_inner()) = now;
             let mut f = self.finalized.lock().unwrap_or_else(|p| p.into_inner());
             f.push_back((now, n));
             while f
@@ -513,6 +537,37 @@ impl Node {
             tracing::debug!(height = block.header.height, round = block.header.round, txs = n, hash = %hash, "block committed");
         }
         Ok(())
+    }
+
+    /// Makes `/health` report not ready once no block has become final for `stall`
+    /// while blocks are due: on a networked node always (its validators propose empty
+    /// blocks when idle), on a dev node while transactions are pending. `None` turns
+    /// the check off.
+    pub fn set_health_max_stall(&self, stall: Option<Duration>) {
+        *self
+            .health_max_stall
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = stall;
+    }
+
+    /// Why finality counts as stalled, if it does (see [`Node::set_health_max_stall`]).
+    fn finality_stalled(&self, networked: bool) -> Option<String> {
+        let stall = (*self
+            .health_max_stall
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))?;
+        let since = self
+            .last_final_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        (since > stall && (networked || self.has_pending())).then(|| {
+            format!(
+                "finality stalled: no block final for {} s (height {})",
+                since.as_secs(),
+                self.ledger.head().height
+            )
+        })
     }
 
     /// The ledger.
@@ -576,6 +631,8 @@ impl Node {
             stats.tx_bodies.load(Relaxed),
             stats.tx_duplicates.load(Relaxed),
             stats.bans.load(Relaxed),
+            stats.consensus_dropped.load(Relaxed),
+            stats.sync_dropped.load(Relaxed),
         ];
         totals.extend(stats.messages.iter().map(|m| m.load(Relaxed)));
         view.last.resize(totals.len(), 0);
@@ -593,6 +650,8 @@ impl Node {
             &m.net_tx_bodies,
             &m.net_tx_duplicates,
             &m.net_bans,
+            &m.net_consensus_dropped,
+            &m.net_sync_dropped,
         ]
         .into_iter()
         .zip(&delta)
@@ -601,7 +660,7 @@ impl Node {
         }
         for (kind, d) in grapevine_net::network::MESSAGE_KINDS
             .iter()
-            .zip(&delta[5..])
+            .zip(&delta[7..])
         {
             m.net_messages
                 .get_or_create(&vec![("kind".to_string(), (*kind).to_string())])
@@ -1058,7 +1117,11 @@ impl NodeApi for Node {
         if view.networked && self.validators.len() > 1 && view.peers.is_empty() {
             return Some("no peers connected".to_string());
         }
+        let networked = view.networked;
         drop(view);
+        if let Some(why) = self.finality_stalled(networked) {
+            return Some(why);
+        }
         let p = self.sync_progress()?;
         let behind = p.target.saturating_sub(self.ledger.head().height);
         (behind > HEALTH_MAX_LAG).then(|| {
@@ -1390,6 +1453,50 @@ mod tests {
         assert_eq!(ledger.account(&addrs[0]).unwrap().unwrap().nonce, 0);
         let sender = keys.into_iter().next().unwrap();
         (node, ledger, sender, failed)
+    }
+
+    /// `/health` reports a stall once no block has become final for the configured
+    /// time while one is due (on a networked node always, on a dev node while a
+    /// transaction is pending), and is ready again once a block is final.
+    #[test]
+    fn health_reports_finality_that_stalled_while_blocks_are_due() {
+        use grapevine_rpc::NodeApi;
+        let (node, ledger, sender, _) = node_with_a_failed_final_transfer(40);
+        node.set_health_max_stall(Some(Duration::from_millis(50)));
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(
+            node.not_ready_reason(),
+            None,
+            "a dev node with nothing pending"
+        );
+        let tx = grapevine_ledger::Transaction {
+            chain_id: 9,
+            from: sender.address(),
+            to: Address([7; 32]),
+            amount: 1,
+            fee: 1,
+            nonce: 0,
+        }
+        .sign(&sender);
+        assert_eq!(node.admit_from_peer(&[tx]), vec![Verdict::Accepted]);
+        let why = node
+            .not_ready_reason()
+            .expect("pending and nothing final for 80 ms");
+        assert!(why.starts_with("finality stalled"), "{why}");
+        let head = ledger.head();
+        let (block, exec) = build_block(&*ledger, 9, &head, sender.address(), 2, 2, vec![tx])
+            .expect("the pending transfer makes a block");
+        node.commit_block(&block, &[], &exec, false).unwrap();
+        assert_eq!(node.not_ready_reason(), None, "a block is final again");
+        // A networked node expects blocks even with nothing pending (empty ones).
+        node.net_view().networked = true;
+        std::thread::sleep(Duration::from_millis(80));
+        let why = node
+            .not_ready_reason()
+            .expect("networked, nothing final for 80 ms");
+        assert!(why.starts_with("finality stalled"), "{why}");
+        node.set_health_max_stall(None);
+        assert_eq!(node.not_ready_reason(), None, "the check can be turned off");
     }
 
     /// A relayed transaction already in a final block is not pooled again, even one

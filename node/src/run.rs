@@ -98,6 +98,10 @@ pub struct RpcSection {
     pub listen: SocketAddr,
     /// Requests per second per client IP (0: unlimited).
     pub rate_limit: u32,
+    /// `/health` reports not ready when no block has become final for this long (0:
+    /// never). Validators propose empty blocks when idle, so a stall means the chain
+    /// has halted or this node cannot follow it.
+    pub health_max_stall_ms: u64,
 }
 
 impl Default for RpcSection {
@@ -105,6 +109,7 @@ impl Default for RpcSection {
         RpcSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
             rate_limit: 2_000,
+            health_max_stall_ms: 20_000,
         }
     }
 }
@@ -304,6 +309,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .map(grapevine_ledger::Keypair::address)
         .unwrap_or_default();
     let (node, rpc_metrics) = Node::new(ledger.clone(), pool, proposer, genesis.validator_keys());
+    node.set_health_max_stall(
+        (cfg.rpc.health_max_stall_ms > 0)
+            .then(|| Duration::from_millis(cfg.rpc.health_max_stall_ms)),
+    );
     let rpc_cfg = grapevine_rpc::RpcConfig {
         rate_limit_per_ip: cfg.rpc.rate_limit,
         rate_limit_burst: cfg.rpc.rate_limit.saturating_mul(2),

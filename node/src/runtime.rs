@@ -150,7 +150,7 @@ pub fn run_networked(
         node.set_networked();
         let p2p_listen = networked.net.listen;
         let validator: Arc<dyn grapevine_net::TxValidator> = node.clone();
-        let (net, events) = grapevine_net::start(networked.net, validator, stop_rx.clone())
+        let (net, inbox) = grapevine_net::start(networked.net, validator, stop_rx.clone())
             .await
             .with_context(|| format!("cannot listen for peers on {p2p_listen}"))?;
         let p2p_addr = net.listen_addr;
@@ -197,11 +197,21 @@ pub fn run_networked(
                 }
             })
         };
+        // Block sync is served on a task of its own, so requests cannot delay consensus.
+        let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(crate::sync_serve::TO_DRIVER_QUEUE);
+        let sync_server = tokio::spawn(crate::sync_serve::run(
+            node.ledger().clone(),
+            net.clone(),
+            inbox.sync,
+            sync_tx,
+            stop_rx.clone(),
+        ));
         let mut consensus = tokio::spawn(driver::run(
             node.clone(),
             networked.consensus,
             net.clone(),
-            events,
+            inbox.consensus,
+            sync_rx,
             stop_rx.clone(),
         ));
         let router = grapevine_rpc::app(node.clone(), &rpc_cfg, rpc_metrics);
@@ -238,6 +248,7 @@ pub fn run_networked(
             }
             let _ = gossip.await;
             let _ = refresh.await;
+            let _ = sync_server.await;
             match rpc.await {
                 Ok(Err(e)) => tracing::error!(error = %e, "RPC server failed"),
                 Err(e) => tracing::error!(error = %e, "RPC server task panicked"),

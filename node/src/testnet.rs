@@ -173,6 +173,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 listen: rpc,
                 // Local benchmarks drive many requests from one address.
                 rate_limit: 0,
+                ..RpcSection::default()
             },
             p2p: if args.fault_proxy {
                 let mut bootstrap = Vec::new();

@@ -27,16 +27,6 @@ use super::engine::{Action, BlockCheck, Engine, Timing};
 use super::sync::{Progress, SyncMsg, Syncer};
 use super::types::{ConsensusMsg, Proposal, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet};
 use crate::node::Node;
-use serde::{Deserialize, Serialize};
-
-/// What travels in the network's consensus channel.
-#[derive(Debug, Serialize, Deserialize)]
-enum Wire {
-    /// Consensus proper (relayed once checked).
-    Consensus(ConsensusMsg),
-    /// Block sync between two peers (never relayed).
-    Sync(SyncMsg),
-}
 
 /// How often sync looks at peers' heights and its requests.
 const SYNC_TICK: Duration = Duration::from_millis(250);
@@ -44,13 +34,14 @@ const SYNC_TICK: Duration = Duration::from_millis(250);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often progress is logged while syncing.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
-/// Most bytes of blocks in one sync answer (the consensus channel takes 12 MiB).
-const MAX_SERVE_BYTES: usize = 8 << 20;
 
 /// Prefix of kept proposals: prefix || height (BE) || block hash.
 const PROPOSAL_PREFIX: &[u8] = b"proposal/";
 /// A block whose timestamp is further ahead of this node's clock is refused.
 const MAX_CLOCK_AHEAD_MS: u64 = 30_000;
+/// Consensus messages of rounds this far behind the engine's are still relayed; older
+/// ones are not.
+const RELAY_ROUNDS_BEHIND: u64 = 2;
 /// A block request for the same block is answered at most this often.
 const ANSWER_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -204,13 +195,16 @@ struct Driver {
     was_syncing: bool,
 }
 
-/// Runs consensus until `stop` turns true. Returns an error if the node can no longer
-/// take part safely (its safety state or a final block cannot be written).
+/// Runs consensus until `stop` turns true, taking consensus messages from `events`
+/// and the block sync messages the sync server passes on (`Status`, `Blocks`) from
+/// `sync`. Returns an error if the node can no longer take part safely (its safety
+/// state or a final block cannot be written).
 pub async fn run(
     node: Arc<Node>,
     setup: Setup,
     net: NetworkHandle,
     mut events: mpsc::Receiver<NetEvent>,
+    mut sync: mpsc::Receiver<(Address, SyncMsg)>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let ledger = node.ledger().clone();
@@ -319,6 +313,7 @@ pub async fn run(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(NetEvent::Consensus { from, payload }) => d.on_net(from, payload).await,
+                Some(NetEvent::Sync { .. }) => {}
                 None => {
                     tracing::info!("network stopped; consensus stops");
                     return Ok(());
@@ -331,6 +326,7 @@ pub async fn run(
             }
             () = sleep_until(build_at) => {}
             () = d.node.new_work.notified(), if d.build.is_some() => {}
+            Some((from, msg)) = sync.recv() => d.on_sync(from, msg).await,
             _ = sync_tick.tick() => d.sync_tick().await,
             () = crate::producer::stopped(&mut stop) => return Ok(()),
         }
@@ -340,13 +336,12 @@ pub async fn run(
 }
 
 async fn broadcast(net: &NetworkHandle, msg: &ConsensusMsg) {
-    net.broadcast_consensus(Bytes::from(codec::encode(&Wire::Consensus(msg.clone()))))
+    net.broadcast_consensus(Bytes::from(codec::encode(msg)))
         .await;
 }
 
 async fn send_sync(net: &NetworkHandle, to: Address, msg: SyncMsg) {
-    net.send_consensus_to(to, Bytes::from(codec::encode(&Wire::Sync(msg))))
-        .await;
+    net.send_sync_to(to, Bytes::from(codec::encode(&msg))).await;
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -413,12 +408,8 @@ impl Driver {
     /// A consensus message from peer `from`: checked, relayed if valid, then handed to
     /// the engine.
     async fn on_net(&mut self, from: Address, payload: Bytes) {
-        let msg = match codec::decode::<Wire>(&payload, MAX_CONSENSUS_BYTES as u64) {
-            Ok(Wire::Consensus(m)) => m,
-            Ok(Wire::Sync(m)) => {
-                self.on_sync(from, m).await;
-                return;
-            }
+        let msg = match codec::decode::<ConsensusMsg>(&payload, MAX_CONSENSUS_BYTES as u64) {
+            Ok(m) => m,
             Err(e) => {
                 tracing::debug!(peer = %from, error = %e, "undecodable consensus message");
                 self.net
@@ -452,7 +443,16 @@ impl Driver {
                 .await;
             return;
         }
-        if !matches!(msg, ConsensusMsg::Sync { .. }) {
+        // Only what is still current goes on: a late copy of an old message (a
+        // retransmission taken again after the network's seen window, or a replay)
+        // helps nobody and must not echo through the network.
+        let round = match &msg {
+            ConsensusMsg::Proposal(p) => Some(p.round()),
+            ConsensusMsg::Vote(v) => Some(v.round),
+            ConsensusMsg::Timeout(t) => Some(t.round),
+            ConsensusMsg::BlockRequest(_) | ConsensusMsg::Sync { .. } => None,
+        };
+        if round.is_some_and(|r| r + RELAY_ROUNDS_BEHIND >= self.engine.round()) {
             self.net.relay_consensus(payload, from).await;
         }
         if let ConsensusMsg::Proposal(p) = &msg {
@@ -586,12 +586,12 @@ impl Driver {
         if now.duration_since(self.last_status) >= STATUS_INTERVAL {
             self.last_status = now;
             self.status_nonce += 1;
-            let msg = Wire::Sync(SyncMsg::Status {
+            let msg = SyncMsg::Status {
                 final_height: local,
                 nonce: self.status_nonce,
-            });
+            };
             self.net
-                .broadcast_consensus(Bytes::from(codec::encode(&msg)))
+                .broadcast_sync(Bytes::from(codec::encode(&msg)))
                 .await;
         }
         for (peer, msg) in self.syncer.poll(local, now) {
@@ -615,17 +615,13 @@ impl Driver {
         self.was_syncing = p.syncing;
     }
 
+    /// A `Status` or `Blocks` message the sync server passed on (it answers
+    /// `GetBlocks` itself, off this task: `crate::sync_serve`).
     async fn on_sync(&mut self, from: Address, msg: SyncMsg) {
         match msg {
             SyncMsg::Status { final_height, .. } => self.syncer.on_status(from, final_height),
-            SyncMsg::GetBlocks {
-                id,
-                from: start,
-                count,
-            } => {
-                let blocks = tokio::task::block_in_place(|| self.serve(start, count));
-                send_sync(&self.net, from, SyncMsg::Blocks { id, blocks }).await;
-            }
+            SyncMsg::GetBlocks { .. } => {}
+            SyncMsg::BlockRequest { hash } => self.answer_request(hash).await,
             SyncMsg::Blocks { id, blocks } => {
                 let (set, genesis) = (&self.set, &self.genesis_block);
                 if let Err(e) = self
@@ -655,28 +651,6 @@ impl Driver {
                 }
             }
         }
-    }
-
-    /// Final blocks from `start` on, with certificates, at most `count` (and
-    /// [`super::sync::CHUNK`], and [`MAX_SERVE_BYTES`]); fewer if this node has fewer.
-    fn serve(&self, start: u64, count: u16) -> Vec<(Block, super::types::Certificate)> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let end = start.saturating_add(u64::from(count).min(super::sync::CHUNK));
-        for h in start.max(1)..end {
-            let Ok(Some(stored)) = self.ledger.block(h) else {
-                break;
-            };
-            let Ok(cert) = super::types::Certificate::from_bytes(&stored.certificate) else {
-                break; // a dev chain's blocks carry none
-            };
-            bytes += 256 + stored.block.txs.len() * grapevine_ledger::tx::SIGNED_TX_LEN;
-            if bytes > MAX_SERVE_BYTES && !out.is_empty() {
-                break;
-            }
-            out.push((stored.block, cert));
-        }
-        out
     }
 
     /// Executes and writes the blocks sync has proven final, then moves the engine on.
@@ -736,6 +710,15 @@ impl Driver {
                     tokio::task::block_in_place(|| f.store(&s))
                         .context("cannot persist the consensus safety state; stopping consensus")?;
                 }
+            }
+            Action::Send(_, ConsensusMsg::BlockRequest(hash))
+            | Action::Broadcast(ConsensusMsg::BlockRequest(hash)) => {
+                // Peers answer it with the proposal; on the sync channel it is never
+                // dropped as a copy of another node's request for the same block.
+                let msg = SyncMsg::BlockRequest { hash };
+                self.net
+                    .broadcast_sync(Bytes::from(codec::encode(&msg)))
+                    .await;
             }
             Action::Send(to, msg) => {
                 if Some(to) == self.me {

@@ -1,8 +1,11 @@
 //! A deterministic, seeded simulator: N engines over a virtual network with latency,
 //! reordering, loss, partitions that heal, crashes with restart from persisted safety
-//! state, and a Byzantine "twin" (two engines sharing one validator key). Virtual clock,
-//! no sleeps. Every run checks agreement, validity, no honest double-sign and liveness;
-//! a failing seed prints itself and replays exactly.
+//! state, and a Byzantine "twin" (two engines sharing one validator key). Each node
+//! receives as the real network delivers: a seen-set drops copies of a message it
+//! took already, and in overload bursts its full queue drops whatever arrives (the
+//! seen-set records a message only once it is queued, see [`SeenRule`]). Virtual
+//! clock, no sleeps. Every run checks agreement, validity, no honest double-sign and
+//! liveness; a failing seed prints itself and replays exactly.
 //!
 //! `GRAPEVINE_SIM_SEEDS=N` sets how many seeds the test runs (default 1,000, split over
 //! two tests); `GRAPEVINE_SIM_SEED=S` replays one.
@@ -18,6 +21,10 @@ use super::types::{
 };
 
 const CHAIN: u32 = 99;
+
+/// How long a node's network drops copies of a message it took (the network's
+/// `SEEN_CONSENSUS_TTL`).
+const SEEN_TTL_MS: u64 = 2_000;
 
 /// xorshift64*: the simulator's only source of randomness.
 struct Rng(u64);
@@ -69,6 +76,18 @@ fn genesis_block() -> Block {
     }
 }
 
+/// How a node's network records consensus messages as seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SeenRule {
+    /// Once the node's queue took it, and for [`SEEN_TTL_MS`] (the rule since issue
+    /// 25).
+    WhenQueued,
+    /// On arrival, even if the full queue then drops it, and for good: the old rule,
+    /// kept to show that the simulator catches what it did (a burst could halt the
+    /// chain for good).
+    BeforeQueue,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Deliver { to: usize, msg: usize },
@@ -86,6 +105,11 @@ struct Node {
     disk: SafetyState,
     finalized: Vec<Block>,
     timer_generation: u64,
+    /// Hashes of the messages its network took, and when (lost in a crash, like the
+    /// process).
+    seen: HashMap<Hash, u64>,
+    /// Virtual times during which its queue is full and drops what arrives.
+    overloaded: Vec<(u64, u64)>,
 }
 
 struct Sim {
@@ -97,6 +121,9 @@ struct Sim {
     /// node -> validator index, for routing Sends.
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
     messages: Vec<(Option<ValidatorIndex>, ConsensusMsg)>,
+    /// For each message: the node that sent it and the hash of its bytes.
+    origins: Vec<(usize, Hash)>,
+    seen_rule: SeenRule,
     seq: u64,
     now: u64,
     partition: Option<Vec<u8>>, // side of each node while partitioned
@@ -122,6 +149,10 @@ fn timing() -> Timing {
 
 impl Sim {
     fn new(seed: u64, n: usize, twin: bool) -> Sim {
+        Sim::with_rule(seed, n, twin, SeenRule::WhenQueued)
+    }
+
+    fn with_rule(seed: u64, n: usize, twin: bool, seen_rule: SeenRule) -> Sim {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let keys: Vec<Keypair> = (0..n)
             .map(|i| Keypair::from_seed(&[u8::try_from(i + 1).unwrap_or(255); 32]))
@@ -139,6 +170,8 @@ impl Sim {
                 },
                 finalized: vec![],
                 timer_generation: 0,
+                seen: HashMap::new(),
+                overloaded: vec![],
             })
             .collect();
         if twin {
@@ -151,6 +184,8 @@ impl Sim {
                 disk: nodes[0].disk.clone(),
                 finalized: vec![],
                 timer_generation: 0,
+                seen: HashMap::new(),
+                overloaded: vec![],
             });
         }
         let heal_at = 1_000 + rng.below(5_000);
@@ -163,6 +198,8 @@ impl Sim {
             nodes,
             queue: BinaryHeap::new(),
             messages: vec![],
+            origins: vec![],
+            seen_rule,
             seq: 0,
             now: 0,
             partition: None,
@@ -191,6 +228,24 @@ impl Sim {
             let back = at + 200 + sim.rng.below(3_000);
             sim.schedule(at, Event::Crash { node });
             sim.schedule(back.min(heal_at), Event::Restart { node });
+        }
+        // Overload bursts before healing: in half the runs one that fills every
+        // node's queue at once (a flood of requests at all validators), and in some
+        // runs more at single nodes.
+        let nodes = sim.nodes.len();
+        if sim.rng.chance(50) {
+            let at = sim.rng.below(heal_at);
+            let until = (at + 200 + sim.rng.below(2_000)).min(heal_at);
+            for node in &mut sim.nodes {
+                node.overloaded.push((at, until));
+            }
+        }
+        for i in 0..nodes {
+            if sim.rng.chance(30) {
+                let at = sim.rng.below(heal_at);
+                let until = (at + 100 + sim.rng.below(1_000)).min(heal_at);
+                sim.nodes[i].overloaded.push((at, until));
+            }
         }
         for i in 0..sim.nodes.len() {
             sim.boot(i);
@@ -232,7 +287,17 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, msg: ConsensusMsg) {
+    /// Sends `msg` from node `from` to every node of `to` (each with its own latency
+    /// and loss).
+    fn send(&mut self, from: usize, to: &[usize], msg: ConsensusMsg) {
+        // The bytes' hash, as the receiving networks' seen-sets key them.
+        let hash = grapevine_ledger::crypto::sha256(&[&grapevine_ledger::codec::encode(&msg)]);
+        for &to in to {
+            self.send_one(from, to, msg.clone(), hash);
+        }
+    }
+
+    fn send_one(&mut self, from: usize, to: usize, msg: ConsensusMsg, hash: Hash) {
         if from != to
             && (!self.connected(from, to)
                 || (self.now < self.heal_at && self.rng.chance(self.loss_percent)))
@@ -241,6 +306,7 @@ impl Sim {
         }
         let latency = 5 + self.rng.below(60);
         let id = self.messages.len();
+        self.origins.push((from, hash));
         self.messages.push((Some(self.nodes[from].validator), msg));
         self.schedule(self.now + latency, Event::Deliver { to, msg: id });
     }
@@ -292,20 +358,23 @@ impl Sim {
                 Action::Persist(s) => self.nodes[i].disk = s,
                 Action::Send(v, msg) => {
                     self.record_signature(i, &msg);
-                    for to in self.nodes_of(v) {
-                        self.send(i, to, msg.clone());
-                    }
+                    // The driver sends a message for another validator to every peer
+                    // (votes to the next leader, answers to a block request), so a
+                    // message others took already reaches its addressee all the same.
+                    let to: Vec<usize> = if self.nodes_of(v).contains(&i) {
+                        vec![i]
+                    } else {
+                        (0..self.nodes.len()).filter(|to| *to != i).collect()
+                    };
+                    self.send(i, &to, msg);
                 }
                 Action::Broadcast(msg) => {
                     self.record_signature(i, &msg);
                     if let ConsensusMsg::Proposal(p) = &msg {
                         self.proposed.insert(p.block.hash());
                     }
-                    for to in 0..self.nodes.len() {
-                        if to != i {
-                            self.send(i, to, msg.clone());
-                        }
-                    }
+                    let to: Vec<usize> = (0..self.nodes.len()).filter(|to| *to != i).collect();
+                    self.send(i, &to, msg);
                 }
                 Action::Commit { blocks } => {
                     let last = blocks.len().saturating_sub(1);
@@ -417,15 +486,64 @@ impl Sim {
                     if self.nodes[to].engine.is_none() {
                         continue;
                     }
+                    let (sender, hash) = self.origins[msg];
+                    // A node's own messages do not pass through its network, and block
+                    // requests travel as sync messages, which have no seen-set.
+                    let request = matches!(self.messages[msg].1, ConsensusMsg::BlockRequest(_));
+                    if sender != to && !request {
+                        let node = &mut self.nodes[to];
+                        let full = node.overloaded.iter().any(|(a, b)| *a <= at && at < *b);
+                        // The old network remembered a message until its seen-set
+                        // aged it out (20,000 messages later): here, for good.
+                        let ttl = match self.seen_rule {
+                            SeenRule::WhenQueued => SEEN_TTL_MS,
+                            SeenRule::BeforeQueue => u64::MAX,
+                        };
+                        let copy = node
+                            .seen
+                            .get(&hash)
+                            .is_some_and(|t| at < t.saturating_add(ttl));
+                        if full {
+                            if self.seen_rule == SeenRule::BeforeQueue && !copy {
+                                node.seen.insert(hash, at);
+                            }
+                            continue;
+                        }
+                        if copy {
+                            if std::env::var("GRAPEVINE_SIM_TRACE").is_ok() {
+                                let (_, m) = &self.messages[msg];
+                                let what = match m {
+                                    ConsensusMsg::Proposal(p) => format!(
+                                        "proposal r{} {}",
+                                        p.round(),
+                                        &hex::encode(p.block.hash().0)[..8]
+                                    ),
+                                    _ => "other".into(),
+                                };
+                                eprintln!(
+                                    "t={at} node {sender} -> node {to}: copy dropped: {what}"
+                                );
+                            }
+                            continue; // a copy of what it took moments ago
+                        }
+                        node.seen.insert(hash, at);
+                    }
                     let (from, m) = self.messages[msg].clone();
                     if std::env::var("GRAPEVINE_SIM_TRACE").is_ok() {
                         let kind = match &m {
-                            ConsensusMsg::Proposal(p) => format!("proposal r{}", p.round()),
+                            ConsensusMsg::Proposal(p) => format!(
+                                "proposal r{} {} parent {}",
+                                p.round(),
+                                &hex::encode(p.block.hash().0)[..8],
+                                &hex::encode(p.block.header.parent_hash.0)[..8]
+                            ),
                             ConsensusMsg::Vote(v) => format!("vote r{}", v.round),
                             ConsensusMsg::Timeout(t) => {
                                 format!("timeout r{} hq{}", t.round, t.high_qc.round)
                             }
-                            ConsensusMsg::BlockRequest(_) => "request".into(),
+                            ConsensusMsg::BlockRequest(h) => {
+                                format!("request {}", &hex::encode(h.0)[..8])
+                            }
                             ConsensusMsg::Sync { qc, .. } => format!("sync qc{}", qc.round),
                         };
                         eprintln!(
@@ -452,6 +570,7 @@ impl Sim {
                 }
                 Event::Crash { node } => {
                     self.nodes[node].engine = None;
+                    self.nodes[node].seen.clear();
                     self.builds.remove(&node);
                 }
                 Event::Build { node } => self.build(node),
@@ -488,11 +607,15 @@ const LIVENESS_WINDOW_MS: u64 = 12_000;
 
 /// Runs one seed; returns the violations found (empty: all invariants held).
 fn run_seed(seed: u64) -> Vec<String> {
+    run_seed_with(seed, SeenRule::WhenQueued)
+}
+
+fn run_seed_with(seed: u64, seen_rule: SeenRule) -> Vec<String> {
     let sizes = [4usize, 4, 4, 7, 10];
     let mut pick = Rng(seed | 1);
     let n = sizes[pick.below(sizes.len() as u64) as usize];
     let twin = pick.chance(40);
-    let mut sim = Sim::new(seed, n, twin);
+    let mut sim = Sim::with_rule(seed, n, twin, seen_rule);
     let heal = sim.heal_at;
     sim.run(heal);
     let before: Vec<usize> = sim.nodes.iter().map(|n| n.finalized.len()).collect();
@@ -578,6 +701,29 @@ fn simulate_first_half_of_the_seeds() {
 #[test]
 fn simulate_second_half_of_the_seeds() {
     run_seeds(seed_range(1));
+}
+
+/// The rule before issue 25 (a message dropped at a full queue recorded as seen, so
+/// its re-sends are dropped as copies) halts the chain for good in some runs: the
+/// simulator would have caught it, and catches it coming back.
+#[test]
+fn recording_dropped_messages_as_seen_halts_the_chain() {
+    let halted: Vec<u64> = (0..100)
+        .filter(|seed| {
+            run_seed_with(*seed, SeenRule::BeforeQueue)
+                .iter()
+                .any(|v| v.starts_with("liveness"))
+        })
+        .collect();
+    println!(
+        "the old rule halted {} of 100 seeds: {halted:?}",
+        halted.len()
+    );
+    assert!(!halted.is_empty(), "no seed halted under the old rule");
+    for seed in halted {
+        let v = run_seed(seed);
+        assert!(v.is_empty(), "seed {seed} with the new rule: {v:#?}");
+    }
 }
 
 #[test]

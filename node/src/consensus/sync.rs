@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use grapevine_ledger::{Address, Block, BlockHeader};
+use grapevine_ledger::{Address, Block, BlockHeader, Hash};
 use serde::{Deserialize, Serialize};
 
 use super::types::Certificate;
@@ -58,6 +58,14 @@ pub enum SyncMsg {
         /// The blocks.
         blocks: Vec<(Block, Certificate)>,
     },
+    /// Asks for the proposal of a block that is not final yet, which consensus needs
+    /// (a proposal's parent it missed); answered by sending that proposal again as a
+    /// consensus message. A sync message rather than a consensus one so that it is
+    /// never taken for a copy: two nodes asking for one block send the same bytes.
+    BlockRequest {
+        /// The block's hash.
+        hash: Hash,
+    },
 }
 
 /// Why a peer's answer was refused (the driver penalizes the peer).
@@ -96,10 +104,21 @@ pub struct Progress {
     pub eta_seconds: Option<f64>,
 }
 
+/// What a peer says of its final height, and whether it has shown it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Claim {
+    /// The height it reports (lowered when it fails to serve below it).
+    height: u64,
+    /// It served blocks that verify, and has not failed a request since. Only such
+    /// claims count toward the target that `getSyncStatus` and `/health` report, so a
+    /// peer that merely says it is far ahead cannot make a node look behind.
+    proven: bool,
+}
+
 /// The block sync state machine.
 #[derive(Default)]
 pub struct Syncer {
-    peers: HashMap<Address, u64>,
+    peers: HashMap<Address, Claim>,
     inflight: HashMap<u64, Request>,
     buffer: BTreeMap<u64, (Block, Certificate, Address)>,
     next_id: u64,
@@ -124,12 +143,23 @@ impl std::fmt::Debug for Syncer {
 impl Syncer {
     /// A peer says its final height is `height`.
     pub fn on_status(&mut self, peer: Address, height: u64) {
-        self.peers.insert(peer, height);
+        self.peers.entry(peer).or_default().height = height;
     }
 
-    /// The highest final height a peer reports.
+    /// The highest final height a peer reports: what sync asks for.
     pub fn target(&self) -> u64 {
-        self.peers.values().copied().max().unwrap_or(0)
+        self.peers.values().map(|c| c.height).max().unwrap_or(0)
+    }
+
+    /// The highest final height reported by a peer that has served blocks that
+    /// verify: what the node reports as its sync target.
+    pub fn proven_target(&self) -> u64 {
+        self.peers
+            .values()
+            .filter(|c| c.proven)
+            .map(|c| c.height)
+            .max()
+            .unwrap_or(0)
     }
 
     fn note_height(&mut self, local: u64, now: Instant) {
@@ -150,9 +180,8 @@ impl Syncer {
         }
     }
 
-    /// Whether the node at final height `local` should fetch blocks.
-    fn behind(&self, local: u64, now: Instant) -> bool {
-        let target = self.target();
+    /// Whether the node at final height `local` is behind `target`.
+    fn behind(&self, local: u64, target: u64, now: Instant) -> bool {
         if target <= local {
             return false;
         }
@@ -178,8 +207,9 @@ impl Syncer {
             }
         }
         self.buffer.retain(|h, _| *h > local);
-        self.syncing = self.behind(local, now);
-        if !self.syncing {
+        self.syncing = self.behind(local, self.proven_target(), now);
+        // Claims not yet shown are asked for all the same: that is how they are shown.
+        if !self.behind(local, self.target(), now) {
             return Vec::new();
         }
         let target = self.target();
@@ -198,7 +228,7 @@ impl Syncer {
             let Some(peer) = self.pick_peer(start) else {
                 break;
             };
-            let peer_height = self.peers.get(&peer).copied().unwrap_or(0);
+            let peer_height = self.peers.get(&peer).map_or(0, |c| c.height);
             // Up to the next height already buffered or requested.
             let mut count = CHUNK.min(peer_height - start + 1);
             for h in start + 1..start + count {
@@ -236,7 +266,10 @@ impl Syncer {
         out
     }
 
-    /// The peer with the fewest outstanding requests among those that have `height`.
+    /// The peer with the fewest outstanding requests among those that have `height`;
+    /// of those, one that has served blocks that verify, then the one with the lowest
+    /// claim: a peer that claims far more than the others is asked only for what
+    /// nobody else has, so a false claim cannot hold up the heights honest peers serve.
     fn pick_peer(&self, height: u64) -> Option<Address> {
         let mut load: HashMap<Address, usize> = HashMap::new();
         for r in self.inflight.values() {
@@ -244,21 +277,17 @@ impl Syncer {
         }
         self.peers
             .iter()
-            .filter(|(p, h)| **h >= height && load.get(*p).copied().unwrap_or(0) < PER_PEER)
-            .min_by_key(|(p, h)| {
-                (
-                    load.get(*p).copied().unwrap_or(0),
-                    std::cmp::Reverse(**h),
-                    **p,
-                )
-            })
+            .filter(|(p, c)| c.height >= height && load.get(*p).copied().unwrap_or(0) < PER_PEER)
+            .min_by_key(|(p, c)| (load.get(*p).copied().unwrap_or(0), !c.proven, c.height, **p))
             .map(|(p, _)| *p)
     }
 
-    /// `peer` did not deliver from `from` on: believe it has at most `from - 1`.
+    /// `peer` did not deliver from `from` on: believe it has at most `from - 1`, and
+    /// not its claims until it serves blocks that verify again.
     fn distrust(&mut self, peer: Address, from: u64) {
-        if let Some(h) = self.peers.get_mut(&peer) {
-            *h = (*h).min(from.saturating_sub(1));
+        if let Some(c) = self.peers.get_mut(&peer) {
+            c.height = c.height.min(from.saturating_sub(1));
+            c.proven = false;
         }
     }
 
@@ -302,9 +331,12 @@ impl Syncer {
             prev = Some(b);
         }
         let got = blocks.len() as u64;
-        if got < req.count {
-            // Served part: it has no more than that.
-            self.distrust(peer, req.from + got);
+        if let Some(c) = self.peers.get_mut(&peer) {
+            c.proven = true;
+            if got < req.count {
+                // Served part (an answer is capped in bytes): ask it for the rest later.
+                c.height = c.height.min(req.from + got - 1);
+            }
         }
         for (b, cert) in blocks {
             self.buffer.insert(b.header.height, (b, cert, peer));
@@ -353,7 +385,7 @@ impl Syncer {
 
     /// Progress at final height `local`.
     pub fn progress(&self, local: u64, now: Instant) -> Progress {
-        let target = self.target().max(local);
+        let target = self.proven_target().max(local);
         let rate = match (self.samples.front(), self.samples.back()) {
             (Some((t0, h0)), Some((_, h1))) if h1 > h0 => {
                 let secs = now.duration_since(*t0).as_secs_f64();
@@ -560,5 +592,51 @@ mod tests {
         assert!(!s.poll(10, t0 + STALL + Duration::from_millis(1)).is_empty());
         s.on_status(peer(1), 20);
         assert!(!s.poll(11, t0).is_empty(), "far behind: sync");
+    }
+
+    #[test]
+    fn a_claimed_height_counts_only_once_the_peer_serves_blocks_that_verify() {
+        let c = chain(40);
+        let mut s = Syncer::default();
+        let t0 = Instant::now();
+        // A liar claims 2^62 again and again and never serves; the honest peer is at 39.
+        s.on_status(peer(1), 1 << 62);
+        s.on_status(peer(2), 39);
+        let reqs = s.poll(10, t0);
+        assert!(!reqs.is_empty(), "claims are asked for");
+        let p = s.progress(10, t0);
+        assert!(!p.syncing && p.target == 10, "nothing shown yet: {p:?}");
+        // The honest peer serves blocks that verify: its claim counts, the liar's not.
+        for (to, m) in reqs {
+            let SyncMsg::GetBlocks { id, from, count } = m else {
+                panic!()
+            };
+            if to == peer(2) {
+                s.on_blocks(to, id, serve(&c, from, count.into(), |_| true), |_, _| true)
+                    .unwrap();
+            }
+        }
+        let p = s.progress(10, t0);
+        assert_eq!(p.target, 39, "the honest claim counts once shown");
+        // The liar's requests time out; it claims 2^62 again: still not the target.
+        let later = t0 + REQUEST_TIMEOUT + Duration::from_millis(1);
+        let _ = s.poll(10, later);
+        s.on_status(peer(1), 1 << 62);
+        let _ = s.poll(10, later);
+        assert_eq!(s.progress(10, later).target, 39);
+        // An answer that does not verify takes credibility away too.
+        let mut s = Syncer::default();
+        s.on_status(peer(3), 39);
+        let reqs = s.poll(0, t0);
+        let SyncMsg::GetBlocks { id, from, count } = reqs[0].1 else {
+            panic!()
+        };
+        let _ = s.on_blocks(
+            peer(3),
+            id,
+            serve(&c, from, count.into(), |_| true),
+            |_, _| false,
+        );
+        assert_eq!(s.progress(0, t0).target, 0);
     }
 }
