@@ -183,7 +183,9 @@ pub fn post_json(url: &str, body: &str) -> (u16, Option<Value>) {
     post_within(url, body, Duration::from_secs(30)).expect("the node answers")
 }
 
-fn post_within(url: &str, body: &str, limit: Duration) -> Option<(u16, Option<Value>)> {
+/// POSTs `body` to `url` with `limit` for the whole exchange; returns the HTTP status
+/// and the JSON body, if any, or `None` if the node does not answer in time.
+pub fn post_within(url: &str, body: &str, limit: Duration) -> Option<(u16, Option<Value>)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(limit))
         .http_status_as_error(false)
@@ -197,6 +199,20 @@ fn post_within(url: &str, body: &str, limit: Duration) -> Option<(u16, Option<Va
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     Some((status, serde_json::from_str(&text).ok()))
+}
+
+/// GETs `url` with `limit` for the whole exchange; returns the HTTP status and the body
+/// as text, or `None` if the node does not answer in time (e.g. `/health`, `/metrics`).
+pub fn get_within(url: &str, limit: Duration) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(limit))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().ok()?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Some((status, text))
 }
 
 /// A base port with `ports` free ports after it (checked by binding each). Below
@@ -251,6 +267,18 @@ pub fn generate_testnet_with(
         .map(|i| format!("validator{i}"))
         .chain((0..full_nodes).map(|i| format!("full{i}")))
         .collect()
+}
+
+/// The peer-to-peer address node `name` of the testnet in `out` listens on, from the
+/// `nodes.tsv` that `grapevine testnet` writes (name, RPC address, peer address, home).
+pub fn p2p_address(out: &Path, name: &str) -> std::net::SocketAddr {
+    let table = std::fs::read_to_string(out.join("nodes.tsv")).expect("nodes.tsv");
+    table
+        .lines()
+        .map(|l| l.split('\t').collect::<Vec<&str>>())
+        .find(|f| f.first() == Some(&name))
+        .and_then(|f| f.get(2)?.parse().ok())
+        .unwrap_or_else(|| panic!("nodes.tsv names no peer address for {name}: {table}"))
 }
 
 /// In every home of `names` under `out`, replaces `key = …` in config.toml's
