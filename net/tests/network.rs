@@ -762,19 +762,25 @@ async fn consensus_requests_are_answered_once_and_announcement_spam_is_capped() 
     );
 }
 
+/// Two nodes linked to each other only (B dialed A), each with a send queue that
+/// holds a burst of thousands of messages, so neither drops the link under one.
+async fn linked_pair() -> (TestNode, TestNode) {
+    let tune = |c: &mut NetConfig| {
+        c.peer_exchange = false;
+        c.send_queue = 16_384;
+    };
+    let a = node(1, 1, vec![], tune).await;
+    let b = node(2, 1, vec![a.handle.listen_addr], tune).await;
+    linked(&[&a, &b], 1).await;
+    (a, b)
+}
+
 /// A consensus message dropped because the node's consensus queue was full is not
 /// recorded as seen: when its sender sends the same bytes again (a re-sent timeout),
 /// the node takes it. Recording it as seen had let any burst end liveness for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consensus_message_dropped_at_a_full_queue_is_taken_when_sent_again() {
-    // A send queue that holds the whole burst, so the sender never drops the link.
-    let mesh = |c: &mut NetConfig| {
-        c.peer_exchange = false;
-        c.send_queue = 16_384;
-    };
-    let a = node(1, 1, vec![], mesh).await;
-    let mut b = node(2, 1, vec![a.handle.listen_addr], mesh).await;
-    linked(&[&a, &b], 1).await;
+    let (a, mut b) = linked_pair().await;
 
     // Fill B's consensus queue (nobody reads it yet), then send the message that
     // matters: it arrives at a full queue.
@@ -812,14 +818,7 @@ async fn a_consensus_message_dropped_at_a_full_queue_is_taken_when_sent_again() 
 /// flood of them that fills that queue leaves consensus messages unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_messages_have_their_own_queue() {
-    // A send queue that holds the whole burst, so the sender never drops the link.
-    let mesh = |c: &mut NetConfig| {
-        c.peer_exchange = false;
-        c.send_queue = 16_384;
-    };
-    let a = node(1, 1, vec![], mesh).await;
-    let mut b = node(2, 1, vec![a.handle.listen_addr], mesh).await;
-    linked(&[&a, &b], 1).await;
+    let (a, mut b) = linked_pair().await;
 
     let request = Bytes::from_static(b"the same sync request");
     for _ in 0..6_000 {
@@ -866,10 +865,7 @@ async fn sync_messages_have_their_own_queue() {
 /// [`SEEN_CONSENSUS_TTL`]: grapevine_net::network::SEEN_CONSENSUS_TTL
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retransmission_is_taken_once_the_seen_window_passed() {
-    let mesh = |c: &mut NetConfig| c.peer_exchange = false;
-    let a = node(1, 1, vec![], mesh).await;
-    let mut b = node(2, 1, vec![a.handle.listen_addr], mesh).await;
-    linked(&[&a, &b], 1).await;
+    let (a, mut b) = linked_pair().await;
 
     let proposal = Bytes::from_static(b"a proposal");
     a.handle.broadcast_consensus(proposal.clone()).await;
