@@ -9,6 +9,7 @@ mod bench_rpc;
 mod cli;
 mod consensus;
 mod dev;
+mod driver;
 mod keyfile;
 mod mempool;
 mod node;
@@ -17,7 +18,6 @@ mod rebuild;
 mod recent;
 mod run;
 mod runtime;
-mod sync_serve;
 #[cfg(test)]
 mod test_support;
 mod testnet;

@@ -18,9 +18,9 @@ use anyhow::Context;
 use grapevine_ledger::{Genesis, Ledger, RocksStore};
 use serde::{Deserialize, Serialize};
 
-use crate::consensus::driver;
 use crate::consensus::engine::Timing;
 use crate::consensus::types::ValidatorSet;
+use crate::driver;
 use crate::mempool::MempoolConfig;
 use crate::node::Node;
 use crate::{keyfile, runtime};
@@ -333,7 +333,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let safety_file = validator_key
         .as_ref()
-        .map(|_| crate::consensus::safety_file::SafetyFile::new(resolve(home, &cfg.safety_state)));
+        .map(|_| driver::safety_file::SafetyFile::new(resolve(home, &cfg.safety_state)));
     let consensus = driver::Setup {
         set,
         validator_key,

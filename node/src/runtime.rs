@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::consensus::driver;
+use crate::driver;
 use crate::node::Node;
 use crate::producer;
 
@@ -198,8 +198,8 @@ pub fn run_networked(
             })
         };
         // Block sync is served on a task of its own, so requests cannot delay consensus.
-        let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(crate::sync_serve::TO_DRIVER_QUEUE);
-        let sync_server = tokio::spawn(crate::sync_serve::run(
+        let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(driver::serve::TO_DRIVER_QUEUE);
+        let sync_server = tokio::spawn(driver::serve::run(
             node.ledger().clone(),
             net.clone(),
             inbox.sync,

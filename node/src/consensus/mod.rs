@@ -1,16 +1,17 @@
 //! BFT consensus among the genesis validators: two-chain HotStuff with timeout
-//! certificates (docs/CONSENSUS.md).
+//! certificates (docs/CONSENSUS.md). Only pure code lives here: no sockets, files,
+//! database or async runtime (a test in [`crate::driver`] keeps it so). [`crate::driver`] runs it.
 //!
 //! # Layout
 //! - [`types`]: messages, certificates, the validator set, each with its verification.
 //! - [`engine`]: the sans-IO state machine.
+//! - [`sync`]: the block sync state machine (which ranges to ask of whom, which
+//!   answers to believe) and its messages.
 //! - `sim` (tests): a seeded, deterministic simulator running many engines over a
 //!   faulty virtual network, checking agreement, validity, no double-signing and
 //!   liveness on every run.
 
-pub mod driver;
 pub mod engine;
-pub mod safety_file;
 pub mod sync;
 pub mod types;
 

@@ -26,11 +26,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use grapevine_ledger::codec;
 use grapevine_ledger::crypto::sha256;
 
-use super::types::{MAX_CERTIFICATE_BYTES, SafetyState};
+use crate::consensus::types::{MAX_CERTIFICATE_BYTES, SafetyState};
 
 const MAGIC: &[u8; 8] = b"GVSAFE\0\x02";
 const HEADER: usize = 4096;
@@ -38,6 +37,31 @@ const HEADER: usize = 4096;
 const RECORD_HEAD: usize = 12;
 /// Smallest slot.
 const MIN_SLOT: usize = 4096;
+
+/// Why the safety state cannot be read or written. Either way the validator must not
+/// sign: it could sign twice in a round.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetyFileError {
+    /// The file could not be read or written.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// "read" or "write".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file exists but does not check out.
+    #[error(
+        "{path} is damaged (checksum mismatch or truncated); this validator's safety \
+         state is lost: see docs/OPERATIONS.md before starting it again"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+    },
+}
 
 /// Where a validator's safety state is kept.
 #[derive(Clone, Debug)]
@@ -89,20 +113,20 @@ impl SafetyFile {
 
     /// The stored state; `None` if the file does not exist. A file that exists but does
     /// not check out is an error naming it (never silently treated as no state).
-    pub fn load(&self) -> anyhow::Result<Option<SafetyState>> {
+    pub fn load(&self) -> Result<Option<SafetyState>, SafetyFileError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read {}", self.path.display()));
+            Err(source) => {
+                return Err(SafetyFileError::Io {
+                    action: "read",
+                    path: self.path.clone(),
+                    source,
+                });
             }
         };
-        let damaged = || {
-            anyhow::anyhow!(
-                "{} is damaged (checksum mismatch or truncated); this validator's safety \
-                 state is lost: see docs/OPERATIONS.md before starting it again",
-                self.path.display()
-            )
+        let damaged = || SafetyFileError::Damaged {
+            path: self.path.clone(),
         };
         let body = if bytes.starts_with(MAGIC) {
             let slot = bytes
@@ -145,7 +169,7 @@ impl SafetyFile {
 
     /// Writes `state` durably, so that a crash at any point leaves either it or the
     /// state stored before it.
-    pub fn store(&self, state: &SafetyState) -> anyhow::Result<()> {
+    pub fn store(&self, state: &SafetyState) -> Result<(), SafetyFileError> {
         let body = codec::encode(state);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let result = match open.as_mut() {
@@ -166,7 +190,11 @@ impl SafetyFile {
             // Whatever the slot holds now, the next store starts from a whole file.
             *open = None;
         }
-        result.with_context(|| format!("cannot write {}", self.path.display()))
+        result.map_err(|source| SafetyFileError::Io {
+            action: "write",
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Replaces the file with a new one holding `body` in its first slot.

@@ -10,23 +10,44 @@
 //! Proposals this node has checked are kept in the ledger's consensus records until
 //! final, so a restarted validator (even a lone one) still knows the blocks its
 //! persisted highest QC points to.
+//!
+//! This is the IO side of consensus; [`crate::consensus`] holds the pure parts.
+//!
+//! # Layout
+//! - this file: the task ([`run`]): messages from the network, timers, block sync's
+//!   client side, carrying out the engine's actions (persist, send, commit).
+//! - `build`: building this node's proposals from the mempool, paced.
+//! - `check`: the engine's block check (execution on the parent's state) and the
+//!   cache of executions of unfinalized blocks.
+//! - [`safety_file`]: the validator's safety state on disk.
+//! - [`serve`]: answering other nodes' block sync requests, on a task of its own,
+//!   within byte budgets.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use grapevine_ledger::state::{Execution, Overlay, build_block, validate_block};
-use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair, Ledger, codec};
+use grapevine_ledger::state::validate_block;
+use grapevine_ledger::{Address, Block, Hash, Keypair, Ledger, codec};
 use grapevine_net::network::MAX_CONSENSUS_BYTES;
 use grapevine_net::{NetEvent, NetworkHandle, Offence};
 use tokio::sync::{mpsc, watch};
 
-use super::engine::{Action, BlockCheck, Engine, Timing};
-use super::sync::{Progress, SyncMsg, Syncer};
-use super::types::{ConsensusMsg, Proposal, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet};
+use crate::consensus::engine::{Action, Engine, Timing};
+use crate::consensus::sync::{Progress, SyncMsg, Syncer};
+use crate::consensus::types::{
+    Certificate, ConsensusMsg, Proposal, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet,
+};
 use crate::node::Node;
+
+mod build;
+mod check;
+pub mod safety_file;
+pub mod serve;
+
+use check::{ExecCache, LedgerCheck, lock};
 
 /// How often sync looks at peers' heights and its requests.
 const SYNC_TICK: Duration = Duration::from_millis(250);
@@ -37,8 +58,6 @@ const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Prefix of kept proposals: prefix || height (BE) || block hash.
 const PROPOSAL_PREFIX: &[u8] = b"proposal/";
-/// A block whose timestamp is further ahead of this node's clock is refused.
-const MAX_CLOCK_AHEAD_MS: u64 = 30_000;
 /// Consensus messages of rounds this far behind the engine's are still relayed; older
 /// ones are not.
 const RELAY_ROUNDS_BEHIND: u64 = 2;
@@ -61,97 +80,6 @@ pub struct Config {
     pub min_block_interval: Duration,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// When a child of a block stamped `parent_ms` may be proposed, given a minimum interval
-/// `min`, the moment the build was asked for (`since`) and the time now (as an instant
-/// and in wall-clock milliseconds): the parent's time plus `min`, but never later than
-/// `since` plus `min`, so a parent stamped by a clock ahead of ours cannot stall the
-/// round. `since` when `min` is zero.
-fn paced_at(min: Duration, parent_ms: u64, since: Instant, now: Instant, now_ms: u64) -> Instant {
-    if min.is_zero() {
-        return since;
-    }
-    let due_ms = parent_ms.saturating_add(u64::try_from(min.as_millis()).unwrap_or(u64::MAX));
-    (now + Duration::from_millis(due_ms.saturating_sub(now_ms))).min(since + min)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Executions of checked blocks that are not final yet, by block hash.
-#[derive(Default)]
-struct ExecCache {
-    map: HashMap<Hash, (BlockHeader, Arc<Execution>)>,
-}
-
-impl ExecCache {
-    /// Executions from the ledger's head (exclusive) to `tip` (inclusive), oldest
-    /// first; `None` if `tip` does not descend from the head through known blocks.
-    fn layers(&self, ledger: &Ledger, tip: &Hash) -> Option<Vec<Arc<Execution>>> {
-        let head = ledger.head().hash();
-        let mut out = Vec::new();
-        let mut cur = *tip;
-        while cur != head {
-            let (header, exec) = self.map.get(&cur)?;
-            out.push(exec.clone());
-            cur = header.parent_hash;
-        }
-        out.reverse();
-        Some(out)
-    }
-
-    /// Forgets blocks at or below a final height (final ones and dead forks).
-    fn prune(&mut self, final_height: u64) {
-        self.map.retain(|_, (h, _)| h.height > final_height);
-    }
-}
-
-/// The engine's block validity check: the block executes correctly on its parent's
-/// state (the ledger plus the unfinalized ancestors) and its time is sane.
-struct LedgerCheck {
-    node: Arc<Node>,
-    cache: Arc<Mutex<ExecCache>>,
-}
-
-impl BlockCheck for LedgerCheck {
-    fn check(&mut self, block: &Block, parent: &Block) -> bool {
-        let hash = block.hash();
-        let mut cache = lock(&self.cache);
-        if cache.map.contains_key(&hash) {
-            return true;
-        }
-        let ts = block.header.timestamp_ms;
-        if ts < parent.header.timestamp_ms || ts > now_ms().saturating_add(MAX_CLOCK_AHEAD_MS) {
-            tracing::warn!(height = block.header.height, %hash, "refusing a block whose time is before its parent's or too far ahead");
-            return false;
-        }
-        let ledger = self.node.ledger();
-        let Some(layers) = cache.layers(ledger, &parent.hash()) else {
-            tracing::debug!(%hash, "cannot check a block whose parent does not extend the final chain");
-            return false;
-        };
-        let refs: Vec<&Execution> = layers.iter().map(|e| &**e).collect();
-        let base = self.node.block_view(&block.txs);
-        let overlay = Overlay::new(&base, &refs);
-        match validate_block(&overlay, ledger.chain_id(), &parent.header, block) {
-            Ok(exec) => {
-                cache.map.insert(hash, (block.header, Arc::new(exec)));
-                true
-            }
-            Err(e) => {
-                tracing::warn!(height = block.header.height, %hash, error = %e, "refusing an invalid proposed block");
-                false
-            }
-        }
-    }
-}
-
 fn proposal_key(height: u64, hash: &Hash) -> Vec<u8> {
     [PROPOSAL_PREFIX, &height.to_be_bytes(), &hash.0].concat()
 }
@@ -164,7 +92,7 @@ pub struct Setup {
     /// This node's validator key, if it is a validator.
     pub validator_key: Option<Keypair>,
     /// Where a validator keeps its safety state (required with a validator key).
-    pub safety_file: Option<super::safety_file::SafetyFile>,
+    pub safety_file: Option<safety_file::SafetyFile>,
     /// Settings.
     pub config: Config,
 }
@@ -188,7 +116,7 @@ struct Driver {
     /// Keys of the kept proposals, by height.
     kept: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
     syncer: Syncer,
-    safety_file: Option<super::safety_file::SafetyFile>,
+    safety_file: Option<safety_file::SafetyFile>,
     last_status: Instant,
     last_progress_log: Instant,
     status_nonce: u64,
@@ -481,103 +409,6 @@ impl Driver {
         broadcast(&self.net, &ConsensusMsg::Proposal(Box::new(p))).await;
     }
 
-    /// Whether a block on `parent` should carry the chain forward now even if empty:
-    /// the parent or grandparent holds transactions, which become final only once two
-    /// descendants are certified.
-    fn ancestors_busy(&self, parent: &Block) -> bool {
-        if parent.header.tx_count > 0 {
-            return true;
-        }
-        let grandparent = parent.header.parent_hash;
-        if let Some((h, _)) = lock(&self.cache).map.get(&grandparent) {
-            return h.tx_count > 0;
-        }
-        let head = self.ledger.head();
-        head.hash() == grandparent && head.tx_count > 0
-    }
-
-    /// When the minimum block interval after `parent` is over ([`paced_at`]).
-    fn paced_at(&self, parent: &Block, since: Instant) -> Instant {
-        paced_at(
-            self.cfg.min_block_interval,
-            parent.header.timestamp_ms,
-            since,
-            Instant::now(),
-            now_ms(),
-        )
-    }
-
-    /// Builds the block the engine asked for once there is something to put in it, the
-    /// chain needs it to finalize earlier transactions, or the idle wait is over.
-    fn maybe_build(&mut self) {
-        let Some((round, parent, since)) = self.build.take() else {
-            return;
-        };
-        if round != self.engine.round() {
-            return; // the round moved on
-        }
-        let ready = self.paced_at(&parent, since) <= Instant::now()
-            && (since.elapsed() >= self.cfg.idle_block
-                || self.ancestors_busy(&parent)
-                || self.node.has_pending());
-        if !ready {
-            self.build = Some((round, parent, since));
-            return;
-        }
-        let built = tokio::task::block_in_place(|| self.build_block(round, &parent));
-        if let Some(block) = built {
-            let now = self.now();
-            tokio::task::block_in_place(|| self.engine.handle_block_built(now, block));
-        }
-    }
-
-    fn build_block(&self, round: u64, parent: &Block) -> Option<Block> {
-        let parent_hash = parent.hash();
-        let layers = lock(&self.cache).layers(&self.ledger, &parent_hash);
-        let Some(layers) = layers else {
-            tracing::warn!(%parent_hash, "cannot build on a parent that does not extend the final chain");
-            return None;
-        };
-        let mut next_nonce = HashMap::new();
-        for e in &layers {
-            for (addr, acct) in &e.accounts {
-                next_nonce.insert(*addr, acct.nonce);
-            }
-        }
-        let txs = self.node.select_txs(self.cfg.max_block_txs, &next_nonce);
-        let refs: Vec<&Execution> = layers.iter().map(|e| &**e).collect();
-        let base = self.node.block_view(&txs);
-        let overlay = Overlay::new(&base, &refs);
-        let ts = now_ms().max(parent.header.timestamp_ms);
-        let chain_id = self.ledger.chain_id();
-        match build_block(
-            &overlay,
-            chain_id,
-            &parent.header,
-            self.proposer,
-            round,
-            ts,
-            txs.clone(),
-        ) {
-            Ok((block, exec)) => {
-                lock(&self.cache)
-                    .map
-                    .insert(block.hash(), (block.header, Arc::new(exec)));
-                tracing::debug!(
-                    round,
-                    height = block.header.height,
-                    txs = block.txs.len(),
-                    "proposing"
-                );
-                Some(block)
-            }
-            Err(e) => {
-                self.node.unbuildable(&txs, &e);
-                None
-            }
-        }
-    }
-
     /// Every [`SYNC_TICK`]: tells peers the final height now and then, sends the block
     /// requests sync wants, publishes and logs progress.
     async fn sync_tick(&mut self) {
@@ -616,7 +447,7 @@ impl Driver {
     }
 
     /// A `Status` or `Blocks` message the sync server passed on (it answers
-    /// `GetBlocks` itself, off this task: `crate::sync_serve`).
+    /// `GetBlocks` itself, off this task: [`serve`]).
     async fn on_sync(&mut self, from: Address, msg: SyncMsg) {
         match msg {
             SyncMsg::Status { final_height, .. } => self.syncer.on_status(from, final_height),
@@ -744,7 +575,7 @@ impl Driver {
         Ok(())
     }
 
-    fn commit(&mut self, blocks: Vec<(Block, super::types::Certificate)>) -> anyhow::Result<()> {
+    fn commit(&mut self, blocks: Vec<(Block, Certificate)>) -> anyhow::Result<()> {
         for (block, cert) in blocks {
             let hash = block.hash();
             let head = self.ledger.head();
@@ -820,29 +651,26 @@ fn log_progress(p: &Progress) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
+    /// The consensus folder holds only pure code: none of its files names the async
+    /// runtime, the network crate, the database, files or sockets. Such code belongs
+    /// here.
     #[test]
-    fn pacing_waits_for_the_parent_time_plus_the_interval_but_never_longer_than_the_interval() {
-        let min = Duration::from_millis(40);
-        let since = Instant::now();
-        let now = since + Duration::from_millis(5);
-        let now_ms = 1_000_000;
-        // No interval: at once.
-        assert_eq!(paced_at(Duration::ZERO, now_ms, since, now, now_ms), since);
-        // Parent stamped 10 ms ago: 30 ms from now.
-        assert_eq!(
-            paced_at(min, now_ms - 10, since, now, now_ms),
-            now + Duration::from_millis(30)
-        );
-        // Parent stamped long ago: due already.
-        assert!(paced_at(min, now_ms - 1_000, since, now, now_ms) <= now);
-        // Parent stamped 30 s ahead of our clock: the interval from `since`, no more.
-        assert_eq!(
-            paced_at(min, now_ms + 30_000, since, now, now_ms),
-            since + min
-        );
-        // A timestamp at the end of time does not overflow.
-        assert_eq!(paced_at(min, u64::MAX, since, now, now_ms), since + min);
+    fn the_consensus_folder_does_no_io() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/consensus");
+        let banned = ["tokio", "grapevine_net", "rocksdb", "std::fs", "std::net"];
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).expect("the consensus folder") {
+            let path = entry.expect("an entry").path();
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            files += 1;
+            for word in banned {
+                assert!(
+                    !text.contains(word),
+                    "{} names {word}: IO belongs in src/driver",
+                    path.display()
+                );
+            }
+        }
+        assert!(files >= 5, "read the whole folder ({files} files)");
     }
 }
