@@ -58,7 +58,7 @@ pub struct Args {
     connections: usize,
     /// Transfers per JSON-RPC batch (1 to 1000). Larger batches cost the nodes less per
     /// transfer: a node checks a batch's signatures together, and its peers check them
-    /// together again when it relays them (docs/PERFORMANCE.md, seventh round).
+    /// together again when it relays them (docs/PERFORMANCE.md, "grapevine bench --rpc").
     #[arg(long, default_value_t = 256)]
     batch: usize,
     /// Also print one JSON object with the results as the last line.

@@ -371,7 +371,7 @@ fn health_and_metrics() {
     }
 }
 
-/// A node caps glibc's malloc arenas (docs/PERFORMANCE.md, seventh round) by starting
+/// A node caps glibc's malloc arenas (docs/PERFORMANCE.md, "Machine notes") by starting
 /// itself again in place with `MALLOC_ARENA_MAX` set, at the number of cores (at least
 /// 2); a value the operator set is kept. The variable is read from the environment of
 /// the process started, so a node that did not restart in place (same process id)
