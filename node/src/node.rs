@@ -12,7 +12,7 @@ use grapevine_ledger::{Address, Block, Hash, Ledger, SignedTx, StateView, StoreE
 use grapevine_net::{NetStats, PeerSummary, Verdict};
 use grapevine_rpc::api::{
     AccountInfo, AccountTxPage, ApiError, BlockInfo, HeadEvent, MempoolInfo, NodeApi, PeerInfo,
-    Reason, ReceiptView, Status, SyncStatus, TxInfo, TxState, TxView,
+    Reason, ReceiptView, RejectReason, Status, SyncStatus, TxInfo, TxState, TxView,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -226,25 +226,26 @@ fn tx_view(t: &SignedTx) -> TxView {
     }
 }
 
+/// The RPC error for a mempool refusal (every refusal but an internal fault is a
+/// [`RejectReason`]).
 fn refusal_error(r: &Refusal, hash: Option<Hash>) -> ApiError {
-    let (code, reason) = match r {
-        Refusal::Malformed(_) => (-32010, "malformed"),
-        Refusal::WrongChain { .. } => (-32011, "wrongChain"),
-        Refusal::BadSignature => (-32012, "badSignature"),
-        Refusal::NonceTooLow { .. } => (-32013, "nonceTooLow"),
-        Refusal::InsufficientBalance { .. } => (-32014, "insufficientBalance"),
-        Refusal::AlreadyKnown(_) => (-32015, "alreadyKnown"),
-        Refusal::AlreadyFinal(_) => (-32016, "alreadyFinal"),
-        Refusal::Underpriced { .. } => (-32017, "underpriced"),
-        Refusal::Full { .. } => (-32018, "mempoolFull"),
-        Refusal::SenderLimit(_) => (-32019, "senderLimit"),
-        Refusal::NonceTooHigh { .. } => (-32020, "nonceTooHigh"),
-        Refusal::InBlock { .. } => (-32021, "nonceInBlock"),
-        Refusal::Busy { .. } => (-32023, "busy"),
+    let reason = match r {
+        Refusal::Malformed(_) => RejectReason::Malformed,
+        Refusal::WrongChain { .. } => RejectReason::WrongChain,
+        Refusal::BadSignature => RejectReason::BadSignature,
+        Refusal::NonceTooLow { .. } => RejectReason::NonceTooLow,
+        Refusal::InsufficientBalance { .. } => RejectReason::InsufficientBalance,
+        Refusal::AlreadyKnown(_) => RejectReason::AlreadyKnown,
+        Refusal::AlreadyFinal(_) => RejectReason::AlreadyFinal,
+        Refusal::Underpriced { .. } => RejectReason::Underpriced,
+        Refusal::Full { .. } => RejectReason::MempoolFull,
+        Refusal::SenderLimit(_) => RejectReason::SenderLimit,
+        Refusal::NonceTooHigh { .. } => RejectReason::NonceTooHigh,
+        Refusal::InBlock { .. } => RejectReason::NonceInBlock,
+        Refusal::Busy { .. } => RejectReason::Busy,
         Refusal::Internal => return ApiError::Internal,
     };
     ApiError::Rejected {
-        code,
         reason,
         message: r.to_string(),
         hash,
@@ -819,7 +820,7 @@ impl Node {
                     matches!(refusal, Refusal::AlreadyKnown(_) | Refusal::AlreadyFinal(_)),
                 ) {
                     let code = match &err {
-                        ApiError::Rejected { reason, .. } => (*reason).to_string(),
+                        ApiError::Rejected { reason, .. } => reason.name().to_string(),
                         _ => "internal".into(),
                     };
                     let tx = grapevine_ledger::SignedTx::from_bytes(bytes).ok();
@@ -1305,9 +1306,9 @@ impl grapevine_net::TxValidator for Node {
     }
 }
 
-/// RPC error codes of transaction refusals, for docs and tests: (code, reason).
+/// The reason each kind of mempool refusal is reported with (one sample of each).
 #[cfg(test)]
-pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
+pub(crate) fn refusal_reasons() -> Vec<RejectReason> {
     let samples = [
         Refusal::Malformed(String::new()),
         Refusal::WrongChain {
@@ -1347,7 +1348,7 @@ pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
     samples
         .iter()
         .filter_map(|r| match refusal_error(r, None) {
-            ApiError::Rejected { code, reason, .. } => Some((code, reason)),
+            ApiError::Rejected { reason, .. } => Some(reason),
             _ => None,
         })
         .collect()
@@ -1356,7 +1357,6 @@ pub(crate) fn refusal_codes() -> Vec<(i64, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use grapevine_rpc::jsonrpc::codes;
 
     /// Relayed batches from several peers are validated together; each keeps its own
     /// verdicts, so a forgery or a foreign-chain transaction in one does not touch the
@@ -1590,7 +1590,7 @@ mod tests {
             .into_iter()
             .map(|r| {
                 r.map_err(|e| match e {
-                    ApiError::Rejected { reason, .. } => reason,
+                    ApiError::Rejected { reason, .. } => reason.name(),
                     _ => "other",
                 })
             })
@@ -1640,8 +1640,7 @@ mod tests {
             matches!(
                 busy,
                 ApiError::Rejected {
-                    code: -32023,
-                    reason: "busy",
+                    reason: RejectReason::Busy,
                     ..
                 }
             ),
@@ -1665,16 +1664,19 @@ mod tests {
         node.send_transaction(&tx(12).to_bytes()).unwrap();
     }
 
+    /// Each kind of refusal has a reason of its own, and every reason is used: a
+    /// client can tell them apart, and none is documented for nothing.
     #[test]
-    fn refusal_codes_are_distinct_and_outside_the_reserved_range() {
-        let codes = refusal_codes();
-        let mut seen = std::collections::HashSet::new();
-        for (code, reason) in &codes {
-            assert!(seen.insert(*code), "duplicate code {code} ({reason})");
-            // JSON-RPC 2.0 leaves -32000..=-32099 to implementation-defined server errors.
-            assert!((-32099..=-32000).contains(code), "{code}");
-            assert_ne!(*code, codes::INTERNAL_ERROR);
+    fn every_refusal_has_a_reason_of_its_own() {
+        let reasons = refusal_reasons();
+        let distinct: std::collections::HashSet<_> = reasons.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            reasons.len(),
+            "two refusals share a reason: {reasons:?}"
+        );
+        for r in RejectReason::ALL {
+            assert!(reasons.contains(&r), "{r:?} is never used");
         }
-        assert_eq!(codes.len(), 13);
     }
 }

@@ -314,16 +314,104 @@ pub struct MempoolInfo {
     pub hashes: Option<Vec<Hash>>,
 }
 
+/// Why a transaction was refused at submission. The one owner of each reason's
+/// JSON-RPC error code and stable name (docs/RPC.md lists them; a test compares).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Not one signed transaction of the right size and encoding.
+    Malformed,
+    /// Signed for another chain id.
+    WrongChain,
+    /// The signature does not verify for the sender.
+    BadSignature,
+    /// The nonce is used.
+    NonceTooLow,
+    /// The balance does not cover amount, fee and the sender's pooled transactions.
+    InsufficientBalance,
+    /// Already in the mempool.
+    AlreadyKnown,
+    /// Already in a final block.
+    AlreadyFinal,
+    /// Replaces a pooled transaction without paying enough more.
+    Underpriced,
+    /// The pool is full and the fee does not beat the cheapest evictable one.
+    MempoolFull,
+    /// The sender has as many pooled transactions as allowed.
+    SenderLimit,
+    /// The nonce is too far past the account's next one.
+    NonceTooHigh,
+    /// The pooled transaction with this nonce is being put into a block.
+    NonceInBlock,
+    /// Admission backpressure: the node is behind.
+    Busy,
+}
+
+impl RejectReason {
+    /// Every reason, in code order.
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::Malformed,
+        RejectReason::WrongChain,
+        RejectReason::BadSignature,
+        RejectReason::NonceTooLow,
+        RejectReason::InsufficientBalance,
+        RejectReason::AlreadyKnown,
+        RejectReason::AlreadyFinal,
+        RejectReason::Underpriced,
+        RejectReason::MempoolFull,
+        RejectReason::SenderLimit,
+        RejectReason::NonceTooHigh,
+        RejectReason::NonceInBlock,
+        RejectReason::Busy,
+    ];
+
+    /// The JSON-RPC error code (in the range JSON-RPC 2.0 leaves to servers).
+    pub fn code(self) -> i64 {
+        match self {
+            RejectReason::Malformed => -32010,
+            RejectReason::WrongChain => -32011,
+            RejectReason::BadSignature => -32012,
+            RejectReason::NonceTooLow => -32013,
+            RejectReason::InsufficientBalance => -32014,
+            RejectReason::AlreadyKnown => -32015,
+            RejectReason::AlreadyFinal => -32016,
+            RejectReason::Underpriced => -32017,
+            RejectReason::MempoolFull => -32018,
+            RejectReason::SenderLimit => -32019,
+            RejectReason::NonceTooHigh => -32020,
+            RejectReason::NonceInBlock => -32021,
+            RejectReason::Busy => -32023,
+        }
+    }
+
+    /// The stable name clients match on (`data.reason`, and `reason.code` of a
+    /// `rejected` transaction).
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::WrongChain => "wrongChain",
+            RejectReason::BadSignature => "badSignature",
+            RejectReason::NonceTooLow => "nonceTooLow",
+            RejectReason::InsufficientBalance => "insufficientBalance",
+            RejectReason::AlreadyKnown => "alreadyKnown",
+            RejectReason::AlreadyFinal => "alreadyFinal",
+            RejectReason::Underpriced => "underpriced",
+            RejectReason::MempoolFull => "mempoolFull",
+            RejectReason::SenderLimit => "senderLimit",
+            RejectReason::NonceTooHigh => "nonceTooHigh",
+            RejectReason::NonceInBlock => "nonceInBlock",
+            RejectReason::Busy => "busy",
+        }
+    }
+}
+
 /// Application errors, each with its JSON-RPC code (see docs/RPC.md).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// The mempool refused a transaction.
     #[error("{message}")]
     Rejected {
-        /// The JSON-RPC error code.
-        code: i64,
-        /// Stable identifier.
-        reason: &'static str,
+        /// Why (its code and name).
+        reason: RejectReason,
         /// The person-readable message.
         message: String,
         /// The transaction's hash, if it could be decoded.
@@ -335,4 +423,48 @@ pub enum ApiError {
     /// A fault inside the node (details are in its log).
     #[error("internal error; see the node's log")]
     Internal,
+}
+
+#[cfg(test)]
+mod reject_reason_tests {
+    use super::RejectReason;
+    use crate::jsonrpc::codes;
+
+    #[test]
+    fn codes_are_distinct_server_errors_that_no_other_error_uses() {
+        let mut seen = std::collections::HashSet::new();
+        for r in RejectReason::ALL {
+            let code = r.code();
+            assert!(seen.insert(code), "{r:?} shares code {code}");
+            // JSON-RPC 2.0 leaves -32000..=-32099 to implementation-defined server errors.
+            assert!((-32099..=-32000).contains(&code), "{r:?}: {code}");
+            for other in [codes::BLOCK_NOT_FOUND, crate::ws::TOO_MANY_SUBSCRIPTIONS] {
+                assert_ne!(code, other, "{r:?}");
+            }
+        }
+    }
+
+    /// docs/RPC.md's table of application codes lists exactly these reasons, each with
+    /// its code.
+    #[test]
+    fn the_documented_codes_are_the_codes() {
+        let doc = include_str!("../../docs/RPC.md");
+        let mut documented: Vec<(i64, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse::<i64>().ok()?;
+                // The application table names each reason in backticks.
+                let name = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((code, name.to_string()))
+            })
+            .collect();
+        documented.sort();
+        let mut ours: Vec<(i64, String)> = RejectReason::ALL
+            .iter()
+            .map(|r| (r.code(), r.name().to_string()))
+            .collect();
+        ours.sort();
+        assert_eq!(documented, ours);
+    }
 }

@@ -67,14 +67,13 @@ impl From<ApiError> for RpcError {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Rejected {
-                code,
                 reason,
                 ref message,
                 hash,
             } => RpcError {
-                code,
+                code: reason.code(),
                 message: message.clone(),
-                data: Some(json!({"reason": reason, "hash": hash})),
+                data: Some(json!({"reason": reason.name(), "hash": hash})),
             },
             ApiError::BlockNotFound(_) => RpcError::new(codes::BLOCK_NOT_FOUND, e.to_string()),
             ApiError::Internal => RpcError::new(codes::INTERNAL_ERROR, e.to_string()),

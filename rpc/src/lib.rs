@@ -20,5 +20,5 @@ pub mod jsonrpc;
 pub mod server;
 mod ws;
 
-pub use api::{ApiError, NodeApi};
+pub use api::{ApiError, NodeApi, RejectReason};
 pub use server::{RpcConfig, RpcMetrics, app, serve};

@@ -12,7 +12,8 @@ use grapevine_ledger::{Address, Hash, Keypair};
 use grapevine_rpc::api::{
     AccountInfo, ApiError, BlockInfo, HeadEvent, MempoolInfo, PeerInfo, Status, TxInfo, TxState,
 };
-use grapevine_rpc::{NodeApi, RpcConfig, RpcMetrics, app};
+use grapevine_rpc::jsonrpc::codes;
+use grapevine_rpc::{NodeApi, RejectReason, RpcConfig, RpcMetrics, app};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -51,8 +52,7 @@ impl NodeApi for Fake {
             return Ok(Hash([*b; 32]));
         }
         Err(ApiError::Rejected {
-            code: -32010,
-            reason: "malformed",
+            reason: RejectReason::Malformed,
             message: format!("got {} bytes", bytes.len()),
             hash: None,
         })
@@ -162,40 +162,40 @@ async fn specification_examples() {
         (
             "call of non-existent method",
             r#"{"jsonrpc": "2.0", "method": "foobar", "id": "1"}"#.into(),
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found: foobar"}, "id": "1"})),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": codes::METHOD_NOT_FOUND, "message": "Method not found: foobar"}, "id": "1"})),
         ),
         (
             "call with invalid JSON",
             r#"{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]"#.into(),
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32700}, "id": null})),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": codes::PARSE_ERROR}, "id": null})),
         ),
         (
             "call with invalid Request object",
             r#"{"jsonrpc": "2.0", "method": 1, "params": "bar"}"#.into(),
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32600}, "id": null})),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": codes::INVALID_REQUEST}, "id": null})),
         ),
         (
             "batch call with invalid JSON",
             r#"[{"jsonrpc": "2.0", "method": "getBlockHeight", "id": "1"},{"jsonrpc": "2.0", "method"]"#.into(),
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32700}, "id": null})),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": codes::PARSE_ERROR}, "id": null})),
         ),
         (
             "call with an empty array",
             "[]".into(),
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32600}, "id": null})),
+            Some(json!({"jsonrpc": "2.0", "error": {"code": codes::INVALID_REQUEST}, "id": null})),
         ),
         (
             "call with an invalid batch, but not empty",
             "[1]".into(),
-            Some(json!([{"jsonrpc": "2.0", "error": {"code": -32600}, "id": null}])),
+            Some(json!([{"jsonrpc": "2.0", "error": {"code": codes::INVALID_REQUEST}, "id": null}])),
         ),
         (
             "call with invalid batch",
             "[1,2,3]".into(),
             Some(json!([
-                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null},
-                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null},
-                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null}
+                {"jsonrpc": "2.0", "error": {"code": codes::INVALID_REQUEST}, "id": null},
+                {"jsonrpc": "2.0", "error": {"code": codes::INVALID_REQUEST}, "id": null},
+                {"jsonrpc": "2.0", "error": {"code": codes::INVALID_REQUEST}, "id": null}
             ])),
         ),
         (
@@ -212,8 +212,8 @@ async fn specification_examples() {
             Some(json!([
                 {"jsonrpc": "2.0", "result": "18446744073709551615", "id": "1"},
                 {"jsonrpc": "2.0", "result": "7", "id": "2"},
-                {"jsonrpc": "2.0", "error": {"code": -32600}, "id": null},
-                {"jsonrpc": "2.0", "error": {"code": -32601}, "id": "5"},
+                {"jsonrpc": "2.0", "error": {"code": codes::INVALID_REQUEST}, "id": null},
+                {"jsonrpc": "2.0", "error": {"code": codes::METHOD_NOT_FOUND}, "id": "5"},
                 {"jsonrpc": "2.0", "result": {"chainId": 1}, "id": "9"}
             ])),
         ),
@@ -271,7 +271,7 @@ async fn bad_params_get_invalid_params() {
     for c in cases {
         let (_, got) = post(router(RpcConfig::default()), c.to_string()).await;
         let got = got.unwrap();
-        assert_eq!(got["error"]["code"], -32602, "{c} -> {got}");
+        assert_eq!(got["error"]["code"], codes::INVALID_PARAMS, "{c} -> {got}");
         assert!(got["error"]["message"].as_str().unwrap().len() > 10);
     }
 }
@@ -281,12 +281,15 @@ async fn application_errors_keep_their_codes_and_missing_blocks_are_reported() {
     let req = json!({"jsonrpc": "2.0", "method": "sendTransaction", "params": ["00ff"], "id": 4});
     let (_, got) = post(router(RpcConfig::default()), req.to_string()).await;
     let got = got.unwrap();
-    assert_eq!(got["error"]["code"], -32010);
-    assert_eq!(got["error"]["data"]["reason"], "malformed");
+    assert_eq!(got["error"]["code"], RejectReason::Malformed.code());
+    assert_eq!(
+        got["error"]["data"]["reason"],
+        RejectReason::Malformed.name()
+    );
     assert_eq!(got["id"], 4);
     let req = json!({"jsonrpc": "2.0", "method": "getBlock", "params": [99], "id": 5});
     let (_, got) = post(router(RpcConfig::default()), req.to_string()).await;
-    assert_eq!(got.unwrap()["error"]["code"], -32030);
+    assert_eq!(got.unwrap()["error"]["code"], codes::BLOCK_NOT_FOUND);
 }
 
 /// A batch of plain sendTransaction calls is answered without building a JSON tree;
@@ -342,12 +345,12 @@ async fn send_batches_answer_the_same_on_both_paths() {
         mixed.as_array().unwrap()[..3],
         general.as_array().unwrap()[..]
     );
-    assert_eq!(mixed[3]["error"]["code"], -32602);
+    assert_eq!(mixed[3]["error"]["code"], codes::INVALID_PARAMS);
     assert_eq!(mixed[3]["id"], 4);
     // An id JSON cannot hold is a parse error on either path, before any admission.
     let huge = batch(false, 2).replacen("\"id\":1", "\"id\":1e400", 1);
     let got: Value = serde_json::from_slice(&post_raw(huge).await).unwrap();
-    assert_eq!(got["error"]["code"], -32700, "{got}");
+    assert_eq!(got["error"]["code"], codes::PARSE_ERROR, "{got}");
 }
 
 #[tokio::test]
@@ -363,7 +366,7 @@ async fn oversized_bodies_and_batches_are_refused() {
     let batch = Value::Array(vec![one; 1001]);
     let (_, got) = post(router(RpcConfig::default()), batch.to_string()).await;
     let got = got.unwrap();
-    assert_eq!(got["error"]["code"], -32600);
+    assert_eq!(got["error"]["code"], codes::INVALID_REQUEST);
     assert!(
         got["error"]["message"]
             .as_str()

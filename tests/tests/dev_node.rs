@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grapevine_ledger::{Address, Keypair, SignedTx, Transaction};
+use grapevine_rpc::RejectReason;
 use grapevine_tests::{NodeProcess, grapevine_bin, post_json};
 use serde_json::{Value, json};
 
@@ -156,7 +157,11 @@ fn wallet_lifecycle_bad_input_and_restart() {
     assert_eq!(q["waitingForNonce"], "1");
     let cheap = signed(alice, bob.address(), 6, 10, 2);
     let refused = send(&node, &cheap);
-    assert_eq!(refused["error"]["code"], -32017, "{refused}");
+    assert_eq!(
+        refused["error"]["code"],
+        RejectReason::Underpriced.code(),
+        "{refused}"
+    );
     let pricier = signed(alice, bob.address(), 5, 11, 2);
     assert!(send(&node, &pricier).get("result").is_some());
     let replaced = node.result("getTransaction", json!([later.hash().to_string()]));
@@ -170,7 +175,7 @@ fn wallet_lifecycle_bad_input_and_restart() {
     // Refusals, each with its code, remembered as rejected where the hash is known.
     let bad_sig = signed(alice, bob.address(), 1, 1, 3).altered(|_, sig| sig.0[10] ^= 1);
     let r = send(&node, &bad_sig);
-    assert_eq!(r["error"]["code"], -32012, "{r}");
+    assert_eq!(r["error"]["code"], RejectReason::BadSignature.code(), "{r}");
     let rejected = node.result("getTransaction", json!([bad_sig.hash().to_string()]));
     assert_eq!(rejected["status"], "rejected");
     assert_eq!(rejected["reason"]["code"], "badSignature");
@@ -183,20 +188,29 @@ fn wallet_lifecycle_bad_input_and_restart() {
         nonce: 3,
     }
     .sign(alice);
-    assert_eq!(send(&node, &other_chain)["error"]["code"], -32011);
+    assert_eq!(
+        send(&node, &other_chain)["error"]["code"],
+        RejectReason::WrongChain.code()
+    );
     assert_eq!(
         send(&node, &gap)["error"]["code"],
-        -32016,
+        RejectReason::AlreadyFinal.code(),
         "replayed final tx"
     );
     let replay_nonce = signed(alice, bob.address(), 7, 1, 0);
-    assert_eq!(send(&node, &replay_nonce)["error"]["code"], -32013);
+    assert_eq!(
+        send(&node, &replay_nonce)["error"]["code"],
+        RejectReason::NonceTooLow.code()
+    );
     let overflow = signed(alice, bob.address(), u64::MAX, 1, 3);
-    assert_eq!(send(&node, &overflow)["error"]["code"], -32014);
+    assert_eq!(
+        send(&node, &overflow)["error"]["code"],
+        RejectReason::InsufficientBalance.code()
+    );
     let r = node.call("sendTransaction", json!(["not hex"]));
     assert_eq!(r["error"]["code"], -32602);
     let r = node.call("sendTransaction", json!(["00ff"]));
-    assert_eq!(r["error"]["code"], -32010);
+    assert_eq!(r["error"]["code"], RejectReason::Malformed.code());
     let (_, r) = post_json(&node.rpc, "{\"jsonrpc\": \"2.0\", \"method\"");
     assert_eq!(r.unwrap()["error"]["code"], -32700);
     let (_, r) = post_json(
