@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use grapevine_ledger::state::{BlockError, build_block};
+
 use crate::node::Node;
 
 /// How often the mempool is swept for expired transactions.
@@ -52,7 +54,7 @@ pub async fn run(node: Arc<Node>, cfg: Config, mut stop: watch::Receiver<bool>) 
             let n = node.clone();
             let max = cfg.max_block_txs;
             // Execution and the synced write are blocking work.
-            let produced = tokio::task::spawn_blocking(move || n.produce_block(max)).await;
+            let produced = tokio::task::spawn_blocking(move || produce_block(&n, max)).await;
             last_block = Instant::now();
             match produced {
                 Ok(Ok(0)) => break,
@@ -71,4 +73,39 @@ pub async fn run(node: Arc<Node>, cfg: Config, mut stop: watch::Receiver<bool>) 
             }
         }
     }
+}
+
+/// Takes up to `max_txs` pending transactions, executes them into a block on top of
+/// the head, commits it durably, and publishes the results. Returns the number of
+/// transactions included (0: nothing to do). For a single-validator dev chain, whose
+/// blocks are final when written.
+pub fn produce_block(node: &Node, max_txs: usize) -> Result<usize, BlockError> {
+    let txs = node.select_pending(max_txs);
+    if txs.is_empty() {
+        return Ok(0);
+    }
+    let ledger = node.ledger();
+    let head = ledger.head();
+    let view = node.block_view(&txs);
+    let built = build_block(
+        &view,
+        ledger.chain_id(),
+        &head,
+        node.proposer(),
+        0,
+        crate::node::now_ms().max(head.timestamp_ms),
+        txs.clone(),
+    );
+    let (block, exec) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            node.unbuildable(&txs, &e);
+            return Err(e);
+        }
+    };
+    if let Err(e) = node.commit_block(&block, &[], &exec, true) {
+        node.release_selected();
+        return Err(e.into());
+    }
+    Ok(block.txs.len())
 }
