@@ -356,3 +356,210 @@ impl Gossip {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use grapevine_ledger::{Keypair, Transaction};
+
+    use super::*;
+
+    const PEER: Address = Address([9; 32]);
+
+    /// `n` distinct signed transactions; `from` picks the sender.
+    fn txs(from: u8, n: u64) -> Vec<SignedTx> {
+        let k = Keypair::from_seed(&[from; 32]);
+        (0..n)
+            .map(|i| {
+                Transaction {
+                    chain_id: 1,
+                    from: k.address(),
+                    to: Address([1; 32]),
+                    amount: i,
+                    fee: 1,
+                    nonce: i,
+                }
+                .sign(&k)
+            })
+            .collect()
+    }
+
+    fn hashes(txs: &[SignedTx]) -> Vec<Hash> {
+        txs.iter().map(SignedTx::hash).collect()
+    }
+
+    /// Gossip with peers `conns` connected.
+    fn gossip(conns: &[ConnId]) -> Gossip {
+        let mut g = Gossip::new(Arc::new(NetStats::default()));
+        for c in conns {
+            g.peer_up(*c);
+        }
+        g
+    }
+
+    #[test]
+    fn a_hash_seen_or_in_flight_is_not_requested_again_and_its_announcer_is_an_alternate() {
+        let t0 = Instant::now();
+        let mut g = gossip(&[1, 2, 3]);
+        let [a, b, c] = txs(1, 3).try_into().unwrap();
+        g.accept(vec![c], None);
+
+        let request = g.on_announce(t0, 1, vec![a.hash(), b.hash(), c.hash()]);
+        assert_eq!(request, Some(Message::TxRequest(vec![a.hash(), b.hash()])));
+        assert_eq!(g.on_announce(t0, 2, vec![a.hash(), c.hash()]), None);
+        assert_eq!(g.on_announce(t0, 2, vec![a.hash()]), None, "asked once");
+        assert_eq!(g.alternates[&a.hash()], vec![2], "each announcer once");
+
+        // Timed out: `a` goes to the alternate, `b` (none) is given up...
+        let retries = g.retry(t0 + REQUEST_TIMEOUT);
+        assert_eq!(retries, vec![(2, Message::TxRequest(vec![a.hash()]))]);
+        // ...and a later announcement of `b` asks again.
+        let request = g.on_announce(t0 + REQUEST_TIMEOUT, 3, vec![b.hash()]);
+        assert_eq!(request, Some(Message::TxRequest(vec![b.hash()])));
+    }
+
+    #[test]
+    fn a_request_that_times_out_or_whose_peer_left_goes_to_the_next_alternate() {
+        let t0 = Instant::now();
+        let mut g = gossip(&(1..=10).collect::<Vec<_>>());
+        let h = txs(1, 1)[0].hash();
+        let _ = g.on_announce(t0, 1, vec![h]);
+        for c in 2..=10 {
+            assert_eq!(g.on_announce(t0, c, vec![h]), None);
+        }
+        assert_eq!(g.alternates[&h], vec![2, 3, 4, 5], "at most MAX_ALTERNATES");
+
+        assert!(g.retry(t0 + REQUEST_TIMEOUT / 2).is_empty(), "not yet due");
+        let t1 = t0 + REQUEST_TIMEOUT;
+        assert_eq!(g.retry(t1), vec![(5, Message::TxRequest(vec![h]))]);
+        // The peer asked leaves: the next alternate is asked at once; one that left
+        // is skipped.
+        g.peer_down(5);
+        g.peer_down(4);
+        assert_eq!(g.retry(t1), vec![(3, Message::TxRequest(vec![h]))]);
+        let t2 = t1 + REQUEST_TIMEOUT;
+        assert_eq!(g.retry(t2), vec![(2, Message::TxRequest(vec![h]))]);
+        let t3 = t2 + REQUEST_TIMEOUT;
+        assert!(g.retry(t3).is_empty(), "alternates exhausted: given up");
+        assert!(g.inflight.is_empty() && g.alternates.is_empty());
+    }
+
+    #[test]
+    fn unsolicited_and_repeated_bodies_are_reported() {
+        let t0 = Instant::now();
+        let mut g = gossip(&[1, 2]);
+        let [a, b] = txs(1, 2).try_into().unwrap();
+        let _ = g.on_announce(t0, 1, vec![a.hash()]);
+
+        let got = g.on_txs(2, vec![a]);
+        assert!(got.unsolicited, "requested of another peer");
+        assert_eq!(hashes(&got.fresh), vec![a.hash()]);
+
+        let got = g.on_txs(1, vec![a]);
+        assert!(!got.unsolicited, "requested of this peer");
+        assert_eq!(hashes(&got.fresh), vec![a.hash()]);
+
+        let got = g.on_txs(1, vec![b, b]);
+        assert!(got.unsolicited, "requested of nobody");
+        assert_eq!(hashes(&got.fresh), vec![b.hash()], "once");
+        assert_eq!(g.stats.tx_bodies.load(Ordering::Relaxed), 4);
+        assert_eq!(g.stats.tx_duplicates.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn verdicts_decide_what_is_seen_relayed_and_penalized() {
+        let t0 = Instant::now();
+        let mut g = gossip(&[1, 2, 3]);
+        let batch = txs(1, 5);
+        let all = hashes(&batch);
+        let _ = g.on_announce(t0, 1, all.clone());
+        let got = g.on_txs(1, batch);
+        assert!(g.enqueue(1, PEER, got.fresh));
+        assert_eq!(g.on_announce(t0, 2, all.clone()), None, "being validated");
+
+        let jobs = g.next_validation().expect("a free slot");
+        let (conn, id, fresh) = jobs.into_iter().next().unwrap();
+        let bodies = fresh.clone();
+        let verdicts = vec![
+            Verdict::Accepted,
+            Verdict::Ignored,
+            Verdict::Invalid,
+            Verdict::Deferred,
+        ];
+        g.on_validated(&[ValidatedBatch {
+            conn,
+            id,
+            fresh,
+            verdicts: verdicts.clone(),
+        }]);
+        let judged = g.judge(bodies, verdicts);
+        assert_eq!(judged.invalid, 1);
+        assert_eq!(hashes(&judged.valid), vec![all[0]]);
+        g.accept(judged.valid, Some(1));
+
+        // Only the deferred one is fetched again; the missing verdict counts as
+        // ignored.
+        let again = g.on_announce(t0, 3, all.clone());
+        assert_eq!(again, Some(Message::TxRequest(vec![all[3]])));
+        // The valid one is announced to every peer but its sender, and served.
+        let mut flushed = g.flush();
+        flushed.sort_by_key(|(c, _)| *c);
+        let announce = Message::TxAnnounce(vec![all[0]]);
+        assert_eq!(flushed, vec![(2, announce.clone()), (3, announce)]);
+        assert!(g.flush().is_empty());
+        let served = g.on_request(&[all[0], all[1]]);
+        assert!(matches!(served, Some(Message::Txs(b)) if hashes(&b) == vec![all[0]]));
+    }
+
+    #[test]
+    fn the_validation_queue_is_bounded_per_peer_and_in_all_and_batches_go_together() {
+        let mut g = gossip(&(0..10).collect::<Vec<_>>());
+        let pool = txs(7, MAX_WAITING_BATCHES as u64 + 2);
+        let mut next = pool.iter().map(|t| vec![*t]);
+        for _ in 0..MAX_WAITING_PER_PEER {
+            assert!(g.enqueue(0, PEER, next.next().unwrap()));
+        }
+        assert!(
+            !g.enqueue(0, PEER, next.next().unwrap()),
+            "the peer's share is full"
+        );
+        for c in 1..10 {
+            while g.waiting.len() < MAX_WAITING_BATCHES.min(64 * (c as usize + 1)) {
+                assert!(g.enqueue(c, PEER, next.next().unwrap()));
+            }
+        }
+        assert!(
+            !g.enqueue(9, PEER, next.next().unwrap()),
+            "the queue is full"
+        );
+
+        // A peer that leaves takes its waiting batches with it.
+        g.peer_down(0);
+        assert_eq!(g.waiting.len(), MAX_WAITING_BATCHES - MAX_WAITING_PER_PEER);
+
+        // Two slots; each job takes waiting batches up to one signature batch.
+        let big = txs(200, SIG_BATCH as u64 - 1);
+        let one = |seed: u8| txs(seed, 1);
+        let mut g = gossip(&[1]);
+        assert!(g.enqueue(1, PEER, big));
+        assert!(g.enqueue(1, PEER, one(1)));
+        assert!(g.enqueue(1, PEER, one(2)));
+        assert!(g.enqueue(1, PEER, one(3)));
+        assert_eq!(g.next_validation().map(|j| j.len()), Some(2), "1,023 + 1");
+        assert_eq!(g.next_validation().map(|j| j.len()), Some(2));
+        assert!(g.enqueue(1, PEER, one(4)));
+        assert!(g.next_validation().is_none(), "both slots taken");
+        g.on_validated(&[]);
+        assert_eq!(g.next_validation().map(|j| j.len()), Some(1));
+    }
+
+    #[test]
+    fn reannounced_transactions_go_to_every_peer_and_are_served() {
+        let mut g = gossip(&[1, 2]);
+        let batch = txs(1, MAX_ITEMS_PER_MESSAGE as u64 + 1);
+        g.reannounce(batch.clone());
+        let flushed = g.flush();
+        assert_eq!(flushed.len(), 4, "two messages for each peer");
+        assert!(g.on_announce(Instant::now(), 1, hashes(&batch)).is_none());
+        assert!(g.on_request(&hashes(&batch)).is_some());
+    }
+}

@@ -278,3 +278,148 @@ impl Relay {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay with peers `conns` connected.
+    fn relay(conns: &[ConnId]) -> Relay {
+        let mut r = Relay::new();
+        for c in conns {
+            r.peer_up(*c);
+        }
+        r
+    }
+
+    fn hash(i: u32) -> Hash {
+        sha256(&[&i.to_le_bytes()])
+    }
+
+    fn want(conn: ConnId, h: Hash) -> Option<(ConnId, Message)> {
+        Some((conn, Message::ConsensusWant(h)))
+    }
+
+    #[test]
+    fn a_message_dropped_at_a_full_queue_is_not_seen_and_a_copy_is_dropped_only_within_the_ttl() {
+        let t0 = Instant::now();
+        let mut r = relay(&[1, 2]);
+        let h = hash(1);
+        assert!(r.on_consensus(t0, h), "first copy goes to the node");
+        // The node's queue was full: not marked seen, so the next copy is taken.
+        assert!(r.on_consensus(t0, h));
+        r.mark_seen(t0, h);
+        let t1 = t0 + SEEN_CONSENSUS_TTL / 2;
+        assert!(!r.on_consensus(t1, h), "a relayed copy within the TTL");
+        assert_eq!(r.on_have(t1, 2, h), None, "nor is it asked for");
+        let t2 = t0 + SEEN_CONSENSUS_TTL;
+        assert!(
+            r.on_consensus(t2, h),
+            "a retransmission after the TTL is taken"
+        );
+        assert_eq!(r.on_have(t2, 2, h), want(2, h));
+    }
+
+    #[test]
+    fn own_and_small_messages_go_whole_and_count_as_seen() {
+        let t0 = Instant::now();
+        let mut r = relay(&[1, 2]);
+        let small = vec![5u8; RELAY_HAVE_BYTES - 1];
+        let frame = r.relay(t0, &small, &[2]);
+        assert_eq!(&frame[..], &Message::Consensus(small.clone()).encode()[..]);
+        assert!(!r.on_consensus(t0, sha256(&[&small])));
+        assert_eq!(r.on_want(2, sha256(&[&small])), Answer::Unknown, "not kept");
+
+        let own = vec![6u8; RELAY_HAVE_BYTES * 2];
+        let frame = r.broadcast(t0, &own);
+        assert_eq!(&frame[..], &Message::Consensus(own.clone()).encode()[..]);
+        assert!(!r.on_consensus(t0, sha256(&[&own])));
+    }
+
+    #[test]
+    fn a_large_message_is_announced_and_served_once_per_announced_peer() {
+        let t0 = Instant::now();
+        let mut r = relay(&[1, 2, 3]);
+        let big = vec![7u8; RELAY_HAVE_BYTES];
+        let h = sha256(&[&big]);
+        let have = r.relay(t0, &big, &[2, 3]);
+        assert_eq!(&have[..], &Message::ConsensusHave(h).encode()[..]);
+
+        let whole = Bytes::from(Message::Consensus(big).encode());
+        assert_eq!(r.on_want(2, h), Answer::Serve(whole.clone()));
+        assert_eq!(
+            r.on_want(2, h),
+            Answer::Refuse,
+            "a second want is an offence"
+        );
+        assert_eq!(r.on_want(1, h), Answer::Refuse, "never announced to it");
+        assert_eq!(r.on_want(3, h), Answer::Serve(whole));
+        assert_eq!(r.on_want(2, hash(9)), Answer::Unknown);
+
+        // Only the last RELAYED_KEEP are kept.
+        for i in 0..RELAYED_KEEP {
+            let mut other = vec![8u8; RELAY_HAVE_BYTES];
+            other[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let _ = r.relay(t0, &other, &[1]);
+        }
+        assert_eq!(r.relayed.len(), RELAYED_KEEP);
+        assert!(r.relayed.iter().all(|m| m.hash != h));
+    }
+
+    #[test]
+    fn wants_per_peer_and_in_total_are_bounded() {
+        let t0 = Instant::now();
+        let conns: Vec<ConnId> = (0..200).collect();
+        let mut r = relay(&conns);
+        let mut asked = 0;
+        let mut i = 0;
+        for c in &conns {
+            for _ in 0..MAX_WANTS_PER_PEER + 2 {
+                i += 1;
+                if let Some((to, _)) = r.on_have(t0, *c, hash(i)) {
+                    assert_eq!(to, *c);
+                    asked += 1;
+                }
+            }
+            let per_peer = (MAX_WANTS_PER_PEER * (*c as usize + 1)).min(MAX_WANTED);
+            assert_eq!(asked, per_peer, "at most MAX_WANTS_PER_PEER from one peer");
+        }
+        assert_eq!(r.wanted.len(), MAX_WANTED);
+
+        // A delivered message frees its peer's slot.
+        let (h, w) = r.wanted.iter().next().map(|(h, w)| (*h, w.conn)).unwrap();
+        assert!(r.on_consensus(t0, h));
+        assert_eq!(r.open_wants[&w], MAX_WANTS_PER_PEER - 1);
+        assert_eq!(r.on_have(t0, w, hash(100_000)), want(w, hash(100_000)));
+    }
+
+    #[test]
+    fn a_want_not_answered_in_time_or_whose_peer_left_goes_to_the_next_announcer() {
+        let t0 = Instant::now();
+        let mut r = relay(&(1..=10).collect::<Vec<_>>());
+        let h = hash(1);
+        assert_eq!(r.on_have(t0, 1, h), want(1, h));
+        for c in 1..=10 {
+            assert_eq!(r.on_have(t0, c, h), None, "asked once");
+        }
+        assert_eq!(r.wanted[&h].alternates, vec![2, 3, 4, 5]);
+
+        assert!(r.retry(t0 + WANT_RETRY / 2).is_empty(), "not yet due");
+        let t1 = t0 + WANT_RETRY;
+        assert_eq!(r.retry(t1), vec![want(2, h).unwrap()]);
+        assert_eq!(r.open_wants[&1], 0, "the first peer's slot is freed");
+        // The peer asked leaves: the next is asked at once; one that left is skipped.
+        r.peer_down(2);
+        r.peer_down(3);
+        assert_eq!(r.retry(t1), vec![want(4, h).unwrap()]);
+        // One with all its slots taken is skipped too.
+        *r.open_wants.get_mut(&5).unwrap() = MAX_WANTS_PER_PEER;
+        assert!(r.retry(t1 + WANT_RETRY).is_empty(), "alternates exhausted");
+        assert!(r.wanted.is_empty());
+        assert_eq!(
+            r.on_have(t1, 6, h),
+            want(6, h),
+            "a later announcement asks again"
+        );
+    }
+}
