@@ -291,7 +291,7 @@ impl NetworkHandle {
     /// every other peer. One of at least [`RELAY_HAVE_BYTES`] (a proposal with its
     /// block) is announced by hash instead, and sent to the peers that ask for it: in a
     /// full mesh every peer already has the proposer's copy, and sending it on in full
-    /// had tripled the bytes each node receives.
+    /// would triple the bytes each node receives.
     pub async fn relay_consensus(&self, payload: Bytes, from: Address) {
         let _ = self
             .commands
