@@ -7,7 +7,12 @@
 //! - [`message`]: the messages peers exchange and the signed [`message::Hello`].
 //! - [`secure`]: the Noise handshake (`snow`), hello checks and encrypted links.
 //! - [`addrbook`]: known addresses, reconnect backoff, persistence.
-//! - [`network`]: the actor that runs it all, and its [`NetworkHandle`].
+//! - [`network`]: the network itself: [`start`], its [`NetworkHandle`] and [`Inbox`].
+//!   Inside, one actor task owns all state and does all IO (`network/actor.rs`),
+//!   wiring together the link tasks (`link.rs`), the peer set with its limits, scores
+//!   and bans (`peers.rs`), and two state machines without sockets or tasks that take
+//!   the time and their inputs and return what to send: transaction gossip
+//!   (`gossip.rs`) and consensus relay (`relay.rs`).
 //!
 //! The protocol is documented in `docs/NETWORK.md`.
 

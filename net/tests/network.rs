@@ -8,13 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use grapevine_ledger::{Address, Hash, Keypair, SignedTx, Transaction};
-use grapevine_net::message::Message;
+use grapevine_net::frame;
+use grapevine_net::message::{Hello, MAX_FRAME, Message};
 use grapevine_net::secure::{self, LocalIdentity};
 use grapevine_net::{NetConfig, NetEvent, NetworkHandle, TxValidator, Verdict, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 const GENESIS: Hash = Hash([7; 32]);
@@ -217,13 +218,113 @@ async fn deferred_transactions_are_fetched_again_when_reannounced() {
     );
 }
 
+/// One side of a link that speaks the protocol as far as its own hello and checks
+/// nothing the node sends: to see what the node makes of a hello (here, one of
+/// another chain).
+struct RawLink {
+    stream: TcpStream,
+    noise: snow::TransportState,
+    plain: BytesMut,
+}
+
+impl RawLink {
+    /// Runs the Noise handshake on `stream` and sends a hello for chain `chain` with
+    /// the node key of `seed`.
+    async fn open(mut stream: TcpStream, initiator: bool, seed: u8, chain: u32) -> RawLink {
+        let builder = snow::Builder::new("Noise_NN_25519_ChaChaPoly_SHA256".parse().unwrap());
+        let mut hs = if initiator {
+            builder.build_initiator()
+        } else {
+            builder.build_responder()
+        }
+        .unwrap();
+        let mut buf = vec![0u8; 65535];
+        if initiator {
+            let n = hs.write_message(&[], &mut buf).unwrap();
+            write_noise(&mut stream, &buf[..n]).await;
+        }
+        let theirs = read_noise(&mut stream).await.expect("the node's handshake");
+        hs.read_message(&theirs, &mut buf).unwrap();
+        if !initiator {
+            let n = hs.write_message(&[], &mut buf).unwrap();
+            write_noise(&mut stream, &buf[..n]).await;
+        }
+        let hh = hs.get_handshake_hash().to_vec();
+        let mut noise = hs.into_transport_mode().unwrap();
+        let hello = Hello::new(&Keypair::from_seed(&[seed; 32]), chain, GENESIS, 0, &hh);
+        let mut framed = BytesMut::new();
+        frame::encode(&Message::Hello(hello).encode(), &mut framed);
+        let n = noise.write_message(&framed, &mut buf).unwrap();
+        write_noise(&mut stream, &buf[..n]).await;
+        RawLink {
+            stream,
+            noise,
+            plain: BytesMut::new(),
+        }
+    }
+
+    /// The node's next message, or `None` once it has closed the link. Panics if it
+    /// does neither within 5 s.
+    async fn next(&mut self) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(f) = frame::decode(&mut self.plain, MAX_FRAME).unwrap() {
+                    return Some(Message::decode(&f).unwrap());
+                }
+                let cipher = read_noise(&mut self.stream).await?;
+                let mut out = vec![0u8; cipher.len()];
+                let n = self.noise.read_message(&cipher, &mut out).unwrap();
+                self.plain.extend_from_slice(&out[..n]);
+            }
+        })
+        .await
+        .expect("the node sends a message or closes the link within 5 s")
+    }
+}
+
+async fn write_noise(stream: &mut TcpStream, msg: &[u8]) {
+    let len = u16::try_from(msg.len()).unwrap().to_be_bytes();
+    stream.write_all(&[&len[..], msg].concat()).await.unwrap();
+}
+
+/// One Noise message; `None` if the link closed.
+async fn read_noise(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.ok()?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut msg).await.ok()?;
+    Some(msg)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_of_another_chain_is_refused() {
     let a = node(1, 1, vec![], |_| {}).await;
-    let b = node(2, 2, vec![a.handle.listen_addr], |_| {}).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(a.handle.peers().await.is_empty());
+    let addr = a.handle.listen_addr;
+    // The control: a link of our chain is taken, and asked for addresses.
+    let mut ours = RawLink::open(TcpStream::connect(addr).await.unwrap(), true, 60, 1).await;
+    assert!(matches!(ours.next().await, Some(Message::Hello(h)) if h.chain_id == 1));
+    assert_eq!(ours.next().await, Some(Message::GetPeers));
+    // Another chain's hello: the node closes the link after its own hello.
+    let mut theirs = RawLink::open(TcpStream::connect(addr).await.unwrap(), true, 61, 2).await;
+    assert!(matches!(theirs.next().await, Some(Message::Hello(h)) if h.chain_id == 1));
+    assert_eq!(theirs.next().await, None, "the node closed the link");
+
+    // The other way: a node that dialed a peer of another chain closes the link too.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = node(2, 1, vec![listener.local_addr().unwrap()], |_| {}).await;
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("the node dials its bootstrap address")
+        .unwrap();
+    let mut theirs = RawLink::open(stream, false, 62, 2).await;
+    assert!(matches!(theirs.next().await, Some(Message::Hello(h)) if h.chain_id == 1));
+    assert_eq!(theirs.next().await, None, "the node closed the link");
     assert!(b.handle.peers().await.is_empty());
+    assert_eq!(
+        a.handle.peers().await.len(),
+        1,
+        "only the link of our chain"
+    );
 }
 
 async fn handshake_as(seed: u8, addr: SocketAddr) -> secure::Link {

@@ -1,0 +1,211 @@
+//! The link task: one per connection. It runs the Noise handshake and hello exchange
+//! (bounded by the handshake timeout), registers the link with the actor and waits to
+//! be accepted, then reads messages into the actor's event channel while a writer task
+//! drains the peer's bounded send queue onto the socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use grapevine_ledger::Address;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::gossip::ValidatedBatch;
+use super::{ConnId, NetStats};
+use crate::message::Message;
+use crate::secure::{self, LinkError, LocalIdentity};
+
+/// What link tasks (and validation tasks) tell the actor.
+pub(super) enum LinkEvent {
+    /// The handshake succeeded; the link waits for `accept`.
+    Up {
+        conn: ConnId,
+        link_id: Address,
+        addr: SocketAddr,
+        listen_port: u16,
+        inbound: bool,
+        queue: mpsc::Sender<Bytes>,
+        /// Bytes in `queue` not yet written.
+        queued: Arc<AtomicUsize>,
+        accept: oneshot::Sender<bool>,
+        tasks: Vec<AbortHandle>,
+    },
+    Message {
+        conn: ConnId,
+        msg: Message,
+        bytes: usize,
+    },
+    Down {
+        conn: ConnId,
+        error: Option<LinkError>,
+    },
+    /// Batches of relayed transactions came back from the validator.
+    Validated(Vec<ValidatedBatch>),
+    DialFailed {
+        conn: ConnId,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// What a link task needs from the actor.
+#[derive(Clone)]
+pub(super) struct LinkCtx {
+    pub(super) identity: Arc<LocalIdentity>,
+    pub(super) events: mpsc::Sender<LinkEvent>,
+    pub(super) stats: Arc<NetStats>,
+    pub(super) handshake_timeout: Duration,
+    pub(super) queue_len: usize,
+}
+
+/// Dials `addr` (within the handshake timeout) and runs the link as connection
+/// `conn`; a failure to connect comes back as [`LinkEvent::DialFailed`].
+pub(super) fn dial(addr: SocketAddr, conn: ConnId, ctx: LinkCtx) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let events = ctx.events.clone();
+        let reason =
+            match tokio::time::timeout(ctx.handshake_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return run_link(stream, addr, false, conn, ctx).await,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connect timed out".to_string(),
+            };
+        let _ = events
+            .send(LinkEvent::DialFailed { conn, addr, reason })
+            .await;
+    })
+}
+
+/// Runs one link: handshake, registration with the actor, then the reader loop (this
+/// task) and a writer task draining the peer's queue.
+pub(super) async fn run_link(
+    stream: TcpStream,
+    addr: SocketAddr,
+    inbound: bool,
+    conn: ConnId,
+    ctx: LinkCtx,
+) {
+    let LinkCtx {
+        identity,
+        events,
+        stats,
+        handshake_timeout,
+        queue_len,
+    } = ctx;
+    let _ = stream.set_nodelay(true);
+    let link = match tokio::time::timeout(
+        handshake_timeout,
+        secure::handshake(stream, !inbound, &identity),
+    )
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            // A link dropped mid-handshake is ordinary churn; a refusal (another
+            // chain, a bad signature) is worth an operator's attention.
+            if matches!(e, LinkError::Io(_)) {
+                tracing::debug!(%addr, error = %e, "handshake failed");
+            } else {
+                tracing::warn!(%addr, error = %e, "handshake failed");
+            }
+            let _ = events
+                .send(if inbound {
+                    LinkEvent::Down { conn, error: None }
+                } else {
+                    LinkEvent::DialFailed {
+                        conn,
+                        addr,
+                        reason: e.to_string(),
+                    }
+                })
+                .await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "handshake timed out");
+            let _ = events
+                .send(if inbound {
+                    LinkEvent::Down { conn, error: None }
+                } else {
+                    LinkEvent::DialFailed {
+                        conn,
+                        addr,
+                        reason: "handshake timed out".into(),
+                    }
+                })
+                .await;
+            return;
+        }
+    };
+    let secure::Link {
+        mut reader,
+        mut writer,
+        hello,
+    } = link;
+    let (queue_tx, mut queue_rx) = mpsc::channel::<Bytes>(queue_len);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let queued_w = queued.clone();
+    let stats_w = stats.clone();
+    let events_w = events.clone();
+    let writer_task = tokio::spawn(async move {
+        while let Some(frame) = queue_rx.recv().await {
+            queued_w.fetch_sub(frame.len(), Ordering::Relaxed);
+            match writer.send_frame(&frame).await {
+                Ok(n) => {
+                    stats_w.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let _ = events_w
+                        .send(LinkEvent::Down {
+                            conn,
+                            error: Some(e),
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    let (accept_tx, accept_rx) = oneshot::channel();
+    let up = LinkEvent::Up {
+        conn,
+        link_id: hello.node_key,
+        addr,
+        listen_port: hello.listen_port,
+        inbound,
+        queue: queue_tx,
+        queued,
+        accept: accept_tx,
+        tasks: vec![writer_task.abort_handle()],
+    };
+    if events.send(up).await.is_err() || !accept_rx.await.unwrap_or(false) {
+        writer_task.abort();
+        return;
+    }
+    loop {
+        match reader.recv().await {
+            Ok((msg, bytes)) => {
+                stats.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+                if events
+                    .send(LinkEvent::Message { conn, msg, bytes })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = events
+                    .send(LinkEvent::Down {
+                        conn,
+                        error: Some(e),
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
