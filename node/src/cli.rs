@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 use grapevine_ledger::{Address, Hash};
 use serde_json::json;
 
-use crate::{bench_ledger, bench_rpc, dev, keyfile, rebuild, run, testnet, wallet};
+use crate::commands::{bench_ledger, bench_rpc, dev, rebuild, run, testnet, wallet};
+use crate::keyfile;
 
 /// Grapevine: a validating node for a gossip ledger.
 ///

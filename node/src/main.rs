@@ -1,27 +1,41 @@
-//! The `grapevine` binary: parses the command line and hands over to the command.
+//! The `grapevine` binary: the node, its commands, consensus and the wiring between
+//! the libraries (`grapevine_ledger`, `grapevine_net`, `grapevine_rpc`).
+//!
+//! # Layout
+//! - [`cli`]: the command line; [`commands`]: one module per subcommand (`dev`, `run`,
+//!   `testnet`, `rebuild`, the wallet, the benchmarks).
+//! - [`node`]: the node's state shared by every task: ledger, mempool, admission,
+//!   commit and publish, the RPC adapter, metrics.
+//! - [`mempool`]: pending and queued transactions by sender and nonce;
+//!   [`recent`]: outcomes of transactions that left it (rejected, evicted, expired).
+//! - [`consensus`]: the pure parts of BFT consensus (engine, messages, block sync's
+//!   state machine, simulator); [`driver`]: the task that runs them against the
+//!   network and the ledger, and serves block sync.
+//! - [`producer`]: block production of a dev chain; [`runtime`]: the tokio runtime,
+//!   the tasks of a dev or networked node, and shutdown.
+//! - [`keyfile`]: key files on disk.
+//!
+//! A transaction's path: `sendTransaction` (grapevine_rpc) -> [`node`]'s admission ->
+//! [`mempool`] -> gossip through grapevine_net -> a leader's block
+//! (`driver::build`) -> votes -> [`node::Node::commit_block`] (one synced RocksDB
+//! batch) -> head and transaction events. docs/ARCHITECTURE.md tells it at length.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-mod bench_ledger;
-mod bench_rpc;
 mod cli;
+mod commands;
 mod consensus;
-mod dev;
 mod driver;
 mod keyfile;
 mod mempool;
 mod node;
 mod producer;
-mod rebuild;
 mod recent;
-mod run;
 mod runtime;
 #[cfg(test)]
 mod test_support;
-mod testnet;
-mod wallet;
 
 fn main() -> ExitCode {
     if let Some(missing) = missing_cpu_features() {

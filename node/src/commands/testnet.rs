@@ -18,9 +18,9 @@ use anyhow::Context;
 use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
 use grapevine_ledger::{Genesis, Keypair};
 
-use crate::dev::DevAccount;
+use super::dev::DevAccount;
+use super::run::{Config, ConsensusSection, MempoolSection, P2pSection, RpcSection};
 use crate::keyfile;
-use crate::run::{Config, ConsensusSection, MempoolSection, P2pSection, RpcSection};
 
 /// Flags of `grapevine testnet`.
 #[derive(Debug, clap::Args)]
@@ -168,7 +168,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             node_key: "node-key.json".into(),
             validator_key: is_validator.then(|| "validator-key.json".into()),
             data_dir: "data".into(),
-            safety_state: crate::run::default_safety_state(),
+            safety_state: super::run::default_safety_state(),
             rpc: RpcSection {
                 listen: rpc,
                 // Local benchmarks drive many requests from one address.

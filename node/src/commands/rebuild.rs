@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::run::{Config, resolve};
+use super::run::{Config, resolve};
 
 /// Flags of `grapevine rebuild`.
 #[derive(Debug, clap::Args)]
