@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use grapevine_ledger::state::{BlockError, build_block};
 
 use crate::node::Node;
+use crate::runtime::stopped;
 
 /// How often the mempool is swept for expired transactions.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
@@ -21,11 +22,6 @@ pub struct Config {
     pub interval: Duration,
     /// Most transactions in a block.
     pub max_block_txs: usize,
-}
-
-/// Completes once `stop` is true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Produces blocks until `stop` turns true; a block being written when it does is
@@ -93,7 +89,7 @@ pub fn produce_block(node: &Node, max_txs: usize) -> Result<usize, BlockError> {
         &head,
         node.proposer(),
         0,
-        crate::node::now_ms().max(head.timestamp_ms),
+        crate::runtime::now_ms().max(head.timestamp_ms),
         txs.clone(),
     );
     let (block, exec) = match built {

@@ -60,6 +60,19 @@ impl ShutdownSignal {
     }
 }
 
+/// Completes once `stop` is true (or its sender is gone): every task of a node selects
+/// on it to shut down.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock (block timestamps).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -93,7 +106,7 @@ pub fn run_node(
         let router = grapevine_rpc::app(node.clone(), &rpc_cfg, rpc_metrics);
         let mut rpc_stop = stop_rx.clone();
         let rpc = tokio::spawn(grapevine_rpc::serve(listener, router, async move {
-            producer::stopped(&mut rpc_stop).await;
+            stopped(&mut rpc_stop).await;
         }));
         let producer = tokio::spawn(producer::run(node.clone(), producer_cfg, stop_rx));
         tracing::info!(%addr, "JSON-RPC server listening");
@@ -162,7 +175,7 @@ pub fn run_networked(
                 loop {
                     tokio::select! {
                         () = node.gossip_ready.notified() => {}
-                        () = producer::stopped(&mut stop) => return,
+                        () = stopped(&mut stop) => return,
                     }
                     // A short pause gathers a burst of submissions into one announcement.
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -192,7 +205,7 @@ pub fn run_networked(
                     }
                     tokio::select! {
                         () = tokio::time::sleep(REFRESH) => {}
-                        () = producer::stopped(&mut stop) => return,
+                        () = stopped(&mut stop) => return,
                     }
                 }
             })
@@ -217,7 +230,7 @@ pub fn run_networked(
         let router = grapevine_rpc::app(node.clone(), &rpc_cfg, rpc_metrics);
         let mut rpc_stop = stop_rx.clone();
         let rpc = tokio::spawn(grapevine_rpc::serve(listener, router, async move {
-            producer::stopped(&mut rpc_stop).await;
+            stopped(&mut rpc_stop).await;
         }));
         tracing::info!(rpc = %addr, p2p = %p2p_addr, id = %net.local_id, "node running");
         on_ready(addr, p2p_addr);

@@ -103,6 +103,13 @@ pub struct NetConfig {
     pub peer_exchange: bool,
 }
 
+/// Outbound links a node keeps by default (`[p2p] target_outbound`).
+pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
+/// Most inbound links by default (`[p2p] max_inbound`).
+pub const DEFAULT_MAX_INBOUND: usize = 32;
+/// Most links from one IP address by default (`[p2p] max_per_ip`).
+pub const DEFAULT_MAX_PER_IP: usize = 16;
+
 impl NetConfig {
     /// Defaults for a node with this identity and chain.
     pub fn new(listen: SocketAddr, node_key: Keypair, chain_id: u32, genesis_hash: Hash) -> Self {
@@ -112,9 +119,9 @@ impl NetConfig {
             node_key,
             chain_id,
             genesis_hash,
-            target_outbound: 8,
-            max_inbound: 32,
-            max_per_ip: 16,
+            target_outbound: DEFAULT_TARGET_OUTBOUND,
+            max_inbound: DEFAULT_MAX_INBOUND,
+            max_per_ip: DEFAULT_MAX_PER_IP,
             send_queue: 1024,
             ban_duration: Duration::from_secs(600),
             address_book: None,

@@ -138,9 +138,9 @@ impl Default for P2pSection {
         P2pSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 26656)),
             bootstrap: Vec::new(),
-            target_outbound: 8,
-            max_inbound: 32,
-            max_per_ip: 16,
+            target_outbound: grapevine_net::network::DEFAULT_TARGET_OUTBOUND,
+            max_inbound: grapevine_net::network::DEFAULT_MAX_INBOUND,
+            max_per_ip: grapevine_net::network::DEFAULT_MAX_PER_IP,
             peer_exchange: true,
         }
     }

@@ -10,7 +10,8 @@ use grapevine_ledger::Block;
 use grapevine_ledger::state::{Execution, Overlay, build_block};
 
 use super::Driver;
-use super::check::{lock, now_ms};
+use super::check::lock;
+use crate::runtime::now_ms;
 
 /// When a child of a block stamped `parent_ms` may be proposed, given a minimum interval
 /// `min`, the moment the build was asked for (`since`) and the time now (as an instant

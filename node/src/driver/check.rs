@@ -4,22 +4,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use grapevine_ledger::state::{Execution, Overlay, validate_block};
 use grapevine_ledger::{Block, BlockHeader, Hash, Ledger};
 
 use crate::consensus::engine::BlockCheck;
 use crate::node::Node;
+use crate::runtime::now_ms;
 
 /// A block whose timestamp is further ahead of this node's clock is refused.
 const MAX_CLOCK_AHEAD_MS: u64 = 30_000;
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

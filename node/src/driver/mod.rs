@@ -256,7 +256,7 @@ pub async fn run(
             () = d.node.new_work.notified(), if d.build.is_some() => {}
             Some((from, msg)) = sync.recv() => d.on_sync(from, msg).await,
             _ = sync_tick.tick() => d.sync_tick().await,
-            () = crate::producer::stopped(&mut stop) => return Ok(()),
+            () = crate::runtime::stopped(&mut stop) => return Ok(()),
         }
         d.maybe_build();
         d.drain().await?;

@@ -365,7 +365,7 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => {}
-            () = crate::producer::stopped(&mut stop) => return,
+            () = crate::runtime::stopped(&mut stop) => return,
         }
     }
 }

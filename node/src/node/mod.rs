@@ -10,7 +10,7 @@
 //! - `metrics`: Prometheus metrics.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -114,13 +114,6 @@ struct NetView {
     /// Last totals copied into the metrics (bytes in, out, bodies, duplicates, bans,
     /// then messages by kind).
     last: Vec<u64>,
-}
-
-/// Milliseconds since the Unix epoch by this machine's clock.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn tx_view(t: &SignedTx) -> TxView {
