@@ -6,7 +6,8 @@
 //! drive [`app`] with `oneshot`).
 //!
 //! # Layout
-//! - [`api`]: [`NodeApi`], the JSON response shapes, and [`ApiError`].
+//! - [`api`]: [`NodeApi`], the JSON response shapes, [`ApiError`] and [`RejectReason`].
+//! - [`client`]: a blocking client of the same protocol (wallet, load generator, tests).
 //! - [`jsonrpc`]: request parsing, batches, notifications, the method table, error codes.
 //! - [`server`]: the router with its limits, `/health`, `/metrics`, graceful [`serve`].
 //! - `ws`: WebSocket subscriptions.
@@ -15,6 +16,7 @@
 //! Methods and error codes are documented in `docs/RPC.md`.
 
 pub mod api;
+pub mod client;
 pub mod explorer;
 pub mod jsonrpc;
 pub mod server;

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use grapevine_ledger::Keypair;
+use grapevine_rpc::client::Client;
 use serde_json::{Value, json};
 
 /// Path of the `grapevine` binary of this build (the release profile under
@@ -153,12 +154,9 @@ impl NodeProcess {
 
     /// Calls a JSON-RPC method; returns the whole response object.
     pub fn call(&self, method: &str, params: Value) -> Value {
-        post_json(
-            &self.rpc,
-            &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string(),
-        )
-        .1
-        .expect("a response body")
+        Client::new(&self.rpc, Duration::from_secs(30))
+            .request(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
     /// The result of a call that must succeed.
@@ -186,19 +184,7 @@ pub fn post_json(url: &str, body: &str) -> (u16, Option<Value>) {
 /// POSTs `body` to `url` with `limit` for the whole exchange; returns the HTTP status
 /// and the JSON body, if any, or `None` if the node does not answer in time.
 pub fn post_within(url: &str, body: &str, limit: Duration) -> Option<(u16, Option<Value>)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(limit))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(url)
-        .header("content-type", "application/json")
-        .send(body)
-        .ok()?;
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    Some((status, serde_json::from_str(&text).ok()))
+    Client::new(url, limit).post(body).ok()
 }
 
 /// GETs `url` with `limit` for the whole exchange; returns the HTTP status and the body

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use grapevine_ledger::tx::SIGNED_TX_LEN;
 use grapevine_ledger::{Address, Hash, Keypair, SignedTx, Transaction};
+use grapevine_rpc::client::Client;
 use serde_json::{Value, json};
 
 /// Most requests in one JSON-RPC batch (the server's limit).
@@ -66,34 +67,14 @@ pub struct Args {
     json: bool,
 }
 
-fn new_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into()
+fn client(url: &str) -> Client {
+    Client::new(url, Duration::from_secs(30))
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &Value) -> anyhow::Result<Value> {
-    let mut resp = agent
-        .post(url)
-        .send_json(body)
-        .with_context(|| format!("cannot reach {url}"))?;
-    resp.body_mut()
-        .read_json()
-        .with_context(|| format!("{url} answered without JSON"))
-}
-
-fn call(agent: &ureq::Agent, url: &str, method: &str, params: Value) -> anyhow::Result<Value> {
-    let v = post(
-        agent,
-        url,
-        &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
-    )?;
-    if let Some(e) = v.get("error") {
-        bail!("{method} on {url}: {e}");
-    }
-    Ok(v["result"].clone())
+fn call(client: &Client, method: &str, params: Value) -> anyhow::Result<Value> {
+    client
+        .call(method, params)
+        .with_context(|| format!("{method} on {}", client.url()))
 }
 
 fn u64_of(v: &Value) -> u64 {
@@ -110,7 +91,7 @@ struct Answer {
 
 /// Submits `txs` as one JSON-RPC batch; returns per transfer `None` (accepted) or the
 /// refusal's reason.
-fn submit(agent: &ureq::Agent, url: &str, txs: &[SignedTx]) -> Vec<Option<String>> {
+fn submit(client: &Client, txs: &[SignedTx]) -> Vec<Option<String>> {
     use std::fmt::Write;
     // Written out, and the answers read into a struct, rather than built and parsed
     // as JSON trees: the load generator shares the cores with the nodes it measures,
@@ -128,12 +109,7 @@ fn submit(agent: &ureq::Agent, url: &str, txs: &[SignedTx]) -> Vec<Option<String
         );
     }
     body.push(']');
-    let sent = agent
-        .post(url)
-        .header("content-type", "application/json")
-        .send(body.as_bytes())
-        .and_then(|mut r| r.body_mut().read_to_vec());
-    let Ok(answer) = sent else {
+    let Ok((_, answer)) = client.post_bytes(body.as_bytes()) else {
         return vec![Some("unreachable".into()); txs.len()];
     };
     let mut out = vec![Some("noAnswer".to_string()); txs.len()];
@@ -178,8 +154,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Creates `n` senders and funds each from the funders; waits until all are funded.
 fn fund_senders(
-    agent: &ureq::Agent,
-    url: &str,
+    client: &Client,
     chain_id: u32,
     funders: &[Keypair],
     n: usize,
@@ -190,7 +165,7 @@ fn fund_senders(
         .collect::<anyhow::Result<_>>()?;
     let mut nonces = Vec::new();
     for f in funders {
-        let acct = call(agent, url, "getAccount", json!([f.address().to_string()]))?;
+        let acct = call(client, "getAccount", json!([f.address().to_string()]))?;
         nonces.push(u64_of(&acct["pendingNonce"]));
     }
     let mut txs = Vec::new();
@@ -209,7 +184,7 @@ fn fund_senders(
         txs.push(t);
     }
     for chunk in txs.chunks(MAX_BATCH) {
-        for (t, r) in chunk.iter().zip(submit(agent, url, chunk)) {
+        for (t, r) in chunk.iter().zip(submit(client, chunk)) {
             if let Some(why) = r {
                 bail!("funding transfer {} refused: {why}", t.hash());
             }
@@ -218,7 +193,7 @@ fn fund_senders(
     let deadline = Instant::now() + Duration::from_secs(120);
     for t in &txs {
         loop {
-            let st = call(agent, url, "getTransaction", json!([t.hash().to_string()]))?;
+            let st = call(client, "getTransaction", json!([t.hash().to_string()]))?;
             if st["status"] == "finalized" {
                 break;
             }
@@ -246,9 +221,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.senders > 0 && args.connections > 0,
         "--senders and --connections must be positive"
     );
-    let agent = new_agent();
     let first = &args.rpc[0];
-    let status = call(&agent, first, "getStatus", json!([]))?;
+    let first_client = client(first);
+    let status = call(&first_client, "getStatus", json!([]))?;
     let chain_id = u32::try_from(status["chainId"].as_u64().unwrap_or(0))?;
     let funders = load_funders(accounts)?;
     anyhow::ensure!(!funders.is_empty(), "the accounts file lists no accounts");
@@ -266,8 +241,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         funders.len()
     );
     let senders = fund_senders(
-        &agent,
-        first,
+        &first_client,
         chain_id,
         &funders,
         args.senders,
@@ -342,23 +316,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let busy_retries = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let behind = AtomicBool::new(false);
-    let start_height = u64_of(&call(&agent, first, "getStatus", json!([]))?["height"]);
+    let start_height = u64_of(&call(&first_client, "getStatus", json!([]))?["height"]);
 
     // Finality: read each new block from the first node.
     let follower = {
         let (sent_at, done, first) = (sent_at.clone(), done.clone(), first.clone());
         std::thread::spawn(move || -> (Vec<(Instant, f64)>, u64) {
-            let agent = new_agent();
+            let node = client(&first);
             let mut next = start_height + 1;
             let mut lat = Vec::new();
             let mut stop_at: Option<Instant> = None;
             loop {
-                let h = call(&agent, &first, "getStatus", json!([]))
+                let h = call(&node, "getStatus", json!([]))
                     .map(|s| u64_of(&s["height"]))
                     .unwrap_or(0);
                 while next <= h {
-                    let Ok(b) = call(&agent, &first, "getBlock", json!([next.to_string(), false]))
-                    else {
+                    let Ok(b) = call(&node, "getBlock", json!([next.to_string(), false])) else {
                         break;
                     };
                     let now = Instant::now();
@@ -413,7 +386,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let per_conn_rate = args.rate as f64 / conns as f64;
             let batch = args.batch;
             s.spawn(move || {
-                let agent = new_agent();
+                let node = client(&url);
                 for (k, chunk) in lane.chunks(batch).enumerate() {
                     let now = Instant::now();
                     if now >= end {
@@ -446,7 +419,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     // counts from the first attempt) rather than skip their nonces.
                     let mut todo = chunk.to_vec();
                     while !todo.is_empty() {
-                        let results = submit(&agent, &url, &todo);
+                        let results = submit(&node, &todo);
                         let mut again = Vec::new();
                         let mut m = sent_at.lock().unwrap_or_else(|p| p.into_inner());
                         let mut r = refused.lock().unwrap_or_else(|p| p.into_inner());

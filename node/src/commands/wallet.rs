@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use grapevine_ledger::{Address, Transaction};
 use serde_json::{Value, json};
+
+use grapevine_rpc::client::Client;
 
 use crate::keyfile;
 
@@ -20,34 +22,7 @@ pub struct Rpc {
 
 /// Calls `method` and returns its result, or the node's error as one line.
 fn call(rpc: &Rpc, method: &str, params: Value) -> anyhow::Result<Value> {
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(&rpc.rpc)
-        .send_json(&req)
-        .with_context(|| format!("cannot reach the node at {}", rpc.rpc))?;
-    let status = resp.status();
-    let body: Value = resp.body_mut().read_json().with_context(|| {
-        format!(
-            "the node at {} answered HTTP {status} without JSON",
-            rpc.rpc
-        )
-    })?;
-    if let Some(err) = body.get("error") {
-        let msg = err
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error");
-        let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
-        bail!("{msg} (code {code})");
-    }
-    body.get("result")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the node's answer has no result"))
+    Ok(Client::new(&rpc.rpc, Duration::from_secs(30)).call(method, params)?)
 }
 
 /// Prints a line; a closed stdout (`grapevine tx … | head`) is not an error.
