@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
+use grapevine_ledger::seeded::SeededRng;
 use grapevine_ledger::state::build_block;
 use grapevine_ledger::{Address, Genesis, Keypair, Ledger, RocksStore, StateView, Transaction};
 
@@ -44,17 +45,6 @@ fn genesis() -> Genesis {
     }
 }
 
-/// xorshift64*: a tiny deterministic generator for test choices.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn open(dir: &Path) -> Ledger {
     let store = RocksStore::open(dir).expect("reopening after a crash must succeed");
     Ledger::open(Box::new(store), &genesis()).expect("the ledger must be consistent")
@@ -69,7 +59,7 @@ fn crash_child() {
     };
     let ledger = open(Path::new(&dir));
     let ks = keys();
-    let mut rng = Rng(ledger.head().height + 1);
+    let mut rng = SeededRng::new(ledger.head().height + 1);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         let mut txs = Vec::new();
@@ -152,7 +142,7 @@ fn sigkill_at_random_moments_leaves_whole_blocks() {
                 | 1
         });
     println!("crash test seed {seed} (set GRAPEVINE_CRASH_SEED to repeat)");
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut acknowledged = 0;

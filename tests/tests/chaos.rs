@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use grapevine_ledger::seeded::SeededRng;
 use grapevine_ledger::{Address, Keypair, SignedTx, Transaction};
 use grapevine_tests::{
     FaultProxy, NodeProcess, account_keys, eventually, generate_testnet_with, set_consensus_option,
@@ -22,20 +23,6 @@ use serde_json::{Value, json};
 const CHAIN: u32 = 4242;
 const VALIDATORS: usize = 4;
 const SENDERS: usize = 6;
-
-/// xorshift64*: the run's only randomness, from its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// One sender: a transfer at a time; re-sent (same bytes) until some node says final.
 struct Sender {
@@ -84,7 +71,7 @@ fn a_loaded_network_survives_random_faults_and_converges() {
     println!(
         "chaos: seed {seed} (GRAPEVINE_CHAOS_SEED={seed} replays the fault schedule), {secs} s of faults"
     );
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng::new(seed);
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("net");

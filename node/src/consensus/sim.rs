@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
+use grapevine_ledger::seeded::SeededRng as Rng;
 use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair};
 
 use super::engine::{Action, BlockCheck, Engine, Timing};
@@ -25,23 +26,6 @@ const CHAIN: u32 = 99;
 /// How long a node's network drops copies of a message it took (the network's
 /// `SEEN_CONSENSUS_TTL`).
 const SEEN_TTL_MS: u64 = 2_000;
-
-/// xorshift64*: the simulator's only source of randomness.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// Valid children: height and time go up, no transactions (sim blocks carry none), and
 /// the tx root is the empty root. The twin sometimes proposes blocks that break this.
@@ -153,7 +137,7 @@ impl Sim {
     }
 
     fn with_rule(seed: u64, n: usize, twin: bool, seen_rule: SeenRule) -> Sim {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let keys: Vec<Keypair> = (0..n)
             .map(|i| Keypair::from_seed(&[u8::try_from(i + 1).unwrap_or(255); 32]))
             .collect();
@@ -612,7 +596,7 @@ fn run_seed(seed: u64) -> Vec<String> {
 
 fn run_seed_with(seed: u64, seen_rule: SeenRule) -> Vec<String> {
     let sizes = [4usize, 4, 4, 7, 10];
-    let mut pick = Rng(seed | 1);
+    let mut pick = Rng::new(seed | 1);
     let n = sizes[pick.below(sizes.len() as u64) as usize];
     let twin = pick.chance(40);
     let mut sim = Sim::with_rule(seed, n, twin, seen_rule);
