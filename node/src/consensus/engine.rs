@@ -1,10 +1,12 @@
 //! The consensus engine: a deterministic state machine with no IO (sans-IO).
 //!
 //! Inputs are method calls with the current time in milliseconds (`handle_message`,
-//! `handle_timer`, `handle_block_built`); outputs are [`Action`]s, drained with
-//! [`Engine::poll_action`] and carried out in order by a driver (the node, or the
-//! simulator). A [`Action::Persist`] must be durable before any later action leaves the
-//! node. The rules are those of docs/CONSENSUS.md.
+//! `handle_timer`, `handle_block_built`, `handle_block_checked`); outputs are
+//! [`Action`]s, drained with [`Engine::poll_action`] and carried out in order by a
+//! driver (the node, or the simulator). A [`Action::Persist`] must be durable before any
+//! later action leaves the node. Checking a block's contents (executing its
+//! transactions) is the driver's: the engine asks with [`Action::CheckBlock`] and is
+//! told the verdict. The rules are those of docs/CONSENSUS.md.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -15,12 +17,6 @@ use super::types::{
     ValidatorIndex, ValidatorSet, Vote, timeout_bytes, vote_bytes,
 };
 
-/// Decides whether a proposed block may be voted for, given its parent.
-pub trait BlockCheck {
-    /// `true` if `block` is a valid child of `parent` (transactions, roots, time).
-    fn check(&mut self, block: &Block, parent: &Block) -> bool;
-}
-
 /// Messages for rounds further ahead than this are dropped, so a Byzantine validator
 /// cannot fill memory with far-future proposals, votes or timeouts. A node that far
 /// behind catches up through certificates (`Sync`, QCs in proposals and timeouts).
@@ -28,6 +24,10 @@ pub const MAX_ROUNDS_AHEAD: u64 = 1_000;
 
 /// How long a block request waits for an answer before it is sent to everyone.
 pub const REQUEST_RETRY_MS: u64 = 300;
+
+/// Proposals whose block check the engine awaits at once; more are dropped (and asked
+/// for again when a child refers to them).
+pub const MAX_CHECKING: usize = 256;
 
 /// What the driver must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +52,16 @@ pub enum Action {
         /// The round.
         round: u64,
         /// The parent block.
+        parent: Block,
+    },
+    /// Check that `block` is a valid child of `parent` (its transactions execute to
+    /// the roots in its header, its time is sane) and pass the verdict to
+    /// [`Engine::handle_block_checked`]. Height, round and signatures are checked
+    /// already.
+    CheckBlock {
+        /// The proposed block.
+        block: Block,
+        /// Its parent.
         parent: Block,
     },
 }
@@ -84,7 +94,6 @@ pub struct Engine {
     set: ValidatorSet,
     me: Option<(ValidatorIndex, Keypair)>,
     genesis: Hash,
-    check: Box<dyn BlockCheck + Send>,
     timing: Timing,
     safety: SafetyState,
     round: u64,
@@ -98,6 +107,8 @@ pub struct Engine {
     built_round: u64,
     want_build: bool,
     waiting: Vec<Proposal>,
+    /// Proposals whose block check was asked for, by block hash, with their sender.
+    checking: HashMap<Hash, (Proposal, Option<ValidatorIndex>)>,
     requested: HashMap<Hash, u64>,
     now: u64,
     verified_qcs: HashSet<Hash>,
@@ -124,7 +135,6 @@ impl Engine {
         genesis_block: Hash,
         committed: Block,
         safety: SafetyState,
-        check: Box<dyn BlockCheck + Send>,
         timing: Timing,
     ) -> Engine {
         let committed_ref = (committed.hash(), committed.header.height);
@@ -140,7 +150,6 @@ impl Engine {
             set,
             me,
             genesis: genesis_block,
-            check,
             timing,
             // Resume in the last round signed in, not after it: a validator that voted
             // in round r and restarted must still be able to time out r, or the others
@@ -158,6 +167,7 @@ impl Engine {
             built_round: 0,
             want_build: false,
             waiting: Vec::new(),
+            checking: HashMap::new(),
             requested: HashMap::new(),
             now: 0,
             verified_qcs: HashSet::new(),
@@ -191,6 +201,8 @@ impl Engine {
             },
         );
         self.waiting.retain(|w| w.block.header.height > height);
+        self.checking
+            .retain(|_, (p, _)| p.block.header.height > height);
         if let Some(qc) = qc
             && self.qc_ok(&qc)
         {
@@ -483,26 +495,51 @@ impl Engine {
             }
             return;
         }
-        let fresh = !self.blocks.contains_key(&hash);
-        let valid = {
+        if !self.blocks.contains_key(&hash) {
             let parent = &self.blocks[&parent_hash].block;
-            p.block.header.height == parent.header.height + 1
-                && p.block.header.round > parent.header.round
-                && self.check.check(&p.block, parent)
-        };
-        if !valid {
+            let shaped = p.block.header.height == parent.header.height + 1
+                && p.block.header.round > parent.header.round;
+            if !shaped || self.checking.contains_key(&hash) || self.checking.len() >= MAX_CHECKING {
+                return;
+            }
+            self.actions.push_back(Action::CheckBlock {
+                block: p.block.clone(),
+                parent: parent.clone(),
+            });
+            self.checking.insert(hash, (p, from));
             return;
         }
-        if fresh {
-            self.blocks.insert(
-                hash,
-                Stored {
-                    block: p.block.clone(),
-                    proposal: Some(p.clone()),
-                },
-            );
-            self.requested.remove(&hash);
+        self.accept(now, p, from);
+    }
+
+    /// The driver's verdict on a block [`Action::CheckBlock`] asked about: a valid one
+    /// is kept, voted for if the rules allow, and its waiting children go on.
+    pub fn handle_block_checked(&mut self, now: u64, block: &Hash, valid: bool) {
+        self.now = now;
+        let Some((p, from)) = self.checking.remove(block) else {
+            return;
+        };
+        if !valid
+            || p.block.header.height <= self.committed.1
+            || !self.blocks.contains_key(&p.block.header.parent_hash)
+        {
+            return;
         }
+        self.blocks.insert(
+            *block,
+            Stored {
+                block: p.block.clone(),
+                proposal: Some(p.clone()),
+            },
+        );
+        self.requested.remove(block);
+        self.accept(now, p, from);
+    }
+
+    /// A proposal of a known, checked block: vote if the rules allow, then release the
+    /// proposals that waited for it, commit and build as that makes possible.
+    fn accept(&mut self, now: u64, p: Proposal, from: Option<ValidatorIndex>) {
+        let hash = p.block.hash();
         self.maybe_vote(&p);
         // Blocks that waited for this one, and commits that waited for it.
         let ready: Vec<Proposal> = {

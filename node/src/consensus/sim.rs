@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use grapevine_ledger::seeded::SeededRng as Rng;
 use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair};
 
-use super::engine::{Action, BlockCheck, Engine, Timing};
+use super::engine::{Action, Engine, Timing};
 use super::types::{
     Certificate, ConsensusMsg, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet,
 };
@@ -27,15 +27,9 @@ const CHAIN: u32 = 99;
 /// `SEEN_CONSENSUS_TTL`).
 const SEEN_TTL_MS: u64 = 2_000;
 
-/// Valid children: height and time go up, no transactions (sim blocks carry none), and
-/// the tx root is the empty root. The twin sometimes proposes blocks that break this.
-struct SimCheck;
-impl BlockCheck for SimCheck {
-    fn check(&mut self, block: &Block, parent: &Block) -> bool {
-        valid_child(block, parent)
-    }
-}
-
+/// Valid children (the simulator's answer to [`Action::CheckBlock`]): height and time
+/// go up, no transactions (sim blocks carry none), and the tx root is the empty root.
+/// The twin sometimes proposes blocks that break this.
 fn valid_child(block: &Block, parent: &Block) -> bool {
     block.txs.is_empty()
         && block.header.tx_count == 0
@@ -256,7 +250,6 @@ impl Sim {
             self.genesis.hash(),
             committed,
             node.disk.clone(),
-            Box::new(SimCheck),
             timing(),
         );
         e.start(self.now);
@@ -415,6 +408,12 @@ impl Sim {
                             generation,
                         },
                     );
+                }
+                Action::CheckBlock { block, parent } => {
+                    let (now, hash, valid) = (self.now, block.hash(), valid_child(&block, &parent));
+                    if let Some(e) = self.nodes[i].engine.as_mut() {
+                        e.handle_block_checked(now, &hash, valid);
+                    }
                 }
                 Action::BuildBlock { round, parent } => {
                     // Building takes time (and lets a single validator's clock move).

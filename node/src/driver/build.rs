@@ -79,7 +79,7 @@ impl Driver {
         let built = tokio::task::block_in_place(|| self.build_block(round, &parent));
         if let Some(block) = built {
             let now = self.now();
-            tokio::task::block_in_place(|| self.engine.handle_block_built(now, block));
+            self.engine.handle_block_built(now, block);
         }
     }
 

@@ -1,6 +1,8 @@
-//! Checking proposed blocks: the engine's [`BlockCheck`] executes a block on its
-//! parent's state (the ledger plus the executions of unfinalized ancestors, kept in
-//! [`ExecCache`]) and checks its time.
+//! Checking proposed blocks, the engine's [`Action::CheckBlock`]: a block is executed
+//! on its parent's state (the ledger plus the executions of unfinalized ancestors,
+//! kept in [`ExecCache`]) and its time is checked.
+//!
+//! [`Action::CheckBlock`]: crate::consensus::engine::Action::CheckBlock
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use grapevine_ledger::state::{Execution, Overlay, validate_block};
 use grapevine_ledger::{Block, BlockHeader, Hash, Ledger};
 
-use crate::consensus::engine::BlockCheck;
 use crate::node::Node;
 use crate::runtime::now_ms;
 
@@ -47,15 +48,18 @@ impl ExecCache {
     }
 }
 
-/// The engine's block validity check: the block executes correctly on its parent's
-/// state (the ledger plus the unfinalized ancestors) and its time is sane.
+/// The block validity check the engine asks for: the block executes correctly on its
+/// parent's state (the ledger plus the unfinalized ancestors) and its time is sane.
 pub(super) struct LedgerCheck {
     pub(super) node: Arc<Node>,
     pub(super) cache: Arc<Mutex<ExecCache>>,
 }
 
-impl BlockCheck for LedgerCheck {
-    fn check(&mut self, block: &Block, parent: &Block) -> bool {
+impl LedgerCheck {
+    /// Whether `block` is a valid child of `parent`; a valid one's execution is kept in
+    /// the cache (to check its children, build on it, and commit it). Reads the
+    /// database: not on an async worker without `block_in_place`.
+    pub(super) fn check(&self, block: &Block, parent: &Block) -> bool {
         let hash = block.hash();
         let mut cache = lock(&self.cache);
         if cache.map.contains_key(&hash) {

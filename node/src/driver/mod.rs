@@ -106,6 +106,8 @@ struct Driver {
     me: Option<ValidatorIndex>,
     proposer: Address,
     cache: Arc<Mutex<ExecCache>>,
+    /// Answers the engine's block checks.
+    check: LedgerCheck,
     cfg: Config,
     genesis_block: Hash,
     epoch: Instant,
@@ -186,7 +188,6 @@ pub async fn run(
         genesis_block,
         committed,
         safety,
-        Box::new(check),
         setup.config.timing,
     );
     tracing::info!(
@@ -206,6 +207,7 @@ pub async fn run(
         me,
         proposer,
         cache,
+        check,
         cfg: setup.config,
         genesis_block,
         epoch: Instant::now(),
@@ -222,7 +224,7 @@ pub async fn run(
         was_syncing: false,
     };
     let now = d.now();
-    tokio::task::block_in_place(|| d.engine.start(now));
+    d.engine.start(now);
     tokio::task::block_in_place(|| d.replay_kept_proposals())?;
     d.drain().await?;
 
@@ -250,7 +252,7 @@ pub async fn run(
             () = sleep_until(timer_at) => {
                 d.timer = None;
                 let now = d.now();
-                tokio::task::block_in_place(|| d.engine.handle_timer(now));
+                d.engine.handle_timer(now);
             }
             () = sleep_until(build_at) => {}
             () = d.node.new_work.notified(), if d.build.is_some() => {}
@@ -387,7 +389,7 @@ impl Driver {
             self.keep_proposal(p);
         }
         let now = self.now();
-        tokio::task::block_in_place(|| self.engine.handle_message(now, None, msg));
+        self.engine.handle_message(now, None, msg);
     }
 
     async fn answer_request(&mut self, hash: Hash) {
@@ -529,7 +531,7 @@ impl Driver {
             };
             let now = self.now();
             let me = self.me;
-            tokio::task::block_in_place(|| self.engine.handle_message(now, me, msg));
+            self.engine.handle_message(now, me, msg);
         }
     }
 
@@ -568,6 +570,12 @@ impl Driver {
                 tokio::task::block_in_place(|| self.commit(blocks))?;
             }
             Action::SetTimer(at) => self.timer = Some(at),
+            Action::CheckBlock { block, parent } => {
+                // Executes the block: off the async workers' queue.
+                let valid = tokio::task::block_in_place(|| self.check.check(&block, &parent));
+                let now = self.now();
+                self.engine.handle_block_checked(now, &block.hash(), valid);
+            }
             Action::BuildBlock { round, parent } => {
                 self.build = Some((round, parent, Instant::now()));
             }
