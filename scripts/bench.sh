@@ -58,9 +58,9 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 peak_rss_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # The ceiling's batch-verify figure is measured three times: before the dev node, before
-# the 4-validator testnet and after it. On a shared machine one 2-s measurement moved
+# the 4-validator testnet and after it. On a shared machine one 2-s measurement moves
 # between 41,000 and 57,000/s from run to run (docs/PERFORMANCE.md), and a measurement
-# minutes away from the loads it divides could land high or low alone; the median of
+# minutes away from the loads it divides can land high or low alone; the median of
 # the three is the run's ceiling, and all three are printed with the table.
 BATCHES=()
 # measure_ceiling WHEN: one `grapevine bench ledger` run; appends its batch-verify/s.
@@ -202,8 +202,9 @@ measure_ceiling "before the 4-validator testnet"
 echo "== (b) 4-validator testnet on this machine"
 start_testnet 4 "$((BASE_PORT + 10))"
 sweep "4 validators" 4 "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
-# The performance issue's reference load, on the network the sweep and the flood
-# loaded (its database grown, its compactions behind), then on a fresh one.
+# The reference load of the latency target (docs/PERFORMANCE.md), on the network the
+# sweep and the flood loaded (its database grown, its compactions behind), then on a
+# fresh one.
 run_load "4 validators" 4 "${BENCH_TARGET_RATE:-10000}" "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
 stop_testnet
 start_testnet 4 "$((BASE_PORT + 50))"

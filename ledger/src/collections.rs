@@ -2,8 +2,9 @@
 //!
 //! Those keys are SHA-256 digests and public keys: an attacker can only pick them by
 //! grinding, and each map gets its own random seed. The standard library's SipHash
-//! (made to resist chosen keys) cost several percent of a loaded node's CPU; foldhash,
-//! the hasher of `hashbrown`, with per-map random seeds, is several times faster.
+//! (made to resist chosen keys) would cost several percent of a loaded node's CPU;
+//! foldhash, the hasher of `hashbrown`, with per-map random seeds, is several times
+//! faster.
 //!
 //! [`Address`]: crate::Address
 
@@ -23,7 +24,7 @@ pub type FastSet<K> = HashSet<K, FastState>;
 /// one is forgotten. Lookups see both, so an entry is kept for at least `capacity`
 /// later insertions. Each generation's table is allocated for `capacity` entries when
 /// it starts and reused when forgotten, so no insertion rehashes: growing by doubling
-/// had copied every entry again and again on a node's busiest path. The allocation is
+/// would copy every entry again and again on a node's busiest path. The allocation is
 /// reserved, not touched (beyond one control byte per slot), so an idle node's memory
 /// does not hold full tables.
 #[derive(Debug)]

@@ -64,7 +64,7 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseError> {
 /// raw bytes (no length prefix) in the binary codec. The bytes pass through serde as a
 /// tuple of little-endian u64 words, which the codec writes as their 8 bytes each
 /// (fixed-width little-endian integers), so the encoding is the bytes themselves; word
-/// by word, encoding and decoding make an eighth of the calls that byte by byte did,
+/// by word, encoding and decoding make an eighth of the calls that byte by byte would,
 /// on the node's busiest paths (every transaction carries three of these).
 macro_rules! byte_newtype_serde {
     ($ty:ident, $n:expr) => {
@@ -332,9 +332,9 @@ fn challenge(r_bytes: &[u8; 32], key: &Address, msg: &[u8]) -> curve25519_dalek:
 }
 
 /// [`verify_batch`] by `ed25519_zebra::batch::Verifier` itself, which decompresses
-/// every key in every batch: the library's batch verification, as the performance
-/// issue's signature ceiling counts it, and the reference the tests hold
-/// [`verify_batch`] to. Same verdicts.
+/// every key in every batch: the library's batch verification, which `grapevine bench
+/// ledger` reports as the signature ceiling (docs/PERFORMANCE.md), and the reference
+/// the tests hold [`verify_batch`] to. Same verdicts.
 pub fn verify_batch_reference(msgs: &[&[u8]], signers: &[Address], sigs: &[Signature]) -> bool {
     if msgs.len() != signers.len() || msgs.len() != sigs.len() {
         return false;

@@ -65,7 +65,7 @@ impl Transaction {
 ///
 /// The hash is computed once, when the value is made or decoded: a node needs a
 /// transaction's hash at each step (gossip, admission, the signature memory, execution,
-/// the index), and recomputing it there had cost 4% of a loaded validator's CPU. The
+/// the index), and recomputing it at each would cost 4% of a loaded validator's CPU. The
 /// fields are private so that the hash always matches them; [`SignedTx::altered`] makes
 /// a changed copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

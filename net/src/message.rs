@@ -5,13 +5,11 @@ use grapevine_ledger::codec::{self, CodecError};
 use grapevine_ledger::{Address, Hash, Keypair, Signature, SignedTx};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks; peers must match it. 2: signatures are
-/// valid under ZIP-215 (docs/PROTOCOL.md); a version-1 node would refuse some valid
-/// transactions and blocks, so the two must not mix on one chain. 3: large consensus
-/// messages are relayed by `ConsensusHave` / `ConsensusWant`, which version 2 cannot
-/// decode. 4: block sync travels in its own message, [`Message::Sync`], which nodes
-/// serve from a queue of its own and never relay; version 3 sent it as a consensus
-/// message.
+/// The protocol version this build speaks; peers must match it, as no other version
+/// can share a chain with it: version 3 sends block sync as a consensus message, not as
+/// [`Message::Sync`], which nodes serve from a queue of its own and never relay;
+/// version 2 cannot decode `ConsensusHave` / `ConsensusWant`; version 1 refuses some
+/// transactions and blocks that are valid under ZIP-215 (docs/PROTOCOL.md).
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame (one encoded message) accepted: 16 MiB, room for the largest block.

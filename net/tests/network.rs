@@ -878,7 +878,7 @@ async fn linked_pair() -> (TestNode, TestNode) {
 
 /// A consensus message dropped because the node's consensus queue was full is not
 /// recorded as seen: when its sender sends the same bytes again (a re-sent timeout),
-/// the node takes it. Recording it as seen had let any burst end liveness for good.
+/// the node takes it. Recording it as seen would let any burst end liveness for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consensus_message_dropped_at_a_full_queue_is_taken_when_sent_again() {
     let (a, mut b) = linked_pair().await;

@@ -124,7 +124,7 @@ const ARENA_ENV: &str = "MALLOC_ARENA_MAX";
 /// this), or off glibc. glibc's default, 8 arenas per core, gives each of a node's many
 /// threads (async workers, the blocking pool, RocksDB's) an arena of its own, each
 /// keeping memory its thread freed: under a flood of transfers the validators of a
-/// 4-validator testnet peaked at 420-432 MB with the default and at 321-334 MB with 2
+/// 4-validator testnet peak at 420-432 MB with the default and at 321-334 MB with 2
 /// arenas, at the same throughput (docs/PERFORMANCE.md, "Machine notes"). Setting it in
 /// process would need `mallopt`, unsafe code, which the workspace forbids. Returns
 /// only when the restart could not happen, and the node then runs with the default.

@@ -16,9 +16,9 @@ use crate::producer;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ctrl-C and SIGTERM, listened for from the moment this is made. A node makes it before
-/// it serves anything: a signal that came between the first answered request and the
-/// first wait for a signal used to take the default action, killing the node without
-/// its drain (a test that stopped a node right after its first answer caught it).
+/// it serves anything: otherwise a signal that comes between the first answered request
+/// and the first wait for a signal takes the default action, killing the node without
+/// its drain.
 struct ShutdownSignal {
     #[cfg(unix)]
     signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,

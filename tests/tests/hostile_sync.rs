@@ -1,4 +1,4 @@
-//! Issue 25, end to end: hostile block-sync peers do not halt finality.
+//! Hostile block-sync peers, end to end: they do not halt finality.
 //!
 //! Four `grapevine run` validators on 127.0.0.1 carry a steady load from `grapevine
 //! bench` (1,000 transfers/s for 8 s) while this test plays peers that speak the real
@@ -18,8 +18,8 @@
 //!   (bench p50), and every transfer the nodes accepted is finalized;
 //! - what a flooder gets back is bounded by the node's serving budget (per link: a
 //!   16 MiB burst plus 4 MiB/s while connected, plus one answer of overdraft; per node,
-//!   over all flooders: 32 MiB plus 12 MiB/s), where a node used to send back
-//!   unbounded gigabytes; the node still answers them (throttled), so the requests were
+//!   over all flooders: 32 MiB plus 12 MiB/s), where a node without it would send back
+//!   gigabytes without bound; the node still answers them (throttled), so the requests were
 //!   understood and not just refused as malformed;
 //! - `/health` answers 200 on every node throughout, and `getSyncStatus` never takes
 //!   a liar's claim for its target while the liars are connected;
@@ -67,7 +67,7 @@ const P50_FLOOR_MS: f64 = 150.0;
 const MAX_TARGET_LEAD: u64 = 1_000;
 
 const MIB: f64 = 1024.0 * 1024.0;
-// The node's serving budget (node/src/sync_serve.rs): per peer 4 MiB/s after a burst of
+// The node's serving budget (node/src/driver/serve.rs): per peer 4 MiB/s after a burst of
 // 16 MiB; over all peers 12 MiB/s after a burst of 32 MiB.
 const PEER_BYTES_PER_SEC: f64 = 4.0 * MIB;
 const PEER_BURST_BYTES: f64 = 16.0 * MIB;

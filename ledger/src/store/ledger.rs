@@ -19,8 +19,7 @@ const META_HEAD: &[u8] = b"head";
 const META_STATE: &[u8] = b"state";
 
 /// Version of the on-disk layout; a node refuses a data directory of another version.
-/// 3: the account history holds one entry per account and block (was one per
-/// transaction and account).
+/// 3: the account history holds one entry per account and block (docs/DECISIONS.md).
 pub const FORMAT_VERSION: u32 = 3;
 
 /// A consensus record: (key, value).
@@ -82,9 +81,9 @@ impl Ledger {
                 Self::initialize(&*store, genesis)?;
                 // The genesis state, possibly millions of accounts, is otherwise one
                 // giant memtable until a background flush gets to it: every account
-                // read meanwhile searches its skip list (a 10M-account block apply
-                // spent a third of its state part there), and a restart replays it
-                // from the log.
+                // read meanwhile searches its skip list (at 10M accounts, a third of a
+                // block apply's state part goes there), and a restart replays it from
+                // the log.
                 store.flush()?;
             }
             Some(found) => {
@@ -323,7 +322,7 @@ impl Ledger {
         }
         // One entry per account and block, its records in index order: an account in
         // many of a block's transfers (an exchange, a busy sender) costs one memtable
-        // insert, where one per transfer was the largest part of a block's write.
+        // insert, where one per transfer would be the largest part of a block's write.
         for (addr, records) in history {
             b.put(Column::AccountTxs, account_tx_key(&addr, h.height), records);
         }

@@ -59,17 +59,17 @@ impl RocksStore {
         // otherwise take up to 2 x 64 MiB): peak RSS under load stays bounded.
         opts.set_db_write_buffer_size(64 << 20);
         // Account state is read for every transaction (sender and recipient); with
-        // millions of accounts a small block cache held too little of it. Filters and
-        // indexes stay out of it: inside it, at 10M accounts they evicted data blocks
-        // and the state part of a block apply slowed by a quarter.
+        // millions of accounts a small block cache holds too little of it. Filters and
+        // indexes stay out of it: inside it, at 10M accounts they evict data blocks
+        // and slow the state part of a block apply by a quarter.
         //
         // The other columns share one small cache. A column without a cache of its own
-        // gets a private 32 MiB one from RocksDB: on a testnet under ten loads of
-        // 240,000 transfers in a row, those caches filled until validators passed
-        // 550 MB. Put in the account cache instead, the other columns' blocks (block
-        // bodies and indexes read by RPC and admission) filled it by about 15 MB per
-        // load, while the account blocks in use stayed under 1 MB. Block sync reads
-        // blocks 8 MiB at a time, which must not evict account state either.
+        // gets a private 32 MiB one from RocksDB: under ten loads of 240,000 transfers
+        // in a row, those caches would fill until a testnet's validators pass 550 MB.
+        // In the account cache, the other columns' blocks (block bodies and indexes
+        // read by RPC and admission) would fill it by about 15 MB per load, while the
+        // account blocks in use stay under 1 MB. Block sync reads blocks 8 MiB at a
+        // time, which must not evict account state either.
         let account_cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let other_cache = Cache::new_lru_cache(OTHER_CACHE_BYTES);
         let cfs = Column::ALL.iter().map(|c| {
@@ -79,8 +79,8 @@ impl RocksStore {
             if matches!(c, Column::Txs | Column::Accounts | Column::BlockHashes) {
                 // Point lookups, many of absent keys (every admitted transaction asks
                 // whether it is already final): Bloom filters in the memtable and the
-                // table files answer those without searching. Measured on a loaded
-                // testnet, memtable searches were the top item of the profile.
+                // table files answer those without searching. Without them, memtable
+                // searches are the top item of a loaded testnet's profile.
                 o.set_memtable_prefix_bloom_ratio(0.1);
                 o.set_memtable_whole_key_filtering(true);
                 table.set_bloom_filter(10.0, false);
@@ -131,7 +131,7 @@ impl Store for RocksStore {
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         // Reserved up front: a block's batch is megabytes, and growing it by doubling
-        // copied it several times into freshly faulted pages.
+        // would copy it several times into freshly faulted pages.
         let bytes: usize = batch
             .ops
             .iter()

@@ -95,7 +95,7 @@ fn submit(client: &Client, txs: &[SignedTx]) -> Vec<Option<String>> {
     use std::fmt::Write;
     // Written out, and the answers read into a struct, rather than built and parsed
     // as JSON trees: the load generator shares the cores with the nodes it measures,
-    // and the trees were most of its CPU.
+    // and the trees would be most of its CPU.
     let mut body = String::with_capacity(txs.len() * (2 * SIGNED_TX_LEN + 80) + 2);
     body.push('[');
     for (i, t) in txs.iter().enumerate() {

@@ -52,7 +52,7 @@ pub struct Mempool {
 
 /// Blocks a sender's record outlives its last pooled transaction by. A busy sender's
 /// next transfer usually comes within a few blocks, and its record spares admission a
-/// ledger read (1.2% of a loaded testnet's CPU went to such reads).
+/// ledger read (such reads would take 1.2% of a loaded testnet's CPU).
 const IDLE_COMMITS: u64 = 32;
 /// Most records kept for idle senders.
 const IDLE_MAX: usize = 65_536;

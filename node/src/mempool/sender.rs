@@ -27,7 +27,7 @@ pub(super) struct Sender {
     pub(super) cost: u128,
     /// The first nonce from `base_nonce` on that is not pooled. Kept up to date rather
     /// than found by walking `txs`: with deep per-sender queues under load, the walks
-    /// became a top item of the profile.
+    /// would be a top item of the profile.
     pub(super) gap: u64,
 }
 

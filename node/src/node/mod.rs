@@ -314,7 +314,7 @@ impl Node {
         let mut pool = self.pool();
         self.ledger.commit(block, certificate, exec)?;
         // The senders' new nonces and balances from the execution itself: reading them
-        // back from the ledger cost a lookup per sender per block.
+        // back from the ledger would cost a lookup per sender per block.
         let written = Overlay::new(&*self.ledger, &[exec]);
         let (dropped, promoted) = pool.on_commit(&block.txs, &written);
         let promoted: Vec<TxInfo> = promoted

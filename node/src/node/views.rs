@@ -6,8 +6,8 @@ impl Node {
     /// The ledger as a view for building or checking a block of `txs` on the final head:
     /// those of them in the pool are known not to be final without a database read
     /// (each admission looked them up already). Consensus asks "already final?" of
-    /// every transaction of every block; on a chain with history that read was a few
-    /// percent of a validator's CPU. The answers are the ledger's own, so every node
+    /// every transaction of every block; on a chain with history that read would be a
+    /// few percent of a validator's CPU. The answers are the ledger's own, so every node
     /// decides the same whatever its pool holds.
     pub fn block_view(&self, txs: &[SignedTx]) -> PooledView<'_> {
         let pool = self.pool();
