@@ -325,8 +325,8 @@ impl Driver {
             return;
         }
         let key = proposal_key(height, &p.block.hash());
-        // Synced: the safety state is in a file of its own now, so no later synced
-        // ledger write is certain to come before a crash.
+        // Synced: the safety state is in a file of its own, so no later synced ledger
+        // write is certain to come before a crash.
         let write = || self.ledger.consensus_put(&key, &codec::encode(p));
         // A synced write: off the async workers.
         match tokio::task::block_in_place(write) {

@@ -17,8 +17,8 @@
 //! before the slots (the state, then its SHA-256) is still read.
 //!
 //! Every vote or timeout waits for a store, so it is on the critical path of each
-//! round: the slot write costs one data sync instead of a new file, two syncs and a
-//! rename (which were 5% of a validator's CPU on a loaded 4-validator testnet).
+//! round: the slot write costs one data sync, where a new file would cost two syncs and
+//! a rename (5% of a validator's CPU on a loaded 4-validator testnet).
 
 use std::fs::File;
 use std::io::Write;
