@@ -336,3 +336,71 @@ impl PeerSet {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected peer at `addr` (no link behind it: nothing is sent in these tests).
+    fn peer(id: u8, addr: &str) -> Peer {
+        let (queue, _) = mpsc::channel(1);
+        Peer {
+            id: Address([id; 32]),
+            addr: addr.parse().expect("a socket address"),
+            listen_addr: None,
+            inbound: true,
+            queue,
+            queued: Arc::default(),
+            score: 0,
+            bytes_in: 0,
+            bytes_out: Arc::default(),
+            tasks: Vec::new(),
+            ping_sent: None,
+            latency: None,
+            asked_peers: false,
+        }
+    }
+
+    fn set() -> PeerSet {
+        let cfg = NetConfig::new(
+            "127.0.0.1:0".parse().expect("an address"),
+            grapevine_ledger::Keypair::from_seed(&[1; 32]),
+            1,
+            grapevine_ledger::Hash::ZERO,
+        );
+        PeerSet::new(&cfg, Arc::default())
+    }
+
+    /// A peer banned for flooding is refused by id, and so is any new node key from
+    /// the same address, except on loopback, where local networks share one address.
+    #[test]
+    fn a_ban_holds_against_a_fresh_key_from_the_same_address() {
+        let now = Instant::now();
+        let mut s = set();
+        // A documentation address (RFC 5737): nothing is sent to it.
+        s.insert(1, peer(1, "192.0.2.7:4000"));
+        s.insert(2, peer(2, "127.0.0.1:4001"));
+        let banned_after = |s: &mut PeerSet, conn| {
+            (1..=20).find(|_| s.penalize(conn, Offence::Flood, "flood", now))
+        };
+        assert_eq!(
+            banned_after(&mut s, 1),
+            Some(10),
+            "ten floods reach the ban score"
+        );
+        assert_eq!(banned_after(&mut s, 2), Some(10));
+        assert_eq!(s.refusal(&Address([1; 32]), now), Some("peer is banned"));
+        assert!(
+            !s.admits("192.0.2.7:5999".parse().expect("an address"), now),
+            "a new link from the banned address is refused before its handshake"
+        );
+        assert!(s.admits("198.51.100.1:4000".parse().expect("an address"), now));
+        assert!(
+            s.admits("127.0.0.1:5999".parse().expect("an address"), now),
+            "loopback is not banned by address"
+        );
+        let later = now + Duration::from_secs(601);
+        s.expire_bans(later);
+        assert!(s.admits("192.0.2.7:5999".parse().expect("an address"), later));
+    }
+}
