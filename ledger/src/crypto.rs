@@ -353,17 +353,10 @@ pub fn verify_batch_reference(msgs: &[&[u8]], signers: &[Address], sigs: &[Signa
     batch.verify(rand::rng()).is_ok()
 }
 
-/// Usable keys (curve points not of small order), decompressed, so that a busy
-/// sender's key is decompressed once rather than for every signature. Cleared when
-/// full; it only saves work.
-static KEY_POINTS: std::sync::Mutex<Option<FastMap<[u8; 32], curve25519_dalek::EdwardsPoint>>> =
-    std::sync::Mutex::new(None);
-const KEY_POINTS_CAPACITY: usize = 100_000;
-
 /// Forgets every remembered key point (tests check batches with fresh keys).
 #[cfg(test)]
 fn forget_key_points() {
-    *KEY_POINTS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *crate::memo::MEMO.key_points() = None;
 }
 
 /// The point of `key` when it is a usable key: the encoding of a curve point (under
@@ -374,11 +367,11 @@ fn point_of(key: &Address) -> Option<curve25519_dalek::EdwardsPoint> {
         .filter(|p| !p.is_small_order())
 }
 
-/// The points of `keys` ([`point_of`], through [`KEY_POINTS`]), or `None` when one is
+/// The points of `keys` ([`point_of`], remembered in [`crate::memo`]), or `None` when one is
 /// not a usable key.
 fn key_points(keys: &[Address]) -> Option<Vec<curve25519_dalek::EdwardsPoint>> {
     let mut points: Vec<Option<curve25519_dalek::EdwardsPoint>> = {
-        let g = KEY_POINTS.lock().unwrap_or_else(|p| p.into_inner());
+        let g = crate::memo::MEMO.key_points();
         keys.iter()
             .map(|k| g.as_ref().and_then(|m| m.get(&k.0)).copied())
             .collect()
@@ -392,10 +385,10 @@ fn key_points(keys: &[Address]) -> Option<Vec<curve25519_dalek::EdwardsPoint>> {
         }
     }
     if !found.is_empty() {
-        let mut g = KEY_POINTS.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = crate::memo::MEMO.key_points();
         let m = g.get_or_insert_with(FastMap::default);
         for (k, p) in found {
-            if m.len() >= KEY_POINTS_CAPACITY {
+            if m.len() >= crate::memo::KEY_POINTS_CAPACITY {
                 m.clear();
             }
             m.insert(k, p);

@@ -14,6 +14,7 @@
 //!   transition ([`state::execute`], [`state::validate_block`], [`state::build_block`]).
 //! - [`store`]: the key-value [`store::Store`] (in memory or RocksDB) and [`Ledger`],
 //!   which commits one block per atomic, synced write.
+//! - [`memo`]: the process's one memory of signature work (verdicts, key points).
 //! - [`seeded`]: the deterministic generator of simulations and randomized tests.
 //!
 //! The byte-exact formats are specified in `docs/PROTOCOL.md`.
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod collections;
 pub mod crypto;
 pub mod genesis;
+pub mod memo;
 pub mod seeded;
 pub mod state;
 pub mod store;

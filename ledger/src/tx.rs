@@ -11,6 +11,7 @@ use crate::codec::{self, CodecError};
 use crate::collections::RecentSet;
 use crate::crypto::{self, Address, Hash, Keypair, Signature, sha256};
 use crate::json_u64;
+use crate::memo::{MEMO, VERIFIED_CAPACITY};
 
 /// Domain-separation tag prepended to a transaction body before signing, so that a
 /// transaction signature can never be replayed as a signature over anything else.
@@ -136,44 +137,33 @@ impl SignedTx {
     }
 
     /// Whether the signature is valid for `tx.from` ([`crypto::verify`]: ZIP-215 rules,
-    /// no small-order key). Always checks; see [`verified_before`] for the memory.
+    /// no small-order key). Always checks; see [`verified_before`] for the memory ([`crate::memo`]).
     pub fn verify(&self) -> bool {
         crypto::verify(&self.tx.from, &self.tx.signing_bytes(), &self.signature)
     }
 }
 
-/// Transactions (by hash, which covers body and signature) whose signature this process
-/// already found valid, most recent first. Under ZIP-215 the single and the batch check
-/// agree on every signature, so a verdict is a property of the transaction alone and
-/// remembering it cannot make two nodes disagree about a block. Bounded: two generations
-/// of at most [`VERIFIED_CAPACITY`] each.
-static VERIFIED: std::sync::Mutex<Option<RecentSet>> = std::sync::Mutex::new(None);
-
-/// See [`VERIFIED`]. A verdict has to last from admission to the block that takes the
-/// transaction; admission's backpressure keeps the pool near 2 s of throughput, so
-/// 200,000 (and up to twice that) is ample, and a verdict forgotten early costs only
-/// a check again.
-const VERIFIED_CAPACITY: usize = 200_000;
-
 /// Remembers that the transactions with these hashes have valid signatures (checked by
 /// [`SignedTx::verify`] or [`crypto::verify_batch`]), so later checks skip them.
 pub fn remember_verified(hashes: impl IntoIterator<Item = Hash>) {
-    let mut g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut g = MEMO.verified();
     let set = g.get_or_insert_with(|| RecentSet::new(VERIFIED_CAPACITY));
     for h in hashes {
         set.insert(h, ());
     }
 }
 
-/// Forgets every remembered verdict (benchmarks measure checks of unseen transactions).
+/// Forgets every remembered verdict and key point (benchmarks measure checks of unseen
+/// transactions).
 pub fn forget_verified() {
-    *VERIFIED.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    MEMO.forget();
 }
 
 /// Whether the transaction with this hash was remembered as validly signed.
 pub fn verified_before(hash: &Hash) -> bool {
-    let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-    g.as_ref().is_some_and(|set| set.contains(hash))
+    MEMO.verified()
+        .as_ref()
+        .is_some_and(|set| set.contains(hash))
 }
 
 /// Checks the signatures of `txs` that are not remembered as valid, in batches of
@@ -200,7 +190,7 @@ pub fn first_invalid_signature(txs: &[SignedTx]) -> Option<usize> {
 
 /// Indexes of the `txs` not remembered as validly signed.
 fn unremembered(txs: &[SignedTx]) -> Vec<usize> {
-    let g = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    let g = MEMO.verified();
     (0..txs.len())
         .filter(|&i| !g.as_ref().is_some_and(|set| set.contains(&txs[i].hash())))
         .collect()
