@@ -110,7 +110,7 @@ impl Node {
     pub(super) fn admit_client(
         &self,
         bytes: &[u8],
-        looked_up: Option<&LookedUp<'_>>,
+        looked_up: Option<&FinalityPrefetch<'_>>,
     ) -> Result<Hash, ApiError> {
         let busy = self.busy();
         if busy.is_some() {
@@ -125,7 +125,7 @@ impl Node {
         // Signature checks happen before taking the pool's lock.
         let checked = crate::mempool::precheck(bytes, self.ledger.chain_id());
         let mut pool = self.pool();
-        let view = looked_up.map_or(&*self.ledger as &dyn StateView, LookedUp::view);
+        let view = looked_up.map_or(&*self.ledger as &dyn StateView, FinalityPrefetch::view);
         let result = checked.and_then(|tx| {
             pool.submit_verified(tx, view, Instant::now())
                 .map_err(|r| (Some(tx.hash()), r))
@@ -244,7 +244,7 @@ impl Node {
         // remembered, so the block that carries these transactions skips them.
         let all_signed = grapevine_ledger::tx::first_invalid_signature(&fresh).is_none();
         // "Already final?" for the whole batch in one lookup, outside the pool's lock.
-        let looked_up = LookedUp::new(&self.ledger, &fresh);
+        let looked_up = FinalityPrefetch::new(&self.ledger, &fresh);
         let mut verdicts = Vec::with_capacity(txs.len());
         let mut wake = false;
         let mut infos = Vec::new();
@@ -302,14 +302,14 @@ impl Node {
 
 /// The ledger, with the "already final?" answers for some transactions looked up
 /// together before admission takes the pool's lock.
-pub(super) struct LookedUp<'a> {
+pub(super) struct FinalityPrefetch<'a> {
     pub(super) ledger: &'a Ledger,
     /// The head height when they were looked up.
     pub(super) head: u64,
     pub(super) final_before: FastMap<Hash, bool>,
 }
 
-impl<'a> LookedUp<'a> {
+impl<'a> FinalityPrefetch<'a> {
     /// Looks up whether each of `txs` is final, in one call (none are known if the
     /// lookup fails: admission then asks the ledger one by one).
     pub(super) fn new(ledger: &'a Ledger, txs: &[SignedTx]) -> Self {
@@ -319,7 +319,7 @@ impl<'a> LookedUp<'a> {
             Ok(found) => hashes.into_iter().zip(found).collect(),
             Err(_) => FastMap::default(),
         };
-        LookedUp {
+        FinalityPrefetch {
             ledger,
             head,
             final_before,
@@ -338,7 +338,7 @@ impl<'a> LookedUp<'a> {
     }
 }
 
-impl StateView for LookedUp<'_> {
+impl StateView for FinalityPrefetch<'_> {
     fn account(&self, addr: &Address) -> Result<Option<grapevine_ledger::Account>, StoreError> {
         self.ledger.account(addr)
     }

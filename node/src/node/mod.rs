@@ -39,7 +39,7 @@ mod rpc;
 mod tests;
 mod views;
 
-use admission::LookedUp;
+use admission::FinalityPrefetch;
 use metrics::Metrics;
 
 /// Capacity of the head and transaction event channels; a subscriber that falls this

@@ -81,7 +81,7 @@ impl NodeApi for Node {
             .filter(|t| t.tx().chain_id == chain_id && !Self::busy_for(&busy, t.tx().fee))
             .collect();
         self.preverify(taken.iter().copied());
-        let looked_up = LookedUp::new(&self.ledger, &taken);
+        let looked_up = FinalityPrefetch::new(&self.ledger, &taken);
         txs.iter()
             .map(|b| self.admit_client(b, Some(&looked_up)))
             .collect()

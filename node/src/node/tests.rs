@@ -2,7 +2,7 @@
 
 use grapevine_ledger::state::build_block;
 
-use super::admission::{LookedUp, refusal_reasons};
+use super::admission::{FinalityPrefetch, refusal_reasons};
 use super::*;
 
 /// Relayed batches from several peers are validated together; each keeps its own
@@ -187,7 +187,7 @@ fn block_view_answers_like_the_ledger() {
 
 /// Admission takes "already final?" from the looked-up answers, not the ledger.
 #[test]
-fn looked_up_answers_decide_admission() {
+fn prefetched_finality_answers_decide_admission() {
     use grapevine_ledger::{Keypair, MemoryStore, Transaction};
     let key = Keypair::from_seed(&[8; 32]);
     let genesis = crate::test_support::genesis(9, &[key.address()], 1_000, key.address());
@@ -202,7 +202,7 @@ fn looked_up_answers_decide_admission() {
     }
     .sign(&key);
     let mut pool = Mempool::new(MempoolConfig::default());
-    let answer = |f| LookedUp {
+    let answer = |f| FinalityPrefetch {
         ledger: &ledger,
         head: ledger.head().height,
         final_before: [(tx.hash(), f)].into_iter().collect(),
