@@ -144,6 +144,20 @@ struct PeerState {
     block_requests: Bucket,
 }
 
+impl PeerState {
+    /// Drops the requests that waited [`REQUEST_TIMEOUT`]: the requester has asked
+    /// someone else by now, so they are not worth serving.
+    fn drop_stale(&mut self, now: Instant) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|r| now.saturating_duration_since(r.at) >= REQUEST_TIMEOUT)
+        {
+            self.waiting.pop_front();
+        }
+    }
+}
+
 /// What to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -198,14 +212,7 @@ impl ServeQueue {
     #[must_use]
     pub fn request(&mut self, peer: Address, req: Request, now: Instant) -> bool {
         let p = self.peer(peer, now);
-        // The requester has asked someone else by now: not worth serving.
-        while p
-            .waiting
-            .front()
-            .is_some_and(|r| now.saturating_duration_since(r.at) >= REQUEST_TIMEOUT)
-        {
-            p.waiting.pop_front();
-        }
+        p.drop_stale(now);
         if p.waiting.len() >= MAX_WAITING_PER_PEER {
             return false;
         }
@@ -245,13 +252,7 @@ impl ServeQueue {
             let Some(p) = self.peers.get_mut(&peer) else {
                 continue;
             };
-            while p
-                .waiting
-                .front()
-                .is_some_and(|r| now.saturating_duration_since(r.at) >= REQUEST_TIMEOUT)
-            {
-                p.waiting.pop_front();
-            }
+            p.drop_stale(now);
             if p.waiting.is_empty() {
                 continue;
             }
