@@ -416,7 +416,7 @@ impl Engine {
             .waiting
             .iter()
             .map(|w| w.block.header.parent_hash)
-            .filter(|h| !self.blocks.contains_key(h))
+            .filter(|h| !self.blocks.contains_key(h) && !self.checking.contains_key(h))
             .collect();
         for h in missing {
             self.request(h, None);
@@ -489,7 +489,10 @@ impl Engine {
         let hash = p.block.hash();
         let parent_hash = p.block.header.parent_hash;
         if !self.blocks.contains_key(&parent_hash) {
-            self.request(parent_hash, from);
+            // A parent awaiting its check releases this proposal when it passes.
+            if !self.checking.contains_key(&parent_hash) {
+                self.request(parent_hash, from);
+            }
             if self.waiting.len() < 256 {
                 self.waiting.push(p);
             }

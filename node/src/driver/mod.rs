@@ -311,10 +311,8 @@ impl Driver {
         self.ledger.consensus_delete(&stale)?;
         let now = self.now();
         for p in kept {
-            tokio::task::block_in_place(|| {
-                self.engine
-                    .handle_message(now, None, ConsensusMsg::Proposal(Box::new(p)));
-            });
+            self.engine
+                .handle_message(now, None, ConsensusMsg::Proposal(Box::new(p)));
         }
         Ok(())
     }
