@@ -26,7 +26,7 @@ use clap::Parser;
 
 mod cli;
 mod commands;
-mod consensus;
+use grapevine_consensus as consensus;
 mod driver;
 mod keyfile;
 mod mempool;

@@ -654,29 +654,3 @@ fn log_progress(p: &Progress) {
         None => tracing::info!(height = p.current, target = p.target, "syncing"),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    /// The consensus folder holds only pure code: none of its files names the async
-    /// runtime, the network crate, the database, files or sockets. Such code belongs
-    /// here.
-    #[test]
-    fn the_consensus_folder_does_no_io() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/consensus");
-        let banned = ["tokio", "grapevine_net", "rocksdb", "std::fs", "std::net"];
-        let mut files = 0;
-        for entry in std::fs::read_dir(&dir).expect("the consensus folder") {
-            let path = entry.expect("an entry").path();
-            let text = std::fs::read_to_string(&path).expect("a source file");
-            files += 1;
-            for word in banned {
-                assert!(
-                    !text.contains(word),
-                    "{} names {word}: IO belongs in src/driver",
-                    path.display()
-                );
-            }
-        }
-        assert!(files >= 5, "read the whole folder ({files} files)");
-    }
-}

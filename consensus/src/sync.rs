@@ -410,7 +410,7 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::types::QuorumCert;
+    use crate::types::QuorumCert;
     use grapevine_ledger::Hash;
 
     fn chain(n: u64) -> Vec<Block> {

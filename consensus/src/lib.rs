@@ -1,6 +1,8 @@
 //! BFT consensus among the genesis validators: two-chain HotStuff with timeout
 //! certificates (docs/CONSENSUS.md). Only pure code lives here: no sockets, files,
-//! database or async runtime (a test in [`crate::driver`] keeps it so). [`crate::driver`] runs it.
+//! database or async runtime (`tests/pure.rs` keeps it so); the node's driver
+//! (`node/src/driver`) runs it, and the test harness and fuzz targets use its messages
+//! without building the database.
 //!
 //! # Layout
 //! - [`types`]: messages, certificates, the validator set, each with its verification.
