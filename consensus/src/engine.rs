@@ -29,6 +29,26 @@ pub const REQUEST_RETRY_MS: u64 = 300;
 /// for again when a child refers to them).
 pub const MAX_CHECKING: usize = 256;
 
+/// Proposals for heights further above the final height than this are dropped: their
+/// parents cannot be checked yet, and a node that far behind catches up by block sync.
+pub const MAX_HEIGHTS_AHEAD: u64 = MAX_ROUNDS_AHEAD;
+
+/// Proposals waiting for their parent, at most; more are dropped (and asked for again
+/// when a child or a certificate refers to them).
+pub const MAX_WAITING: usize = 256;
+
+/// Encoded bytes of the proposals waiting for their parent, at most.
+pub const MAX_WAITING_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Distinct proposals taken per round (an honest leader sends one). A Byzantine leader's
+/// second is still taken, since the other honest nodes may certify it and this node then
+/// needs its block (a copy asked for again would be dropped as a duplicate by the
+/// network for a while); further ones are dropped.
+pub const MAX_PROPOSALS_PER_ROUND: usize = 2;
+
+/// Rounds behind the current one whose messages are still relayed and counted.
+pub const ROUNDS_BEHIND: u64 = 2;
+
 /// What the driver must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -64,6 +84,69 @@ pub enum Action {
         /// Its parent.
         parent: Block,
     },
+    /// This proposal's block checked valid: keep it durably before any later action
+    /// leaves the node (a vote for it may follow), so that after a restart the node
+    /// still knows the blocks its persisted certificates point to. It may be dropped
+    /// once its height is final. At most one proposal per round is kept, plus blocks
+    /// this node asked for by hash (a certificate or a child refers to them).
+    Keep(Proposal),
+    /// A validator signed two conflicting messages in one round: record it (log,
+    /// metric). The second message was dropped and not relayed.
+    Evidence(Evidence),
+}
+
+/// Proof that a validator equivocated: both messages carry its valid signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// Round `round`'s leader signed proposals of two different blocks.
+    Proposal {
+        /// The round.
+        round: u64,
+        /// The leader.
+        leader: ValidatorIndex,
+        /// The block of the proposal taken first.
+        first: Hash,
+        /// The block of the conflicting proposal.
+        second: Hash,
+    },
+    /// `voter` voted for two different blocks in `round`.
+    Vote {
+        /// The round.
+        round: u64,
+        /// The voter.
+        voter: ValidatorIndex,
+        /// The block of the vote taken first.
+        first: Hash,
+        /// The block of the conflicting vote.
+        second: Hash,
+    },
+}
+
+impl Evidence {
+    /// The validator who signed both messages.
+    pub fn signer(&self) -> ValidatorIndex {
+        match self {
+            Evidence::Proposal { leader, .. } => *leader,
+            Evidence::Vote { voter, .. } => *voter,
+        }
+    }
+}
+
+/// Counts of what an engine holds (see [`Engine::held`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Votes counted (at most one per round and voter).
+    pub votes: usize,
+    /// Proposals taken, over the rounds still in use.
+    pub proposals: usize,
+    /// Proposals waiting for their parent...
+    pub waiting: usize,
+    /// ...and their encoded bytes.
+    pub waiting_bytes: u64,
+    /// Blocks known above (and just below) the final height.
+    pub blocks: usize,
+    /// Timeouts counted.
+    pub timeouts: usize,
 }
 
 struct Stored {
@@ -102,11 +185,21 @@ pub struct Engine {
     blocks: HashMap<Hash, Stored>,
     committed: (Hash, u64),
     votes: HashMap<(u64, Hash), BTreeMap<ValidatorIndex, Signature>>,
+    /// The block each validator voted for, by round: one vote per (round, voter) is
+    /// counted, so a Byzantine voter's votes for random hashes cost nothing to hold.
+    voted: HashMap<(u64, ValidatorIndex), Hash>,
+    /// The blocks of the proposals taken in each round, in order.
+    proposed: BTreeMap<u64, Vec<Hash>>,
+    /// (round, validator) already shown to equivocate: further conflicts are dropped
+    /// without checking their signatures.
+    equivocated: HashSet<(u64, ValidatorIndex)>,
     timeouts: HashMap<u64, BTreeMap<ValidatorIndex, (u64, Signature)>>,
     my_timeout: Option<Timeout>,
     built_round: u64,
     want_build: bool,
-    waiting: Vec<Proposal>,
+    /// Proposals waiting for their parent, with their encoded size.
+    waiting: Vec<(Proposal, u64)>,
+    waiting_bytes: u64,
     /// Proposals whose block check was asked for, by block hash, with their sender.
     checking: HashMap<Hash, (Proposal, Option<ValidatorIndex>)>,
     requested: HashMap<Hash, u64>,
@@ -155,18 +248,26 @@ impl Engine {
             // in round r and restarted must still be able to time out r, or the others
             // (who cannot certify r without it) wait forever. It will not vote in r
             // again, nor propose there (see `enter_round`).
-            round: (safety.high_qc.round + 1).max(safety.last_voted_round),
+            round: safety
+                .high_qc
+                .round
+                .saturating_add(1)
+                .max(safety.last_voted_round),
             safety,
             last_tc: None,
             consecutive_timeouts: 0,
             blocks,
             committed: committed_ref,
             votes: HashMap::new(),
+            voted: HashMap::new(),
+            proposed: BTreeMap::new(),
+            equivocated: HashSet::new(),
             timeouts: HashMap::new(),
             my_timeout: None,
             built_round: 0,
             want_build: false,
             waiting: Vec::new(),
+            waiting_bytes: 0,
             checking: HashMap::new(),
             requested: HashMap::new(),
             now: 0,
@@ -200,7 +301,13 @@ impl Engine {
                 proposal: None,
             },
         );
-        self.waiting.retain(|w| w.block.header.height > height);
+        let waiting = std::mem::take(&mut self.waiting);
+        self.set_waiting(
+            waiting
+                .into_iter()
+                .filter(|(w, _)| w.block.header.height > height)
+                .collect(),
+        );
         self.checking
             .retain(|_, (p, _)| p.block.header.height > height);
         if let Some(qc) = qc
@@ -219,6 +326,18 @@ impl Engine {
     /// The current round.
     pub fn round(&self) -> u64 {
         self.round
+    }
+
+    /// What the engine holds from messages, for metrics and the bounds' tests.
+    pub fn held(&self) -> Held {
+        Held {
+            votes: self.voted.len(),
+            proposals: self.proposed.values().map(Vec::len).sum(),
+            waiting: self.waiting.len(),
+            waiting_bytes: self.waiting_bytes,
+            blocks: self.blocks.len(),
+            timeouts: self.timeouts.values().map(BTreeMap::len).sum(),
+        }
     }
 
     /// Debug summary: (waiting proposals, outstanding requests, known blocks).
@@ -255,18 +374,24 @@ impl Engine {
         self.actions
             .push_back(Action::SetTimer(now + self.timeout_ms()));
         // Forget what belongs to rounds long past.
-        self.votes.retain(|(r, _), _| *r + 2 >= round);
-        self.timeouts.retain(|r, _| *r + 2 >= round);
+        let past = |r: u64| r.saturating_add(ROUNDS_BEHIND) < round;
+        self.votes.retain(|(r, _), _| !past(*r));
+        self.voted.retain(|(r, _), _| !past(*r));
+        self.equivocated.retain(|(r, _)| !past(*r));
+        self.timeouts.retain(|r, _| !past(*r));
+        self.proposed = self
+            .proposed
+            .split_off(&round.saturating_sub(ROUNDS_BEHIND));
         // A round this node already signed in (as leader it voted for its own
         // proposal) gets no second proposal: that would be equivocation.
-        if self.is_leader(round) && round > self.safety.last_voted_round {
-            self.want_build = true;
-            self.try_build();
-        }
+        // A build wanted in an earlier round (its parent was missing) is void here:
+        // building it now would propose in a round this node does not lead.
+        self.want_build = self.is_leader(round) && round > self.safety.last_voted_round;
+        self.try_build();
     }
 
     fn try_build(&mut self) {
-        if !self.want_build || self.built_round >= self.round {
+        if !self.want_build || self.built_round >= self.round || !self.is_leader(self.round) {
             return;
         }
         let parent_hash = self.safety.high_qc.block_hash;
@@ -315,7 +440,10 @@ impl Engine {
         {
             return; // the round moved on while building
         }
-        let tc = self.last_tc.clone().filter(|tc| tc.round + 1 == self.round);
+        let tc = self
+            .last_tc
+            .clone()
+            .filter(|tc| tc.round.checked_add(1) == Some(self.round));
         let p = Proposal::new(
             block,
             self.safety.high_qc.clone(),
@@ -323,10 +451,19 @@ impl Engine {
             key,
             self.set.chain_id(),
         );
+        // Proposing signs in the round: the leader's vote for its own block is signed
+        // and persisted before the proposal leaves, so a leader that restarts in this
+        // round never proposes a second block there.
+        let Some(vote) = self.sign_vote(&p) else {
+            return;
+        };
         self.actions
             .push_back(Action::Broadcast(ConsensusMsg::Proposal(Box::new(
                 p.clone(),
             ))));
+        self.actions
+            .push_back(Action::Broadcast(ConsensusMsg::Vote(vote.clone())));
+        self.on_vote(now, vote);
         self.on_proposal(now, p, None);
     }
 
@@ -335,7 +472,10 @@ impl Engine {
         self.now = now;
         match msg {
             ConsensusMsg::Proposal(p) => {
-                if p.round() <= self.round + MAX_ROUNDS_AHEAD
+                // No lower bound: replayed and requested proposals of past rounds
+                // carry blocks a commit may need.
+                if p.round() <= self.round.saturating_add(MAX_ROUNDS_AHEAD)
+                    && p.block.header.height <= self.committed.1.saturating_add(MAX_HEIGHTS_AHEAD)
                     && p.verify_signed(&self.set)
                     && self.qc_ok(&p.qc)
                     && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
@@ -345,7 +485,7 @@ impl Engine {
             }
             ConsensusMsg::Vote(v) => self.on_vote(now, v),
             ConsensusMsg::Timeout(t) => {
-                if t.round <= self.round + MAX_ROUNDS_AHEAD
+                if t.round <= self.round.saturating_add(MAX_ROUNDS_AHEAD)
                     && t.verify_signed(&self.set)
                     && self.qc_ok(&t.high_qc)
                 {
@@ -370,6 +510,50 @@ impl Engine {
                     self.process_tc(now, tc);
                 }
             }
+        }
+    }
+
+    /// Whether messages of round `r` are still of use: at most [`ROUNDS_BEHIND`] rounds
+    /// behind the current one and at most [`MAX_ROUNDS_AHEAD`] ahead.
+    fn in_window(&self, r: u64) -> bool {
+        r.saturating_add(ROUNDS_BEHIND) >= self.round
+            && r <= self.round.saturating_add(MAX_ROUNDS_AHEAD)
+    }
+
+    /// Whether a message whose signature checks may be passed on to peers: it is of a
+    /// round still in use and does not conflict with what its signer sent before in
+    /// that round (a second proposal of the round's leader, a vote for another block).
+    /// A copy of a message already taken is relayable (a retransmission must still
+    /// reach nodes that missed it); a conflicting one is not, so a Byzantine
+    /// validator's equivocations reach no further than its own links. Cheap: no
+    /// signature is checked.
+    pub fn relayable(&self, msg: &ConsensusMsg) -> bool {
+        match msg {
+            ConsensusMsg::Proposal(p) => {
+                let hash = p.block.hash();
+                self.in_window(p.round())
+                    && p.block.header.height > self.committed.1
+                    && p.block.header.height <= self.committed.1.saturating_add(MAX_HEIGHTS_AHEAD)
+                    && self.proposed.get(&p.round()).is_none_or(|taken| {
+                        taken.len() < MAX_PROPOSALS_PER_ROUND || taken.contains(&hash)
+                    })
+            }
+            ConsensusMsg::Vote(v) => {
+                self.in_window(v.round)
+                    && self
+                        .voted
+                        .get(&(v.round, v.voter))
+                        .is_none_or(|h| *h == v.block_hash)
+            }
+            ConsensusMsg::Timeout(t) => {
+                self.in_window(t.round)
+                    && self
+                        .timeouts
+                        .get(&t.round)
+                        .and_then(|e| e.get(&t.voter))
+                        .is_none_or(|(hq, _)| *hq == t.high_qc.round)
+            }
+            ConsensusMsg::BlockRequest(_) | ConsensusMsg::Sync { .. } => false,
         }
     }
 
@@ -415,7 +599,7 @@ impl Engine {
         let missing: Vec<Hash> = self
             .waiting
             .iter()
-            .map(|w| w.block.header.parent_hash)
+            .map(|(w, _)| w.block.header.parent_hash)
             .filter(|h| !self.blocks.contains_key(h) && !self.checking.contains_key(h))
             .collect();
         for h in missing {
@@ -465,15 +649,18 @@ impl Engine {
             self.safety.high_qc = qc.clone();
         }
         self.try_commit(qc);
-        if qc.round >= self.round {
-            self.enter_round(now, qc.round + 1, None);
+        if qc.round >= self.round
+            && let Some(next) = qc.round.checked_add(1)
+        {
+            self.enter_round(now, next, None);
         }
     }
 
     fn process_tc(&mut self, now: u64, tc: TimeoutCert) {
-        if tc.round >= self.round {
-            let r = tc.round + 1;
-            self.enter_round(now, r, Some(tc));
+        if tc.round >= self.round
+            && let Some(next) = tc.round.checked_add(1)
+        {
+            self.enter_round(now, next, Some(tc));
         }
     }
 
@@ -487,20 +674,21 @@ impl Engine {
             return; // at or below what is final: only its certificates mattered
         }
         let hash = p.block.hash();
+        if !self.take_proposal(&p, &hash) {
+            return;
+        }
         let parent_hash = p.block.header.parent_hash;
         if !self.blocks.contains_key(&parent_hash) {
             // A parent awaiting its check releases this proposal when it passes.
             if !self.checking.contains_key(&parent_hash) {
                 self.request(parent_hash, from);
             }
-            if self.waiting.len() < 256 {
-                self.waiting.push(p);
-            }
+            self.wait(p, &hash);
             return;
         }
         if !self.blocks.contains_key(&hash) {
             let parent = &self.blocks[&parent_hash].block;
-            let shaped = p.block.header.height == parent.header.height + 1
+            let shaped = parent.header.height.checked_add(1) == Some(p.block.header.height)
                 && p.block.header.round > parent.header.round;
             if !shaped || self.checking.contains_key(&hash) || self.checking.len() >= MAX_CHECKING {
                 return;
@@ -513,6 +701,59 @@ impl Engine {
             return;
         }
         self.accept(now, p, from);
+    }
+
+    /// Whether `p` (of block `hash`) may be taken: one of the first
+    /// [`MAX_PROPOSALS_PER_ROUND`] of its round, or a block this node asked for. A
+    /// second proposal of a round's leader is recorded as evidence, so equivocation
+    /// is seen and cannot grow the blocks held beyond that bound.
+    fn take_proposal(&mut self, p: &Proposal, hash: &Hash) -> bool {
+        let round = p.round();
+        if !self.in_window(round) {
+            return true; // a replayed or requested block of a past round
+        }
+        let taken = self.proposed.entry(round).or_default();
+        if taken.contains(hash) {
+            return true;
+        }
+        let first = taken.first().copied();
+        let room = taken.len() < MAX_PROPOSALS_PER_ROUND;
+        if room {
+            taken.push(*hash);
+        }
+        if let Some(first) = first {
+            let leader = self.set.leader(round);
+            if self.equivocated.insert((round, leader)) {
+                self.actions.push_back(Action::Evidence(Evidence::Proposal {
+                    round,
+                    leader,
+                    first,
+                    second: *hash,
+                }));
+            }
+        }
+        room || self.requested.contains_key(hash) || self.blocks.contains_key(hash)
+    }
+
+    /// Holds `p` until its parent is known, within [`MAX_WAITING`] proposals and
+    /// [`MAX_WAITING_BYTES`].
+    fn wait(&mut self, p: Proposal, hash: &Hash) {
+        if self.waiting.len() >= MAX_WAITING
+            || self.waiting.iter().any(|(w, _)| w.block.hash() == *hash)
+        {
+            return;
+        }
+        let size = grapevine_ledger::codec::encoded_len(&p);
+        if self.waiting_bytes.saturating_add(size) > MAX_WAITING_BYTES {
+            return;
+        }
+        self.waiting_bytes += size;
+        self.waiting.push((p, size));
+    }
+
+    fn set_waiting(&mut self, waiting: Vec<(Proposal, u64)>) {
+        self.waiting_bytes = waiting.iter().map(|(_, n)| n).sum();
+        self.waiting = waiting;
     }
 
     /// The driver's verdict on a block [`Action::CheckBlock`] asked about: a valid one
@@ -536,6 +777,7 @@ impl Engine {
             },
         );
         self.requested.remove(block);
+        self.actions.push_back(Action::Keep(p.clone()));
         self.accept(now, p, from);
     }
 
@@ -545,14 +787,14 @@ impl Engine {
         let hash = p.block.hash();
         self.maybe_vote(&p);
         // Blocks that waited for this one, and commits that waited for it.
-        let ready: Vec<Proposal> = {
+        let ready: Vec<(Proposal, u64)> = {
             let (r, w): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
                 .into_iter()
-                .partition(|w| w.block.header.parent_hash == hash);
-            self.waiting = w;
+                .partition(|(w, _)| w.block.header.parent_hash == hash);
+            self.set_waiting(w);
             r
         };
-        for w in ready {
+        for (w, _) in ready {
             self.on_proposal(now, w, from);
         }
         let hq = self.safety.high_qc.clone();
@@ -562,16 +804,29 @@ impl Engine {
 
     /// Votes for `p` if the rules allow.
     fn maybe_vote(&mut self, p: &Proposal) {
-        let Some((i, key)) = self.me.as_ref() else {
+        let Some(v) = self.sign_vote(p) else {
             return;
         };
+        // Votes go to every validator, not only the next leader: whoever sees a quorum
+        // forms the QC and moves on at once. With the next leader down, the others
+        // then wait out one round timer (that leader's round) instead of two.
+        self.actions
+            .push_back(Action::Broadcast(ConsensusMsg::Vote(v.clone())));
+        let now = self.now;
+        self.on_vote(now, v);
+    }
+
+    /// Signs a vote for `p` if the rules allow, recording (and persisting) the round as
+    /// signed in.
+    fn sign_vote(&mut self, p: &Proposal) -> Option<Vote> {
+        let (i, key) = self.me.as_ref()?;
         let r = p.round();
-        let justified = p.qc.round + 1 == r
-            || p.tc
-                .as_ref()
-                .is_some_and(|tc| tc.round + 1 == r && p.qc.round >= tc.high_qc_round());
+        let justified = p.qc.round.checked_add(1) == Some(r)
+            || p.tc.as_ref().is_some_and(|tc| {
+                tc.round.checked_add(1) == Some(r) && p.qc.round >= tc.high_qc_round()
+            });
         if r != self.round || r <= self.safety.last_voted_round || !justified {
-            return;
+            return None;
         }
         let hash = p.block.hash();
         let v = Vote {
@@ -582,30 +837,48 @@ impl Engine {
         };
         self.safety.last_voted_round = r;
         self.actions.push_back(Action::Persist(self.safety.clone()));
-        // Votes go to every validator, not only the next leader: whoever sees a quorum
-        // forms the QC and moves on at once. With the next leader down, the others
-        // then wait out one round timer (that leader's round) instead of two.
-        self.actions
-            .push_back(Action::Broadcast(ConsensusMsg::Vote(v.clone())));
-        let now = self.now;
-        self.on_vote(now, v);
+        Some(v)
     }
 
     fn on_vote(&mut self, now: u64, v: Vote) {
-        if v.round + 1 < self.round || v.round > self.round + MAX_ROUNDS_AHEAD {
+        // Votes one round behind still count: a QC of the previous round moves
+        // everyone on.
+        if v.round.saturating_add(1) < self.round
+            || v.round > self.round.saturating_add(MAX_ROUNDS_AHEAD)
+        {
             return;
         }
-        // Every validator receives every vote: check a signature only if it can still
-        // count (no QC yet, and not a voter already counted).
+        match self.voted.get(&(v.round, v.voter)) {
+            // Already counted (every validator receives every vote).
+            Some(h) if *h == v.block_hash => return,
+            Some(first) => {
+                let first = *first;
+                // Checked once per (round, voter): evidence needs both signatures,
+                // later conflicts are dropped unchecked.
+                if !self.equivocated.contains(&(v.round, v.voter)) && v.verify(&self.set) {
+                    self.equivocated.insert((v.round, v.voter));
+                    self.actions.push_back(Action::Evidence(Evidence::Vote {
+                        round: v.round,
+                        voter: v.voter,
+                        first,
+                        second: v.block_hash,
+                    }));
+                }
+                return;
+            }
+            None => {}
+        }
+        // Check a signature only if the vote can still count (no QC yet).
         let quorum = self.set.quorum();
         if self
             .votes
             .get(&(v.round, v.block_hash))
-            .is_some_and(|e| e.len() >= quorum || e.contains_key(&v.voter))
+            .is_some_and(|e| e.len() >= quorum)
             || !v.verify(&self.set)
         {
             return;
         }
+        self.voted.insert((v.round, v.voter), v.block_hash);
         if let Some(qc) = self.collect_vote(v) {
             self.process_qc(now, &qc);
         }
@@ -650,7 +923,8 @@ impl Engine {
         let count = entry.len();
         // f + 1 timeouts for a later round include an honest one: that round is stuck
         // for someone honest, so join it (timing out there only gives up voting in it).
-        if t.round > self.round && count > (self.set.len() - 1) / 3 && self.me.is_some() {
+        if t.round > self.round && count > self.set.len().saturating_sub(1) / 3 && self.me.is_some()
+        {
             self.enter_round(now, t.round, None);
             self.local_timeout(now);
             return;
@@ -680,7 +954,7 @@ impl Engine {
         let Some(b) = self.blocks.get(&b_hash) else {
             return;
         };
-        if b.block.header.round + 1 != child.block.header.round
+        if b.block.header.round.checked_add(1) != Some(child.block.header.round)
             || b.block.header.height <= self.committed.1
         {
             return;

@@ -18,4 +18,6 @@ pub mod sync;
 pub mod types;
 
 #[cfg(test)]
+mod byzantine;
+#[cfg(test)]
 mod sim;

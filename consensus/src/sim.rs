@@ -294,6 +294,11 @@ impl Sim {
             .collect()
     }
 
+    /// Whether every node running validator `v`'s key is honest.
+    fn is_honest(&self, v: ValidatorIndex) -> bool {
+        self.nodes_of(v).iter().all(|i| self.nodes[*i].honest)
+    }
+
     fn record_signature(&mut self, i: usize, msg: &ConsensusMsg) {
         if !self.nodes[i].honest {
             return;
@@ -305,6 +310,16 @@ impl Sim {
                     Some(old) if old != vote.block_hash => self.violations.push(format!(
                         "validator {v} signed two different votes in round {}",
                         vote.round
+                    )),
+                    _ => {}
+                }
+            }
+            ConsensusMsg::Proposal(p) if self.set.leader(p.round()) == v => {
+                let hash = p.block.hash();
+                match self.signed.insert((v, 1, p.round()), hash) {
+                    Some(old) if old != hash => self.violations.push(format!(
+                        "validator {v} proposed two different blocks in round {}",
+                        p.round()
                     )),
                     _ => {}
                 }
@@ -413,6 +428,16 @@ impl Sim {
                     let (now, hash, valid) = (self.now, block.hash(), valid_child(&block, &parent));
                     if let Some(e) = self.nodes[i].engine.as_mut() {
                         e.handle_block_checked(now, &hash, valid);
+                    }
+                }
+                // Restarts here resume from the safety state alone: the harder case.
+                Action::Keep(_) => {}
+                Action::Evidence(e) => {
+                    if self.is_honest(e.signer()) {
+                        self.violations.push(format!(
+                            "node {i} holds evidence against honest validator {:?}: {e:?}",
+                            e.signer()
+                        ));
                     }
                 }
                 Action::BuildBlock { round, parent } => {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use grapevine_ledger::{Address, Block, BlockHeader, Hash};
 use serde::{Deserialize, Serialize};
 
-use super::types::Certificate;
+use super::types::{Certificate, Proposal};
 
 /// Most blocks asked of one peer in one request.
 pub const CHUNK: u64 = 64;
@@ -59,13 +59,17 @@ pub enum SyncMsg {
         blocks: Vec<(Block, Certificate)>,
     },
     /// Asks for the proposal of a block that is not final yet, which consensus needs
-    /// (a proposal's parent it missed); answered by sending that proposal again as a
-    /// consensus message. A sync message rather than a consensus one so that it is
-    /// never taken for a copy: two nodes asking for one block send the same bytes.
+    /// (a proposal's parent it missed). A sync message rather than a consensus one so
+    /// that it is never taken for a copy: two nodes asking for one block send the same
+    /// bytes. Answered with [`SyncMsg::Proposal`] to the requester alone, within the
+    /// answering node's byte budget for that peer.
     BlockRequest {
         /// The block's hash.
         hash: Hash,
     },
+    /// The answer to a [`SyncMsg::BlockRequest`]: a proposal the sender checked and
+    /// kept. Not relayed; the receiver checks it like a proposal from the network.
+    Proposal(Box<Proposal>),
 }
 
 /// Why a peer's answer was refused (the driver penalizes the peer).
@@ -113,7 +117,13 @@ struct Claim {
     /// claims count toward the target that `getSyncStatus` and `/health` report, so a
     /// peer that merely says it is far ahead cannot make a node look behind.
     proven: bool,
+    /// It sent a status since the last sweep ([`PEER_SILENCE`]).
+    heard: bool,
 }
+
+/// A peer that sent no status for this long (peers send one a second) is forgotten,
+/// with its claim: a peer that disconnected cannot hold the target up.
+pub const PEER_SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The block sync state machine.
 #[derive(Default)]
@@ -126,6 +136,7 @@ pub struct Syncer {
     samples: VecDeque<(Instant, u64)>,
     last_height: Option<(u64, Instant)>,
     syncing: bool,
+    last_sweep: Option<Instant>,
 }
 
 impl std::fmt::Debug for Syncer {
@@ -143,7 +154,25 @@ impl std::fmt::Debug for Syncer {
 impl Syncer {
     /// A peer says its final height is `height`.
     pub fn on_status(&mut self, peer: Address, height: u64) {
-        self.peers.entry(peer).or_default().height = height;
+        let c = self.peers.entry(peer).or_default();
+        c.height = height;
+        c.heard = true;
+    }
+
+    /// Forgets the peers that sent no status since the last sweep, at most every
+    /// [`PEER_SILENCE`] (those with requests out are kept until they time out).
+    fn sweep(&mut self, now: Instant) {
+        let last = *self.last_sweep.get_or_insert(now);
+        if now.duration_since(last) < PEER_SILENCE {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let busy: std::collections::HashSet<Address> =
+            self.inflight.values().map(|r| r.peer).collect();
+        self.peers.retain(|p, c| c.heard || busy.contains(p));
+        for c in self.peers.values_mut() {
+            c.heard = false;
+        }
     }
 
     /// The highest final height a peer reports: what sync asks for.
@@ -195,6 +224,7 @@ impl Syncer {
     /// timed out are dropped, and their peer's reported height is no longer believed.
     pub fn poll(&mut self, local: u64, now: Instant) -> Vec<(Address, SyncMsg)> {
         self.note_height(local, now);
+        self.sweep(now);
         let expired: Vec<u64> = self
             .inflight
             .iter()
@@ -578,6 +608,25 @@ mod tests {
             s.target() < 1_000_000,
             "the unserved claim is no longer the target"
         );
+    }
+
+    #[test]
+    fn peers_that_fall_silent_are_forgotten_with_their_claims() {
+        let mut s = Syncer::default();
+        let t0 = Instant::now();
+        s.on_status(peer(1), 500);
+        s.on_status(peer(2), 5);
+        let _ = s.poll(5, t0);
+        assert_eq!(s.target(), 500);
+        // peer 1 goes quiet (disconnected); peer 2 keeps reporting.
+        let mut t = t0;
+        for _ in 0..3 {
+            t += PEER_SILENCE;
+            s.on_status(peer(2), 5);
+            let _ = s.poll(5, t);
+        }
+        assert_eq!(s.target(), 5, "the silent peer's claim is gone");
+        assert_eq!(s.peers.len(), 1);
     }
 
     #[test]

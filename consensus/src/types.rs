@@ -263,7 +263,10 @@ impl Proposal {
         self.block.header.proposer == *key
             && r > self.qc.round
             && self.block.header.parent_hash == self.qc.block_hash
-            && self.tc.as_ref().is_none_or(|tc| tc.round + 1 == r)
+            && self
+                .tc
+                .as_ref()
+                .is_none_or(|tc| tc.round.checked_add(1) == Some(r))
             && verify(
                 key,
                 &proposal_bytes(set.chain_id(), &self.block.hash()),
@@ -377,8 +380,8 @@ impl Certificate {
             && self.qc.verify(set, genesis_block)
             && self.commit.as_ref().is_none_or(|(child, child_qc)| {
                 child.parent_hash == hash
-                    && child.height == block.height + 1
-                    && child.round == block.round + 1
+                    && block.height.checked_add(1) == Some(child.height)
+                    && block.round.checked_add(1) == Some(child.round)
                     && child_qc.block_hash == child.hash()
                     && child_qc.round == child.round
                     && child_qc.verify(set, genesis_block)

@@ -214,6 +214,7 @@ pub fn run_networked(
         let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(driver::serve::TO_DRIVER_QUEUE);
         let sync_server = tokio::spawn(driver::serve::run(
             node.ledger().clone(),
+            networked.consensus.kept.clone(),
             net.clone(),
             inbox.sync,
             sync_tx,

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use grapevine_ledger::{Address, Keypair, SignedTx, Transaction};
-use grapevine_tests::{NodeProcess, account_keys, eventually, generate_testnet};
+use grapevine_tests::{NodeProcess, account_keys, eventually, generate_testnet, run_at_most};
 use serde_json::{Value, json};
 
 const CHAIN: u32 = 4242;
@@ -215,8 +215,29 @@ fn four_validators_and_a_full_node_agree_and_survive_one_failure() {
     );
     drop(all);
 
+    // A validator past height 0 whose safety state file is gone refuses to start,
+    // naming the file and the flag, rather than start as if it never signed.
+    let home2 = out.join("validator2");
+    let safety = home2.join("consensus-safety.bin");
+    let saved = std::fs::read(&safety).expect("a validator that voted has a safety file");
+    std::fs::remove_file(&safety).unwrap();
+    let (exited, output) = run_at_most(
+        ["run", "--home", home2.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        exited && !output.status.success(),
+        "refuses to start: {stderr}"
+    );
+    assert!(
+        stderr.contains("consensus-safety.bin") && stderr.contains("--allow-missing-safety-state"),
+        "names the file and the flag: {stderr}"
+    );
+    std::fs::write(&safety, saved).unwrap();
+
     // ...until one returns (same home: its safety state and ledger survive).
-    nodes[2] = Some(NodeProcess::run(&out.join("validator2")));
+    nodes[2] = Some(NodeProcess::run(&home2));
     let all: Vec<&NodeProcess> = nodes.iter().flatten().collect();
     final_everywhere(&all, &t.hash().to_string(), Duration::from_secs(90));
     assert!(all.iter().zip(&before).all(|(n, b)| n.height() > *b));

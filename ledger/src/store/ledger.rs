@@ -434,6 +434,23 @@ impl Ledger {
         self.store.write(b, false)
     }
 
+    /// Calls `f` with each consensus record key that starts with `prefix`, in key
+    /// order, without holding the values.
+    pub fn consensus_for_each_key(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        self.store.scan(Column::Consensus, &mut |k, _| {
+            if k.starts_with(prefix) {
+                f(k);
+                true
+            } else {
+                k < prefix
+            }
+        })
+    }
+
     /// The consensus records whose keys start with `prefix`, in key order.
     pub fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<ConsensusRecord>, StoreError> {
         let mut out = Vec::new();

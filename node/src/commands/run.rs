@@ -42,6 +42,13 @@ pub struct Args {
     /// bootstrap`).
     #[arg(long, env = "GRAPEVINE_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<SocketAddr>,
+    /// Start a validator whose chain is past height 0 although its consensus safety
+    /// state file (`safety_state` in config.toml) is missing. Without the file the node
+    /// does not know what it signed, and could sign two conflicting messages in one
+    /// round. Only for a key that never signed on this chain, or when the file is lost
+    /// for good and the risk is accepted.
+    #[arg(long)]
+    allow_missing_safety_state: bool,
 }
 
 /// config.toml.
@@ -347,6 +354,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             idle_block: Duration::from_millis(cfg.consensus.idle_block_ms),
             min_block_interval: Duration::from_millis(cfg.consensus.min_block_interval_ms),
         },
+        kept: Default::default(),
+        allow_missing_safety_state: args.allow_missing_safety_state,
     };
     let head = ledger.head();
     runtime::run_networked(

@@ -7,9 +7,10 @@
 //! is written (synced) before any later action leaves the node, final blocks are
 //! written with their certificates.
 //!
-//! Proposals this node has checked are kept in the ledger's consensus records until
-//! final, so a restarted validator (even a lone one) still knows the blocks its
-//! persisted highest QC points to.
+//! Proposals whose blocks consensus checked are kept in the ledger's consensus records
+//! until final (`kept`: bounded), so a restarted validator (even a lone one) still
+//! knows the blocks its persisted highest QC points to; the sync server answers block
+//! requests from them.
 //!
 //! This is the IO side of consensus; [`crate::consensus`] holds the pure parts.
 //!
@@ -19,11 +20,12 @@
 //! - `build`: building this node's proposals from the mempool, paced.
 //! - `check`: the engine's block check (execution on the parent's state) and the
 //!   cache of executions of unfinalized blocks.
+//! - `kept`: the index of the kept proposals, and its bounds.
 //! - [`safety_file`]: the validator's safety state on disk.
 //! - [`serve`]: answering other nodes' block sync requests, on a task of its own,
 //!   within byte budgets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ use grapevine_net::network::MAX_CONSENSUS_BYTES;
 use grapevine_net::{NetEvent, NetworkHandle, Offence};
 use tokio::sync::{mpsc, watch};
 
-use crate::consensus::engine::{Action, Engine, Timing};
+use crate::consensus::engine::{Action, Engine, Evidence, MAX_HEIGHTS_AHEAD, Timing};
 use crate::consensus::sync::{Progress, SyncMsg, Syncer};
 use crate::consensus::types::{
     Certificate, ConsensusMsg, Proposal, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet,
@@ -44,10 +46,12 @@ use crate::node::Node;
 
 mod build;
 mod check;
+pub mod kept;
 pub mod safety_file;
 pub mod serve;
 
 use check::{ExecCache, LedgerCheck, lock};
+use kept::{PROPOSAL_PREFIX, SharedKept, proposal_key};
 
 /// How often sync looks at peers' heights and its requests.
 const SYNC_TICK: Duration = Duration::from_millis(250);
@@ -55,14 +59,6 @@ const SYNC_TICK: Duration = Duration::from_millis(250);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often progress is logged while syncing.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Prefix of kept proposals: prefix || height (BE) || block hash.
-const PROPOSAL_PREFIX: &[u8] = b"proposal/";
-/// Consensus messages of rounds this far behind the engine's are still relayed; older
-/// ones are not.
-const RELAY_ROUNDS_BEHIND: u64 = 2;
-/// A block request for the same block is answered at most this often.
-const ANSWER_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Consensus settings.
 #[derive(Clone, Debug)]
@@ -80,10 +76,6 @@ pub struct Config {
     pub min_block_interval: Duration,
 }
 
-fn proposal_key(height: u64, hash: &Hash) -> Vec<u8> {
-    [PROPOSAL_PREFIX, &height.to_be_bytes(), &hash.0].concat()
-}
-
 /// Everything the driver needs to start.
 #[derive(Debug)]
 pub struct Setup {
@@ -95,6 +87,11 @@ pub struct Setup {
     pub safety_file: Option<safety_file::SafetyFile>,
     /// Settings.
     pub config: Config,
+    /// The index of kept proposals, shared with the sync server.
+    pub kept: SharedKept,
+    /// Start a validator past height 0 whose safety state file is missing (see
+    /// `grapevine run --allow-missing-safety-state`).
+    pub allow_missing_safety_state: bool,
 }
 
 struct Driver {
@@ -114,9 +111,7 @@ struct Driver {
     timer: Option<u64>,
     build: Option<(u64, Block, Instant)>,
     local: VecDeque<ConsensusMsg>,
-    answered: HashMap<Hash, Instant>,
-    /// Keys of the kept proposals, by height.
-    kept: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
+    kept: SharedKept,
     syncer: Syncer,
     safety_file: Option<safety_file::SafetyFile>,
     last_status: Instant,
@@ -152,17 +147,41 @@ pub async fn run(
         Some(f) => f.load()?,
         None => None,
     };
-    if stored.is_none() && setup.validator_key.is_some() && head.height > 0 {
-        tracing::warn!(
-            "no consensus safety state found; starting as a validator that never signed. \
-             If this validator signed before and its state file was removed, it could sign \
-             twice in a round"
-        );
-    }
-    let safety = stored.unwrap_or_else(|| SafetyState {
-        last_voted_round: 0,
-        high_qc: QuorumCert::genesis(genesis_block),
-    });
+    let safety = match (stored, &setup.safety_file) {
+        (Some(s), _) => s,
+        (None, None) => SafetyState {
+            last_voted_round: 0,
+            high_qc: QuorumCert::genesis(genesis_block),
+        },
+        (None, Some(f)) => {
+            if head.height > 0 {
+                anyhow::ensure!(
+                    setup.allow_missing_safety_state,
+                    "the consensus safety state file {} is missing, but this validator's \
+                     chain is at height {}: it may have signed before, and without the file \
+                     it could sign two conflicting messages in one round. Restore the file; \
+                     or, only if this key never signed on this chain (or the file is lost \
+                     for good and you accept the risk), start once with \
+                     --allow-missing-safety-state",
+                    f.path().display(),
+                    head.height
+                );
+                tracing::warn!(
+                    path = %f.path().display(),
+                    "no consensus safety state; starting as a validator that never signed \
+                     (--allow-missing-safety-state)"
+                );
+            }
+            let s = SafetyState {
+                last_voted_round: 0,
+                high_qc: QuorumCert::genesis(genesis_block),
+            };
+            // Written now, so that from here on a missing file means a removed one.
+            tokio::task::block_in_place(|| f.store(&s))
+                .context("cannot write the consensus safety state")?;
+            s
+        }
+    };
     let me = match &setup.validator_key {
         Some(k) => Some(setup.set.index_of(&k.address()).with_context(|| {
             format!(
@@ -214,8 +233,7 @@ pub async fn run(
         timer: None,
         build: None,
         local: VecDeque::new(),
-        answered: HashMap::new(),
-        kept: std::collections::BTreeMap::new(),
+        kept: setup.kept,
         syncer: Syncer::default(),
         safety_file: setup.safety_file.clone(),
         last_status: Instant::now() - STATUS_INTERVAL,
@@ -225,8 +243,8 @@ pub async fn run(
     };
     let now = d.now();
     d.engine.start(now);
-    tokio::task::block_in_place(|| d.replay_kept_proposals())?;
     d.drain().await?;
+    d.replay_kept_proposals().await?;
 
     let mut sync_tick = tokio::time::interval(SYNC_TICK);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,50 +305,85 @@ impl Driver {
     }
 
     /// Feeds the proposals kept from before a restart back to the engine, oldest
-    /// first, so it knows the unfinalized blocks its certificates point to.
-    fn replay_kept_proposals(&mut self) -> anyhow::Result<()> {
+    /// first, so it knows the unfinalized blocks its certificates point to. Reads one
+    /// at a time (memory: one proposal, whatever the disk holds); deletes what is
+    /// final, unreadable, too far ahead or past the index's bounds.
+    async fn replay_kept_proposals(&mut self) -> anyhow::Result<()> {
         let final_height = self.ledger.head().height;
+        let mut keys = Vec::new();
+        self.ledger
+            .consensus_for_each_key(PROPOSAL_PREFIX, &mut |k| keys.push(k.to_vec()))?;
         let mut stale = Vec::new();
-        let mut kept = Vec::new();
-        for (key, value) in self.ledger.consensus_scan(PROPOSAL_PREFIX)? {
-            match codec::decode::<Proposal>(&value, MAX_CONSENSUS_BYTES as u64) {
-                Ok(p) if p.block.header.height > final_height => {
-                    self.kept
-                        .entry(p.block.header.height)
-                        .or_default()
-                        .push(key);
-                    kept.push(p);
-                }
-                Ok(_) => stale.push(key),
-                Err(e) => {
+        for key in keys {
+            let value = tokio::task::block_in_place(|| self.ledger.consensus_get(&key))?;
+            let decoded = value.map(|v| {
+                let size = v.len() as u64;
+                codec::decode::<Proposal>(&v, MAX_CONSENSUS_BYTES as u64).map(|p| (p, size))
+            });
+            let (p, size) = match decoded {
+                Some(Ok(x)) => x,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "dropping an unreadable kept proposal");
                     stale.push(key);
+                    continue;
                 }
+                None => continue,
+            };
+            let height = p.block.header.height;
+            let hash = p.block.hash();
+            if height <= final_height
+                || height > final_height.saturating_add(MAX_HEIGHTS_AHEAD)
+                || key != proposal_key(height, &hash)
+                || !kept::lock(&self.kept).admit(height, hash, size)
+            {
+                stale.push(key);
+                continue;
             }
-        }
-        self.ledger.consensus_delete(&stale)?;
-        let now = self.now();
-        for p in kept {
+            let now = self.now();
             self.engine
                 .handle_message(now, None, ConsensusMsg::Proposal(Box::new(p)));
+            self.drain().await?;
         }
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "deleting kept proposals that are final, unreadable or beyond the bounds"
+            );
+        }
+        self.ledger.consensus_delete(&stale)?;
+        self.publish_kept();
         Ok(())
     }
 
+    fn publish_kept(&self) {
+        let k = kept::lock(&self.kept);
+        self.node.set_kept_proposals(k.len(), k.bytes());
+    }
+
+    /// Keeps a proposal consensus accepted (synced: its vote may follow), within the
+    /// index's bounds.
     fn keep_proposal(&mut self, p: &Proposal) {
         let height = p.block.header.height;
-        if height <= self.ledger.head().height {
+        let hash = p.block.hash();
+        if height <= self.ledger.head().height || kept::lock(&self.kept).contains(&hash) {
             return;
         }
-        let key = proposal_key(height, &p.block.hash());
-        // Synced: the safety state is in a file of its own, so no later synced ledger
-        // write is certain to come before a crash.
-        let write = || self.ledger.consensus_put(&key, &codec::encode(p));
-        // A synced write: off the async workers.
-        match tokio::task::block_in_place(write) {
-            Ok(()) => self.kept.entry(height).or_default().push(key),
-            Err(e) => tracing::warn!(error = %e, "cannot keep a proposal for restart"),
+        let bytes = codec::encode(p);
+        if !kept::lock(&self.kept).admit(height, hash, bytes.len() as u64) {
+            tracing::warn!(
+                height,
+                round = p.round(),
+                "not keeping a proposal: the kept proposals are at their bound"
+            );
+            return;
         }
+        let key = proposal_key(height, &hash);
+        // Synced: the safety state is in a file of its own, so no later synced ledger
+        // write is certain to come before a crash. Off the async workers.
+        if let Err(e) = tokio::task::block_in_place(|| self.ledger.consensus_put(&key, &bytes)) {
+            tracing::warn!(error = %e, "cannot keep a proposal for restart");
+        }
+        self.publish_kept();
     }
 
     /// A consensus message from peer `from`: checked, relayed if valid, then handed to
@@ -350,18 +403,20 @@ impl Driver {
                 return;
             }
         };
-        let valid = match &msg {
-            ConsensusMsg::Proposal(p) => p.verify_signed(&self.set),
-            ConsensusMsg::Vote(v) => v.verify(&self.set),
-            ConsensusMsg::Timeout(t) => t.verify_signed(&self.set),
-            ConsensusMsg::BlockRequest(hash) => {
-                self.answer_request(*hash).await;
-                return;
-            }
-            // Certificates verify inside the engine; a sync hint is not relayed.
-            ConsensusMsg::Sync { .. } => true,
-        };
-        if !valid {
+        if matches!(msg, ConsensusMsg::BlockRequest(_)) {
+            // Block requests travel as sync messages (`SyncMsg::BlockRequest`).
+            return;
+        }
+        // Only what may still count and does not conflict with what its signer sent
+        // before goes on: a late copy (a retransmission taken again after the
+        // network's seen window, a replay) or an equivocation must not echo through
+        // the network. The engine judges those itself, without relaying.
+        if !self.engine.relayable(&msg) {
+            let now = self.now();
+            self.engine.handle_message(now, None, msg);
+            return;
+        }
+        if !self.signed(&msg) {
             self.net
                 .report(
                     from,
@@ -371,42 +426,20 @@ impl Driver {
                 .await;
             return;
         }
-        // Only what is still current goes on: a late copy of an old message (a
-        // retransmission taken again after the network's seen window, or a replay)
-        // helps nobody and must not echo through the network.
-        let round = match &msg {
-            ConsensusMsg::Proposal(p) => Some(p.round()),
-            ConsensusMsg::Vote(v) => Some(v.round),
-            ConsensusMsg::Timeout(t) => Some(t.round),
-            ConsensusMsg::BlockRequest(_) | ConsensusMsg::Sync { .. } => None,
-        };
-        if round.is_some_and(|r| r + RELAY_ROUNDS_BEHIND >= self.engine.round()) {
-            self.net.relay_consensus(payload, from).await;
-        }
-        if let ConsensusMsg::Proposal(p) = &msg {
-            self.keep_proposal(p);
-        }
+        self.net.relay_consensus(payload, from).await;
         let now = self.now();
         self.engine.handle_message(now, None, msg);
     }
 
-    async fn answer_request(&mut self, hash: Hash) {
-        let now = Instant::now();
-        if self
-            .answered
-            .get(&hash)
-            .is_some_and(|at| now.duration_since(*at) < ANSWER_INTERVAL)
-        {
-            return;
+    /// Whether `msg` carries its signer's valid signature (certificates verify in the
+    /// engine).
+    fn signed(&self, msg: &ConsensusMsg) -> bool {
+        match msg {
+            ConsensusMsg::Proposal(p) => p.verify_signed(&self.set),
+            ConsensusMsg::Vote(v) => v.verify(&self.set),
+            ConsensusMsg::Timeout(t) => t.verify_signed(&self.set),
+            ConsensusMsg::BlockRequest(_) | ConsensusMsg::Sync { .. } => true,
         }
-        let Some(p) = self.engine.proposal(&hash).cloned() else {
-            return;
-        };
-        if self.answered.len() > 1024 {
-            self.answered.clear();
-        }
-        self.answered.insert(hash, now);
-        broadcast(&self.net, &ConsensusMsg::Proposal(Box::new(p))).await;
     }
 
     /// Every [`SYNC_TICK`]: tells peers the final height now and then, sends the block
@@ -451,8 +484,23 @@ impl Driver {
     async fn on_sync(&mut self, from: Address, msg: SyncMsg) {
         match msg {
             SyncMsg::Status { final_height, .. } => self.syncer.on_status(from, final_height),
-            SyncMsg::GetBlocks { .. } => {}
-            SyncMsg::BlockRequest { hash } => self.answer_request(hash).await,
+            // The sync server answers these itself.
+            SyncMsg::GetBlocks { .. } | SyncMsg::BlockRequest { .. } => {}
+            SyncMsg::Proposal(p) => {
+                if !p.verify_signed(&self.set) {
+                    self.net
+                        .report(
+                            from,
+                            Offence::InvalidConsensus,
+                            "answered a block request with a badly signed proposal",
+                        )
+                        .await;
+                    return;
+                }
+                let now = self.now();
+                self.engine
+                    .handle_message(now, None, ConsensusMsg::Proposal(p));
+            }
             SyncMsg::Blocks { id, blocks } => {
                 let (set, genesis) = (&self.set, &self.genesis_block);
                 if let Err(e) = self
@@ -558,12 +606,9 @@ impl Driver {
                     broadcast(&self.net, &msg).await;
                 }
             }
-            Action::Broadcast(msg) => {
-                if let ConsensusMsg::Proposal(p) = &msg {
-                    self.keep_proposal(p);
-                }
-                broadcast(&self.net, &msg).await;
-            }
+            Action::Broadcast(msg) => broadcast(&self.net, &msg).await,
+            Action::Keep(p) => self.keep_proposal(&p),
+            Action::Evidence(e) => self.on_evidence(&e),
             Action::Commit { blocks } => {
                 tokio::task::block_in_place(|| self.commit(blocks))?;
             }
@@ -579,6 +624,36 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// A validator equivocated: logged and counted. Its peer is not penalized: the
+    /// conflicting message usually arrives through honest peers relaying what they
+    /// took first, and the signer's network identity is not known.
+    fn on_evidence(&self, e: &Evidence) {
+        let (kind, round, first, second) = match e {
+            Evidence::Proposal {
+                round,
+                first,
+                second,
+                ..
+            } => ("proposal", round, first, second),
+            Evidence::Vote {
+                round,
+                first,
+                second,
+                ..
+            } => ("vote", round, first, second),
+        };
+        let signer = self.set.key(e.signer()).copied().unwrap_or_default();
+        tracing::warn!(
+            validator = %signer,
+            kind,
+            round,
+            first = %first,
+            second = %second,
+            "equivocation: a validator signed two conflicting messages in one round"
+        );
+        self.node.count_equivocation(kind);
     }
 
     fn commit(&mut self, blocks: Vec<(Block, Certificate)>) -> anyhow::Result<()> {
@@ -632,12 +707,9 @@ impl Driver {
         let final_height = self.ledger.head().height;
         lock(&self.cache).prune(final_height);
         // Kept proposals of final heights (and of forks there) are no longer needed.
-        let above = self.kept.split_off(&(final_height + 1));
-        let stale: Vec<Vec<u8>> = std::mem::replace(&mut self.kept, above)
-            .into_values()
-            .flatten()
-            .collect();
+        let stale = kept::lock(&self.kept).prune(final_height);
         self.ledger.consensus_delete(&stale)?;
+        self.publish_kept();
         Ok(())
     }
 }

@@ -1,9 +1,11 @@
 //! Serving block sync, off the consensus task: peers' `GetBlocks` requests are read
 //! from the network's sync queue, queued per peer and answered one at a time from the
 //! ledger, each peer within a byte budget and all of them within a node-wide one.
-//! `Status` and `Blocks` messages go on to the consensus driver, which runs the
-//! [`Syncer`](crate::consensus::sync::Syncer), and so do `BlockRequest`s (within a
-//! rate), which the driver answers from the proposals consensus holds.
+//! `Status`, `Blocks` and `Proposal` messages go on to the consensus driver, which runs
+//! the [`Syncer`](crate::consensus::sync::Syncer). A `BlockRequest` is answered here,
+//! to the requester alone, from the proposals kept on disk ([`super::kept`]), within a
+//! request rate and the same byte budgets: whatever a peer sends, what it gets back is
+//! bounded by [`PEER_BYTES_PER_SEC`] (after a burst of [`PEER_BURST_BYTES`]).
 //!
 //! A peer whose requests wait beyond [`MAX_WAITING_PER_PEER`], or that sends `Status`
 //! faster than [`STATUS_PER_SEC`], has the excess dropped and is reported
@@ -18,13 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use grapevine_ledger::{Address, Block, Ledger, codec};
+use grapevine_ledger::{Address, Block, Hash, Ledger, codec};
 use grapevine_net::network::MAX_CONSENSUS_BYTES;
 use grapevine_net::{NetEvent, NetworkHandle, Offence};
 use tokio::sync::{mpsc, watch};
 
 use crate::consensus::sync::{CHUNK, REQUEST_TIMEOUT, SyncMsg};
-use crate::consensus::types::Certificate;
+use crate::consensus::types::{Certificate, Proposal};
+
+use super::kept::{self, SharedKept};
 
 /// Bytes of blocks one peer is served per second on average...
 pub const PEER_BYTES_PER_SEC: f64 = 4.0 * 1024.0 * 1024.0;
@@ -43,7 +47,8 @@ pub const MAX_WAITING_PER_PEER: usize = 8;
 pub const STATUS_PER_SEC: f64 = 2.0;
 /// ...and in a burst.
 pub const STATUS_BURST: f64 = 5.0;
-/// `BlockRequest`s of one peer passed on to consensus per second on average...
+/// `BlockRequest`s of one peer answered per second on average (within its byte
+/// budget)...
 pub const BLOCK_REQUESTS_PER_SEC: f64 = 64.0;
 /// ...and in a burst (a node that missed a run of proposals asks for the parent of
 /// each it holds, up to 256, when its round timer fires). The excess is dropped
@@ -229,10 +234,15 @@ impl ServeQueue {
         self.peer(peer, now).status.take_one(now)
     }
 
-    /// Whether a `BlockRequest` from `peer` is within its rate; `false`: drop it.
+    /// Whether a `BlockRequest` from `peer` may be answered now: within its rate and
+    /// with both byte budgets available; `false`: drop it (the requester asks again).
     #[must_use]
     pub fn block_request(&mut self, peer: Address, now: Instant) -> bool {
-        self.peer(peer, now).block_requests.take_one(now)
+        if !self.node.ready(now) {
+            return false;
+        }
+        let p = self.peer(peer, now);
+        p.bytes.ready(now) && p.block_requests.take_one(now)
     }
 
     /// The next request to serve, round-robin over the peers whose budget allows,
@@ -312,6 +322,7 @@ pub fn read_blocks(ledger: &Ledger, start: u64, count: u16) -> Vec<(Block, Certi
 /// lost answer is asked again).
 pub async fn run(
     ledger: Arc<Ledger>,
+    kept: SharedKept,
     net: NetworkHandle,
     mut inbox: mpsc::Receiver<NetEvent>,
     to_driver: mpsc::Sender<(Address, SyncMsg)>,
@@ -339,7 +350,8 @@ pub async fn run(
         tokio::select! {
             ev = inbox.recv() => match ev {
                 Some(NetEvent::Sync { from, payload }) => {
-                    on_message(&mut queue, &net, &to_driver, from, &payload).await;
+                    let ctx = Context { ledger: &ledger, kept: &kept, net: &net, to_driver: &to_driver };
+                    on_message(&mut queue, &ctx, from, &payload).await;
                 }
                 Some(NetEvent::Consensus { .. }) => {}
                 None => return,
@@ -371,13 +383,24 @@ pub async fn run(
     }
 }
 
-async fn on_message(
-    queue: &mut ServeQueue,
-    net: &NetworkHandle,
-    to_driver: &mpsc::Sender<(Address, SyncMsg)>,
-    from: Address,
-    payload: &[u8],
-) {
+/// What handling one sync message needs.
+struct Context<'a> {
+    ledger: &'a Ledger,
+    kept: &'a SharedKept,
+    net: &'a NetworkHandle,
+    to_driver: &'a mpsc::Sender<(Address, SyncMsg)>,
+}
+
+/// The kept proposal of block `hash` as a [`SyncMsg::Proposal`] answer, if kept.
+fn kept_answer(ledger: &Ledger, kept: &SharedKept, hash: &Hash) -> Option<Bytes> {
+    let key = kept::lock(kept).key_of(hash)?;
+    let value = ledger.consensus_get(&key).ok()??;
+    let p = codec::decode::<Proposal>(&value, MAX_CONSENSUS_BYTES as u64).ok()?;
+    Some(Bytes::from(codec::encode(&SyncMsg::Proposal(Box::new(p)))))
+}
+
+async fn on_message(queue: &mut ServeQueue, ctx: &Context<'_>, from: Address, payload: &[u8]) {
+    let (net, to_driver) = (ctx.net, ctx.to_driver);
     let now = Instant::now();
     let msg = match codec::decode::<SyncMsg>(payload, MAX_CONSENSUS_BYTES as u64) {
         Ok(m) => m,
@@ -414,17 +437,27 @@ async fn on_message(
             }
             let _ = to_driver.try_send((from, msg));
         }
-        SyncMsg::Blocks { .. } => {
+        SyncMsg::Blocks { .. } | SyncMsg::Proposal(_) => {
             if to_driver.try_send((from, msg)).is_err() {
                 tracing::debug!(peer = %from, "sync answers queue full; answer dropped");
             }
         }
-        SyncMsg::BlockRequest { .. } => {
-            if queue.block_request(from, now) {
-                let _ = to_driver.try_send((from, msg));
-            } else {
-                tracing::debug!(peer = %from, "block requests over their rate; dropped");
+        SyncMsg::BlockRequest { hash } => {
+            if !kept::lock(ctx.kept).contains(&hash) {
+                return; // not a block this node holds: nothing to send
             }
+            if !queue.block_request(from, now) {
+                tracing::debug!(peer = %from, "block requests over their budget; dropped");
+                return;
+            }
+            // A point read of one kept proposal: off the async workers' queue.
+            let Some(answer) =
+                tokio::task::block_in_place(|| kept_answer(ctx.ledger, ctx.kept, &hash))
+            else {
+                return;
+            };
+            queue.served(from, answer.len(), now);
+            net.send_sync_to(from, answer).await;
         }
     }
 }

@@ -23,6 +23,9 @@ pub(super) struct Metrics {
     pub(super) net_sync_dropped: Counter,
     pub(super) net_messages: Family<Vec<(String, String)>, Counter>,
     pub(super) db_memory: Family<Vec<(String, String)>, Gauge>,
+    pub(super) equivocations: Family<Vec<(String, String)>, Counter>,
+    pub(super) kept_proposals: Gauge,
+    pub(super) kept_proposal_bytes: Gauge,
 }
 
 impl Metrics {
@@ -63,6 +66,21 @@ impl Metrics {
             self.mempool_bytes.clone(),
         );
         r.register("grapevine_peers", "Connected peers", self.peers.clone());
+        r.register(
+            "grapevine_consensus_equivocations",
+            "Validators caught signing two proposals or two votes in one round (kind)",
+            self.equivocations.clone(),
+        );
+        r.register(
+            "grapevine_consensus_kept_proposals",
+            "Proposals above the final height kept on disk for a restart",
+            self.kept_proposals.clone(),
+        );
+        r.register(
+            "grapevine_consensus_kept_proposal_bytes",
+            "Encoded bytes of the proposals kept on disk for a restart",
+            self.kept_proposal_bytes.clone(),
+        );
         r.register(
             "grapevine_sync_target_height",
             "Highest final height peers report",

@@ -438,6 +438,24 @@ impl Node {
         *self.sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
     }
 
+    /// Counts a validator caught equivocating (`kind`: "proposal" or "vote").
+    pub fn count_equivocation(&self, kind: &str) {
+        self.metrics
+            .equivocations
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
+    }
+
+    /// Records what the proposals kept for a restart hold.
+    pub fn set_kept_proposals(&self, count: usize, bytes: u64) {
+        self.metrics
+            .kept_proposals
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.metrics
+            .kept_proposal_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     fn sync_progress(&self) -> Option<Progress> {
         *self.sync.lock().unwrap_or_else(|e| e.into_inner())
     }
