@@ -96,7 +96,7 @@ pub(super) fn spawn(
     });
     let mut book = AddressBook::load(cfg.address_book.clone());
     for a in &cfg.bootstrap {
-        book.add(*a);
+        book.add_bootstrap(*a);
     }
     let actor = Actor {
         validator,
@@ -321,15 +321,16 @@ impl Actor {
                 }
                 let listen_addr =
                     (listen_port != 0).then(|| SocketAddr::new(addr.ip(), listen_port));
-                // Without peer exchange only dialed addresses count: a peer's own
-                // listen address may be one this node is not meant to use.
-                let good = if self.cfg.peer_exchange {
-                    listen_addr
-                } else {
-                    (!inbound).then_some(addr)
-                };
-                if let Some(l) = good {
-                    self.book.connected(l);
+                if !inbound {
+                    // Dialed and proved: a tried address.
+                    self.book.connected(addr);
+                } else if self.cfg.peer_exchange
+                    && let Some(l) = listen_addr
+                {
+                    // Only claimed: a new address, bucketed by the claimant's group.
+                    // Without peer exchange, a peer's own listen address may be one
+                    // this node is not meant to use.
+                    self.book.add(l, addr.ip());
                 }
                 tracing::info!(peer = %link_id, %addr, inbound, "peer connected");
                 let peer = Peer {
@@ -421,9 +422,12 @@ impl Actor {
                     self.penalize(conn, Offence::Unsolicited, "unrequested address list");
                     return;
                 }
+                let Some(source) = self.peers.get(conn).map(|p| p.addr.ip()) else {
+                    return;
+                };
                 for s in list {
                     match s.parse::<SocketAddr>() {
-                        Ok(a) if a.port() != 0 => self.book.add(a),
+                        Ok(a) if a.port() != 0 => self.book.add(a, source),
                         _ => {
                             self.penalize(conn, Offence::BadAddress, "unparsable address");
                             return;
