@@ -7,6 +7,8 @@
 //! - [`message`]: the messages peers exchange and the signed [`message::Hello`].
 //! - [`secure`]: the Noise handshake (`snow`), hello checks and encrypted links.
 //! - [`addrbook`]: known addresses, reconnect backoff, persistence.
+//! - [`netgroup`]: the network group of an address (IPv4 /16, IPv6 /48), which
+//!   limits on links and addresses count by.
 //! - [`network`]: the network itself: [`start`], its [`NetworkHandle`] and [`Inbox`].
 //!   Inside, one actor task owns all state and does all IO (`network/actor.rs`),
 //!   wiring together the link tasks (`link.rs`), the peer set with its limits, scores
@@ -19,6 +21,7 @@
 pub mod addrbook;
 pub mod frame;
 pub mod message;
+pub mod netgroup;
 pub mod network;
 pub mod secure;
 

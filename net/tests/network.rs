@@ -992,3 +992,102 @@ async fn a_retransmission_is_taken_once_the_seen_window_passed() {
         "taken again once the window passed"
     );
 }
+
+/// A peer sending faster than its inbound budget is read no faster than the budget
+/// (its pongs come back at that pace: the node stops reading its socket), counted as
+/// throttled once a second, and banned when the penalties exhaust its score.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_inbound_budget_is_throttled_then_banned() {
+    let hub = node(1, 1, vec![], |c| c.recv_msgs_per_sec = 50).await;
+    let secure::Link {
+        mut reader,
+        mut writer,
+        ..
+    } = handshake_as(60, hub.handle.listen_addr).await;
+    let flood = tokio::spawn(async move {
+        let mut n = 0u64;
+        while writer.send(&Message::Ping(n)).await.is_ok() {
+            n += 1;
+        }
+    });
+    let start = Instant::now();
+    let (mut early_pongs, mut closed) = (0u32, false);
+    while start.elapsed() < Duration::from_secs(25) {
+        match tokio::time::timeout(Duration::from_secs(25), reader.recv()).await {
+            Ok(Ok((Message::Pong(_), _))) => {
+                if start.elapsed() < Duration::from_secs(3) {
+                    early_pongs += 1;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    flood.abort();
+    // The burst (100) and three seconds at 50 a second, with slack for timing; an
+    // unthrottled link answers thousands.
+    assert!(
+        early_pongs <= 400,
+        "{early_pongs} pongs in 3 s at 50 messages/s"
+    );
+    assert!(closed, "the flooding peer is disconnected");
+    let stats = &hub.handle.stats;
+    assert!(stats.throttled.load(Ordering::Relaxed) >= 10);
+    assert!(stats.bans.load(Ordering::Relaxed) >= 1, "and banned");
+}
+
+/// `TxRequest` is answered only for transactions announced to the asking peer, and
+/// `GetPeers` once a minute; the rest is ignored and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_what_a_peer_may_ask_are_ignored() {
+    let hub = node(1, 1, vec![], |_| {}).await;
+    let before = txs(3);
+    let hashes: Vec<Hash> = before.iter().map(SignedTx::hash).collect();
+    hub.handle.broadcast_txs(before).await;
+    // The link comes up after their announcement: they were never announced to it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut link = handshake_as(61, hub.handle.listen_addr).await;
+    link.writer
+        .send(&Message::TxRequest(hashes.clone()))
+        .await
+        .unwrap();
+    link.writer.send(&Message::GetPeers).await.unwrap();
+    link.writer.send(&Message::GetPeers).await.unwrap();
+    let (mut bodies, mut peer_lists) = (0, 0);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok((msg, _)) = link.reader.recv().await {
+            match msg {
+                Message::Txs(t) => bodies += t.len(),
+                Message::Peers(_) => peer_lists += 1,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(bodies, 0, "bodies never announced to this peer");
+    assert_eq!(peer_lists, 1, "one GetPeers answered");
+    assert_eq!(hub.handle.stats.requests_refused.load(Ordering::Relaxed), 2);
+
+    // Announced to it now: served.
+    hub.handle.reannounce(txs(3)).await;
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok((msg, _)) = link.reader.recv().await {
+            match msg {
+                Message::TxAnnounce(_) => link
+                    .writer
+                    .send(&Message::TxRequest(hashes.clone()))
+                    .await
+                    .map(|_| ())
+                    .unwrap(),
+                Message::Txs(t) => return t.len(),
+                _ => {}
+            }
+        }
+        0
+    })
+    .await;
+    assert_eq!(served.ok(), Some(3));
+}

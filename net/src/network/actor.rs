@@ -18,7 +18,7 @@ use tokio::task::AbortHandle;
 
 use super::gossip::{Gossip, ValidatedBatch, WaitingBatch};
 use super::link::{self, LinkCtx, LinkEvent};
-use super::peers::{Peer, PeerSet};
+use super::peers::{Admission, Peer, PeerSet};
 use super::relay::{Answer, Relay};
 use super::{
     ConnId, INBOX_QUEUE, Inbox, MAX_CONSENSUS_BYTES, MESSAGE_KINDS, NetConfig, NetEvent, NetStats,
@@ -26,6 +26,7 @@ use super::{
 };
 use crate::addrbook::AddressBook;
 use crate::message::{MAX_PEERS_PER_MESSAGE, Message};
+use crate::netgroup;
 use crate::secure::LocalIdentity;
 
 /// Gossip batching interval.
@@ -95,7 +96,7 @@ pub(super) fn spawn(
     });
     let mut book = AddressBook::load(cfg.address_book.clone());
     for a in &cfg.bootstrap {
-        book.add(*a);
+        book.add_bootstrap(*a);
     }
     let actor = Actor {
         validator,
@@ -175,6 +176,8 @@ impl Actor {
             stats: self.stats.clone(),
             handshake_timeout: self.cfg.handshake_timeout,
             queue_len: self.cfg.send_queue,
+            recv_msgs_per_sec: self.cfg.recv_msgs_per_sec,
+            recv_bytes_per_sec: self.cfg.recv_bytes_per_sec,
         }
     }
 
@@ -184,14 +187,27 @@ impl Actor {
     }
 
     fn on_accept(&mut self, stream: TcpStream, addr: SocketAddr) {
-        // Refused: dropping the stream closes it.
-        if self.peers.admits(addr, Instant::now()) {
-            let conn = self.new_conn();
-            let task = tokio::spawn(link::run_link(stream, addr, true, conn, self.link_ctx()));
-            // Kept so a disconnect stops the reader, which is this task.
-            self.pending.insert(conn, task.abort_handle());
-            self.peers.handshaking(conn, addr.ip());
+        match self.peers.admits(addr, Instant::now()) {
+            Admission::Admit => {}
+            Admission::Evict(victim) => {
+                if let Some(p) = self.peers.get(victim) {
+                    tracing::info!(peer = %p.id, addr = %p.addr, new = %addr, "inbound slots full: evicting a peer");
+                }
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                self.disconnect(victim);
+            }
+            Admission::Refuse(why) => {
+                // Dropping the stream closes it.
+                tracing::debug!(%addr, why, "refusing inbound link");
+                self.stats.inbound_refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
+        let conn = self.new_conn();
+        let task = tokio::spawn(link::run_link(stream, addr, true, conn, self.link_ctx()));
+        // Kept so a disconnect stops the reader, which is this task.
+        self.pending.insert(conn, task.abort_handle());
+        self.peers.handshaking(conn, addr.ip());
     }
 
     /// Expires bans, retries wants and requests, and dials toward the outbound target.
@@ -207,9 +223,16 @@ impl Actor {
             return;
         }
         let connected = self.peers.addresses();
+        // At most one outbound link per network group, so that an attacker needs as
+        // many networks as the node has outbound links to surround it.
+        let mut groups = self.peers.outbound_groups();
+        groups.extend(self.dialing.iter().filter_map(|a| netgroup::group(a.ip())));
         let wanted = self.cfg.target_outbound - outbound;
         let candidates = self.book.candidates(now, wanted, |a| {
-            a != self.listen_addr && !connected.contains(&a) && !self.dialing.contains(&a)
+            a != self.listen_addr
+                && !connected.contains(&a)
+                && !self.dialing.contains(&a)
+                && netgroup::group(a.ip()).is_none_or(|g| !groups.contains(&g))
         });
         for addr in candidates {
             self.book.attempted(addr, now);
@@ -298,15 +321,16 @@ impl Actor {
                 }
                 let listen_addr =
                     (listen_port != 0).then(|| SocketAddr::new(addr.ip(), listen_port));
-                // Without peer exchange only dialed addresses count: a peer's own
-                // listen address may be one this node is not meant to use.
-                let good = if self.cfg.peer_exchange {
-                    listen_addr
-                } else {
-                    (!inbound).then_some(addr)
-                };
-                if let Some(l) = good {
-                    self.book.connected(l);
+                if !inbound {
+                    // Dialed and proved: a tried address.
+                    self.book.connected(addr);
+                } else if self.cfg.peer_exchange
+                    && let Some(l) = listen_addr
+                {
+                    // Only claimed: a new address, bucketed by the claimant's group.
+                    // Without peer exchange, a peer's own listen address may be one
+                    // this node is not meant to use.
+                    self.book.add(l, addr.ip());
                 }
                 tracing::info!(peer = %link_id, %addr, inbound, "peer connected");
                 let peer = Peer {
@@ -323,9 +347,11 @@ impl Actor {
                     ping_sent: None,
                     latency: None,
                     asked_peers: self.cfg.peer_exchange,
+                    connected_at: Instant::now(),
+                    answered_get_peers: None,
                 };
                 self.peers.insert(conn, peer);
-                self.gossip.peer_up(conn);
+                self.gossip.peer_up(conn, Instant::now());
                 self.relay.peer_up(conn);
                 if self.cfg.peer_exchange {
                     self.send(conn, &Message::GetPeers);
@@ -343,6 +369,14 @@ impl Actor {
                     }
                 }
                 self.disconnect(conn);
+            }
+            LinkEvent::Throttled { conn } => {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                self.penalize(
+                    conn,
+                    Offence::Flood,
+                    "messages or bytes over the inbound budget",
+                );
             }
             LinkEvent::DialFailed { conn, addr, reason } => {
                 self.pending.remove(&conn);
@@ -369,6 +403,11 @@ impl Actor {
             Message::Ping(n) => self.send(conn, &Message::Pong(n)),
             Message::Pong(n) => self.peers.on_pong(conn, n, Instant::now()),
             Message::GetPeers => {
+                if !self.peers.may_answer_get_peers(conn, Instant::now()) {
+                    self.stats.requests_refused.fetch_add(1, Ordering::Relaxed);
+                    self.penalize(conn, Offence::Flood, "GetPeers more than once a minute");
+                    return;
+                }
                 let addrs: Vec<String> = self
                     .book
                     .good(MAX_PEERS_PER_MESSAGE)
@@ -383,9 +422,12 @@ impl Actor {
                     self.penalize(conn, Offence::Unsolicited, "unrequested address list");
                     return;
                 }
+                let Some(source) = self.peers.get(conn).map(|p| p.addr.ip()) else {
+                    return;
+                };
                 for s in list {
                     match s.parse::<SocketAddr>() {
-                        Ok(a) if a.port() != 0 => self.book.add(a),
+                        Ok(a) if a.port() != 0 => self.book.add(a, source),
                         _ => {
                             self.penalize(conn, Offence::BadAddress, "unparsable address");
                             return;
@@ -399,8 +441,17 @@ impl Actor {
                 }
             }
             Message::TxRequest(hashes) => {
-                if let Some(bodies) = self.gossip.on_request(&hashes) {
+                let served = self.gossip.on_request(conn, &hashes);
+                if let Some(bodies) = served.answer {
                     self.send(conn, &bodies);
+                }
+                if served.unannounced > 0 {
+                    self.stats.requests_refused.fetch_add(1, Ordering::Relaxed);
+                    self.penalize(
+                        conn,
+                        Offence::Unsolicited,
+                        "asked for transactions not announced to it",
+                    );
                 }
             }
             Message::Txs(txs) => {
@@ -411,10 +462,10 @@ impl Actor {
                 if got.fresh.is_empty() {
                     return;
                 }
-                let Some(id) = self.peers.get(conn).map(|p| p.id) else {
+                let Some(origin) = self.peers.get(conn).map(|p| (p.id, p.addr.ip())) else {
                     return;
                 };
-                if self.gossip.enqueue(conn, id, got.fresh) {
+                if self.gossip.enqueue(conn, origin, got.fresh) {
                     self.start_validations();
                 }
             }
@@ -511,23 +562,26 @@ impl Actor {
             let judged = self.gossip.judge(b.fresh, b.verdicts);
             if judged.invalid > 0 && self.peers.get(b.conn).is_none() {
                 // It left before its verdict came back: honest peers never relay
-                // invalid transactions, so it is banned by id as if it had stayed.
-                tracing::warn!(peer = %b.id, "banning peer that relayed invalid transactions and left");
-                self.peers.ban_id(b.id, Instant::now());
+                // invalid transactions, so it is banned (id and address) as if it had
+                // stayed.
+                let (id, ip) = b.id;
+                tracing::warn!(peer = %id, %ip, "banning peer that relayed invalid transactions and left");
+                self.peers.ban_left(id, ip, Instant::now());
             }
             for _ in 0..judged.invalid {
                 self.penalize(b.conn, Offence::InvalidTx, "invalid transaction");
             }
             self.peers
                 .reward(b.conn, (judged.valid.len() as i64).min(10));
-            self.gossip.accept(judged.valid, Some(b.conn));
+            self.gossip
+                .accept(Instant::now(), judged.valid, Some(b.conn));
         }
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::BroadcastTxs(txs) => self.gossip.accept(txs, None),
-            Command::Reannounce(txs) => self.gossip.reannounce(txs),
+            Command::BroadcastTxs(txs) => self.gossip.accept(Instant::now(), txs, None),
+            Command::Reannounce(txs) => self.gossip.reannounce(Instant::now(), txs),
             Command::BroadcastConsensus(payload) => {
                 let frame = self.relay.broadcast(Instant::now(), &payload);
                 for c in self.peers.conns_except(None) {

@@ -1,11 +1,13 @@
 //! Transaction gossip as a state machine without sockets or tasks: announce, then fetch
-//! what is missing. It keeps what was seen, the bodies it can serve, the requests in
+//! what is missing. It keeps what was seen, the bodies it can serve (each only to the
+//! peers it was announced to), the requests in
 //! flight with the other peers that announced the same hash, and the relayed batches
 //! waiting for validation. Each method takes the time and its input and returns what to
 //! send and what to penalize; the actor ([`super`]) does the sending, the validation
 //! and the penalties.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -37,15 +39,18 @@ const MAX_WAITING_BATCHES: usize = 256;
 /// Waiting batches per peer, so one peer cannot fill the queue for all.
 const MAX_WAITING_PER_PEER: usize = 64;
 
-/// Relayed transactions waiting for validation: the connection and id of the peer
+/// The node id and IP address of a peer, so that it can be banned after it left.
+pub(super) type Origin = (Address, IpAddr);
+
+/// Relayed transactions waiting for validation: the connection and origin of the peer
 /// that sent them (its penalties still apply if it disconnects meanwhile), and the
 /// bodies.
-pub(super) type WaitingBatch = (ConnId, Address, Vec<SignedTx>);
+pub(super) type WaitingBatch = (ConnId, Origin, Vec<SignedTx>);
 
 /// A relayed batch with its verdicts.
 pub(super) struct ValidatedBatch {
     pub(super) conn: ConnId,
-    pub(super) id: Address,
+    pub(super) id: Origin,
     pub(super) fresh: Vec<SignedTx>,
     pub(super) verdicts: Vec<Verdict>,
 }
@@ -58,6 +63,25 @@ pub(super) struct Received {
     pub(super) fresh: Vec<SignedTx>,
     /// Whether some were not requested from this peer (an offence).
     pub(super) unsolicited: bool,
+}
+
+/// The answer to a peer's `TxRequest`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Served {
+    /// The bodies to send, if any.
+    pub(super) answer: Option<Message>,
+    /// Hashes asked for that this node keeps but never announced to that peer (it
+    /// sent them, or connected after they were announced): not served, an offence.
+    pub(super) unannounced: usize,
+}
+
+/// A body kept to answer requests, and to whom it was announced: every peer connected
+/// at `at` but `from`.
+#[derive(Clone, Copy)]
+struct Stored {
+    tx: SignedTx,
+    from: Option<ConnId>,
+    at: Instant,
 }
 
 /// What a batch's verdicts came to.
@@ -75,8 +99,13 @@ pub(super) struct Gossip {
     stats: Arc<NetStats>,
     /// Hashes accepted, ignored or found invalid: never requested again.
     seen: RecentSet,
-    /// Bodies of valid transactions, to answer requests.
-    store: RecentMap<SignedTx>,
+    /// Bodies of valid transactions, to answer requests. Announcements go to every
+    /// peer connected at the time but the sender, so what was announced to a peer
+    /// follows from each body's sender and time and the peer's `joined`: no per-peer
+    /// set of hashes (at 30,000 tx/s and 2 s of retries, 60,000 hashes for each peer).
+    store: RecentMap<Stored>,
+    /// When each connected peer came up.
+    joined: FastMap<ConnId, Instant>,
     /// Requested hashes: the peer asked, and when.
     inflight: FastMap<Hash, (ConnId, Instant)>,
     /// Other peers that announced a requested hash, asked in turn if the first fails.
@@ -98,6 +127,7 @@ impl Gossip {
             stats,
             seen: RecentSet::new(SEEN_CAPACITY),
             store: RecentMap::new(TX_STORE_CAPACITY),
+            joined: FastMap::default(),
             inflight: FastMap::default(),
             alternates: FastMap::default(),
             announce: FastMap::default(),
@@ -107,15 +137,18 @@ impl Gossip {
         }
     }
 
-    /// Peer `conn` is connected: it gets announcements and may be asked for bodies.
-    pub(super) fn peer_up(&mut self, conn: ConnId) {
+    /// Peer `conn` is connected since `now`: it gets announcements (and may ask for
+    /// those bodies) and may be asked for bodies.
+    pub(super) fn peer_up(&mut self, conn: ConnId, now: Instant) {
         self.announce.entry(conn).or_default();
+        self.joined.insert(conn, now);
     }
 
     /// Peer `conn` is gone: its waiting batches are not worth the work any more, and
     /// its requests go to other announcers at the next [`Gossip::retry`].
     pub(super) fn peer_down(&mut self, conn: ConnId) {
         self.announce.remove(&conn);
+        self.joined.remove(&conn);
         let validating = &mut self.validating;
         self.waiting.retain(|(c, _, fresh)| {
             if *c == conn {
@@ -158,14 +191,26 @@ impl Gossip {
         (!want.is_empty()).then_some(Message::TxRequest(want))
     }
 
-    /// A peer asked for `hashes`: the answer with the bodies this node keeps, if any.
+    /// Peer `conn` asked for `hashes` (at most [`MAX_ITEMS_PER_MESSAGE`], as decoding
+    /// checks): the answer with the bodies this node keeps and announced to it. A
+    /// hash no longer kept is passed over (the peer asks another announcer).
     #[must_use]
-    pub(super) fn on_request(&self, hashes: &[Hash]) -> Option<Message> {
-        let bodies: Vec<SignedTx> = hashes
-            .iter()
-            .filter_map(|h| self.store.get(h).copied())
-            .collect();
-        (!bodies.is_empty()).then_some(Message::Txs(bodies))
+    pub(super) fn on_request(&self, conn: ConnId, hashes: &[Hash]) -> Served {
+        let joined = self.joined.get(&conn);
+        let mut out = Served::default();
+        let mut bodies = Vec::new();
+        for h in hashes {
+            let Some(s) = self.store.get(h) else {
+                continue;
+            };
+            if s.from != Some(conn) && joined.is_some_and(|j| s.at >= *j) {
+                bodies.push(s.tx);
+            } else {
+                out.unannounced += 1;
+            }
+        }
+        out.answer = (!bodies.is_empty()).then_some(Message::Txs(bodies));
+        out
     }
 
     /// `conn` sent bodies: settles their requests, counts bodies and duplicates, and
@@ -195,7 +240,7 @@ impl Gossip {
     /// Queues fresh bodies from `conn` (node id `id`) for validation, unless the
     /// queue, or that peer's share of it, is full: then they are dropped unseen (a
     /// later announcement fetches them again). Returns whether they were queued.
-    pub(super) fn enqueue(&mut self, conn: ConnId, id: Address, fresh: Vec<SignedTx>) -> bool {
+    pub(super) fn enqueue(&mut self, conn: ConnId, id: Origin, fresh: Vec<SignedTx>) -> bool {
         let from_peer = self.waiting.iter().filter(|(c, _, _)| *c == conn).count();
         if self.waiting.len() >= MAX_WAITING_BATCHES || from_peer >= MAX_WAITING_PER_PEER {
             tracing::debug!(
@@ -271,15 +316,20 @@ impl Gossip {
     }
 
     /// Records valid transactions not seen before, keeps their bodies, and queues their
-    /// announcement to every peer but `except`.
-    pub(super) fn accept(&mut self, txs: Vec<SignedTx>, except: Option<ConnId>) {
+    /// announcement (at `now`) to every peer but `except`.
+    pub(super) fn accept(&mut self, now: Instant, txs: Vec<SignedTx>, except: Option<ConnId>) {
         let mut hashes = Vec::with_capacity(txs.len());
         for t in txs {
             let h = t.hash();
             if !self.seen.insert(h, ()) {
                 continue;
             }
-            self.store.insert(h, t);
+            let stored = Stored {
+                tx: t,
+                from: except,
+                at: now,
+            };
+            self.store.insert(h, stored);
             hashes.push(h);
         }
         for (c, queue) in self.announce.iter_mut() {
@@ -291,12 +341,22 @@ impl Gossip {
 
     /// Queues the announcement of transactions the node still holds to every peer,
     /// seen or not, so that peers that deferred or dropped them fetch them now.
-    pub(super) fn reannounce(&mut self, txs: Vec<SignedTx>) {
+    pub(super) fn reannounce(&mut self, now: Instant, txs: Vec<SignedTx>) {
         let mut hashes = Vec::with_capacity(txs.len());
         for t in txs {
             let h = t.hash();
             self.seen.insert(h, ());
-            self.store.insert(h, t);
+            let stored = Stored {
+                tx: t,
+                from: None,
+                at: now,
+            };
+            match self.store.get_mut(&h) {
+                Some(s) => *s = stored,
+                None => {
+                    self.store.insert(h, stored);
+                }
+            }
             hashes.push(h);
         }
         for queue in self.announce.values_mut() {
@@ -361,9 +421,11 @@ impl Gossip {
 mod tests {
     use grapevine_ledger::{Keypair, Transaction};
 
+    use std::net::Ipv4Addr;
+
     use super::*;
 
-    const PEER: Address = Address([9; 32]);
+    const PEER: Origin = (Address([9; 32]), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)));
 
     /// `n` distinct signed transactions; `from` picks the sender.
     fn txs(from: u8, n: u64) -> Vec<SignedTx> {
@@ -391,7 +453,7 @@ mod tests {
     fn gossip(conns: &[ConnId]) -> Gossip {
         let mut g = Gossip::new(Arc::new(NetStats::default()));
         for c in conns {
-            g.peer_up(*c);
+            g.peer_up(*c, Instant::now());
         }
         g
     }
@@ -401,7 +463,7 @@ mod tests {
         let t0 = Instant::now();
         let mut g = gossip(&[1, 2, 3]);
         let [a, b, c] = txs(1, 3).try_into().unwrap();
-        g.accept(vec![c], None);
+        g.accept(Instant::now(), vec![c], None);
 
         let request = g.on_announce(t0, 1, vec![a.hash(), b.hash(), c.hash()]);
         assert_eq!(request, Some(Message::TxRequest(vec![a.hash(), b.hash()])));
@@ -494,7 +556,7 @@ mod tests {
         let judged = g.judge(bodies, verdicts);
         assert_eq!(judged.invalid, 1);
         assert_eq!(hashes(&judged.valid), vec![all[0]]);
-        g.accept(judged.valid, Some(1));
+        g.accept(Instant::now(), judged.valid, Some(1));
 
         // Only the deferred one is fetched again; the missing verdict counts as
         // ignored.
@@ -506,8 +568,8 @@ mod tests {
         let announce = Message::TxAnnounce(vec![all[0]]);
         assert_eq!(flushed, vec![(2, announce.clone()), (3, announce)]);
         assert!(g.flush().is_empty());
-        let served = g.on_request(&[all[0], all[1]]);
-        assert!(matches!(served, Some(Message::Txs(b)) if hashes(&b) == vec![all[0]]));
+        let served = g.on_request(2, &[all[0], all[1]]);
+        assert!(matches!(served.answer, Some(Message::Txs(b)) if hashes(&b) == vec![all[0]]));
     }
 
     #[test]
@@ -556,10 +618,49 @@ mod tests {
     fn reannounced_transactions_go_to_every_peer_and_are_served() {
         let mut g = gossip(&[1, 2]);
         let batch = txs(1, MAX_ITEMS_PER_MESSAGE as u64 + 1);
-        g.reannounce(batch.clone());
+        g.reannounce(Instant::now(), batch.clone());
         let flushed = g.flush();
         assert_eq!(flushed.len(), 4, "two messages for each peer");
         assert!(g.on_announce(Instant::now(), 1, hashes(&batch)).is_none());
-        assert!(g.on_request(&hashes(&batch)).is_some());
+        assert!(g.on_request(1, &hashes(&batch)).answer.is_some());
+    }
+
+    /// A body is served only to a peer it was announced to: not back to the peer that
+    /// sent it, nor to one that connected after its announcement, and a hash no longer
+    /// kept is passed over without blame.
+    #[test]
+    fn a_request_for_a_transaction_not_announced_to_that_peer_is_refused() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut g = gossip(&[]);
+        g.peer_up(1, t0);
+        g.peer_up(2, t0);
+        let [a, b, gone] = txs(3, 3).try_into().unwrap();
+        g.accept(t0 + ms, vec![a], Some(1));
+        g.accept(t0 + ms, vec![b], None);
+        g.peer_up(3, t0 + 2 * ms);
+
+        let served = g.on_request(2, &[a.hash(), b.hash(), gone.hash()]);
+        assert!(
+            matches!(&served.answer, Some(Message::Txs(t)) if hashes(t) == vec![a.hash(), b.hash()])
+        );
+        assert_eq!(served.unannounced, 0, "an unknown hash is no offence");
+
+        let served = g.on_request(1, &[a.hash(), b.hash()]);
+        assert!(matches!(&served.answer, Some(Message::Txs(t)) if hashes(t) == vec![b.hash()]));
+        assert_eq!(
+            served.unannounced, 1,
+            "its own transaction, never announced to it"
+        );
+
+        let served = g.on_request(3, &[a.hash(), b.hash()]);
+        assert_eq!(served.answer, None);
+        assert_eq!(served.unannounced, 2, "connected after the announcements");
+
+        // Announced again, to every peer connected now: peer 3 may ask.
+        g.reannounce(t0 + 3 * ms, vec![a]);
+        let served = g.on_request(3, &[a.hash()]);
+        assert!(served.answer.is_some());
+        assert_eq!(served.unannounced, 0);
     }
 }

@@ -1,12 +1,13 @@
 //! The link task: one per connection. It runs the Noise handshake and hello exchange
 //! (bounded by the handshake timeout), registers the link with the actor and waits to
-//! be accepted, then reads messages into the actor's event channel while a writer task
-//! drains the peer's bounded send queue onto the socket.
+//! be accepted, then reads messages into the actor's event channel, within the peer's
+//! inbound budget (`budget`), while a writer task drains the peer's bounded send queue
+//! onto the socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use grapevine_ledger::Address;
@@ -14,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use super::budget::InboundBudget;
 use super::gossip::ValidatedBatch;
 use super::{ConnId, NetStats};
 use crate::message::Message;
@@ -43,6 +45,9 @@ pub(super) enum LinkEvent {
         conn: ConnId,
         error: Option<LinkError>,
     },
+    /// The peer went over its inbound budget: its link pauses reading (at most one
+    /// such event a second per link).
+    Throttled { conn: ConnId },
     /// Batches of relayed transactions came back from the validator.
     Validated(Vec<ValidatedBatch>),
     DialFailed {
@@ -60,6 +65,9 @@ pub(super) struct LinkCtx {
     pub(super) stats: Arc<NetStats>,
     pub(super) handshake_timeout: Duration,
     pub(super) queue_len: usize,
+    /// Each peer's inbound budget: messages and bytes a second.
+    pub(super) recv_msgs_per_sec: u32,
+    pub(super) recv_bytes_per_sec: u64,
 }
 
 /// Dials `addr` (within the handshake timeout) and runs the link as connection
@@ -94,6 +102,8 @@ pub(super) async fn run_link(
         stats,
         handshake_timeout,
         queue_len,
+        recv_msgs_per_sec,
+        recv_bytes_per_sec,
     } = ctx;
     let _ = stream.set_nodelay(true);
     let link = match tokio::time::timeout(
@@ -185,6 +195,7 @@ pub(super) async fn run_link(
         writer_task.abort();
         return;
     }
+    let mut budget = InboundBudget::new(recv_msgs_per_sec, recv_bytes_per_sec, Instant::now());
     loop {
         match reader.recv().await {
             Ok((msg, bytes)) => {
@@ -195,6 +206,15 @@ pub(super) async fn run_link(
                     .is_err()
                 {
                     return;
+                }
+                let charge = budget.charge(Instant::now(), bytes);
+                if charge.report && events.send(LinkEvent::Throttled { conn }).await.is_err() {
+                    return;
+                }
+                // Not reading is the backpressure: the peer's sends block on TCP flow
+                // control until it is back within budget.
+                if !charge.pause.is_zero() {
+                    tokio::time::sleep(charge.pause).await;
                 }
             }
             Err(e) => {

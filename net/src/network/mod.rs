@@ -11,12 +11,15 @@
 //! - `gossip`: transaction gossip (announce, then fetch what is missing) and the
 //!   validation queue, without sockets or tasks;
 //! - `relay`: consensus relay (the seen-set, announce-then-fetch of large messages),
-//!   without sockets or tasks.
+//!   without sockets or tasks;
+//! - `budget`: each peer's inbound budget of messages and bytes a second, which its
+//!   link's reader charges and pauses on, without sockets or clocks.
 //!
 //! Gossip and relay take the time and their inputs and return what to send; the actor
 //! sends it, runs validations beside itself, and applies penalties.
 
 mod actor;
+mod budget;
 mod gossip;
 mod link;
 mod peers;
@@ -89,6 +92,18 @@ pub struct NetConfig {
     pub max_inbound: usize,
     /// Most links from one IP address (loopback included).
     pub max_per_ip: usize,
+    /// Most inbound links from one network group (an IPv4 /16 or IPv6 /48; see
+    /// [`crate::netgroup`]; local addresses are exempt), so that a few networks cannot
+    /// hold every inbound slot.
+    pub max_inbound_per_group: usize,
+    /// Messages a second one peer may send on average (bursts of two seconds' worth);
+    /// a peer over it is not read from until it is back within budget, and loses
+    /// score ([`Offence::Flood`]) once a second while it stays over.
+    pub recv_msgs_per_sec: u32,
+    /// Bytes a second one peer may send on average, enforced like
+    /// [`NetConfig::recv_msgs_per_sec`] (bursts of two seconds' worth, and never less
+    /// than two of the largest frames).
+    pub recv_bytes_per_sec: u64,
     /// Messages queued for one peer before it counts as stuck and is dropped.
     pub send_queue: usize,
     /// How long a misbehaving peer stays banned.
@@ -109,6 +124,20 @@ pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
 pub const DEFAULT_MAX_INBOUND: usize = 32;
 /// Most links from one IP address by default (`[p2p] max_per_ip`).
 pub const DEFAULT_MAX_PER_IP: usize = 16;
+/// Most inbound links from one network group by default (`[p2p]
+/// max_inbound_per_group`): a quarter of [`DEFAULT_MAX_INBOUND`].
+pub const DEFAULT_MAX_INBOUND_PER_GROUP: usize = 8;
+/// Messages a second from one peer by default (`[p2p] recv_msgs_per_sec`). An honest
+/// peer of a validator at 30,000 tx/s sends about 100 announcements, 100 requests and
+/// 100 answers a second (gossip is batched every 10 ms), a few hundred consensus
+/// messages with a hundred validators, and a few sync messages: about 1,000. This is
+/// four times that.
+pub const DEFAULT_RECV_MSGS_PER_SEC: u32 = 4_000;
+/// Bytes a second from one peer by default (`[p2p] recv_bytes_per_sec`). At 30,000
+/// tx/s an honest peer sends at most about 4.7 MB/s of bodies (156 bytes each), 1 MB/s
+/// of announced hashes, 4.7 MB/s of proposals and 4 MiB/s of block sync answers (the
+/// serving budget, docs/CONSENSUS.md): about 15 MB/s. This is twice that.
+pub const DEFAULT_RECV_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
 
 impl NetConfig {
     /// Defaults for a node with this identity and chain.
@@ -122,6 +151,9 @@ impl NetConfig {
             target_outbound: DEFAULT_TARGET_OUTBOUND,
             max_inbound: DEFAULT_MAX_INBOUND,
             max_per_ip: DEFAULT_MAX_PER_IP,
+            max_inbound_per_group: DEFAULT_MAX_INBOUND_PER_GROUP,
+            recv_msgs_per_sec: DEFAULT_RECV_MSGS_PER_SEC,
+            recv_bytes_per_sec: DEFAULT_RECV_BYTES_PER_SEC,
             send_queue: 1024,
             ban_duration: Duration::from_secs(600),
             address_book: None,
@@ -149,8 +181,10 @@ pub enum Offence {
     BadAddress,
     /// A consensus message the node found malformed or wrongly signed.
     InvalidConsensus,
-    /// More block sync requests or status messages than an honest peer sends: the
-    /// excess is dropped unserved (throttled) and each one costs score.
+    /// More than an honest peer sends: messages or bytes over its inbound budget
+    /// (reported at most once a second while it stays over), `GetPeers` more often
+    /// than once a minute, block sync requests or status messages beyond their
+    /// budgets. The excess is throttled or dropped unserved, and costs score.
     Flood,
 }
 
@@ -190,6 +224,17 @@ pub struct NetStats {
     pub consensus_dropped: AtomicU64,
     /// Sync messages dropped because the node's sync queue was full.
     pub sync_dropped: AtomicU64,
+    /// Times a peer went over its inbound budget and its link was paused (counted at
+    /// most once a second per peer).
+    pub throttled: AtomicU64,
+    /// Requests ignored: `GetPeers` sooner than a minute after the last from the same
+    /// peer, and `TxRequest`s for transactions not announced to that peer.
+    pub requests_refused: AtomicU64,
+    /// Inbound links refused before their handshake (banned address, or a limit
+    /// reached with no peer to evict).
+    pub inbound_refused: AtomicU64,
+    /// Inbound peers disconnected to make room for a new inbound link.
+    pub evictions: AtomicU64,
 }
 
 /// Message kinds in the order of [`NetStats::messages`].
