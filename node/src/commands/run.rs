@@ -135,6 +135,14 @@ pub struct P2pSection {
     pub max_inbound: usize,
     /// Most links from one IP address.
     pub max_per_ip: usize,
+    /// Most inbound links from one network group (IPv4 /16, IPv6 /48; loopback and
+    /// private addresses are exempt).
+    pub max_inbound_per_group: usize,
+    /// Messages per second one peer may send before the node stops reading from it
+    /// (and, if it persists, bans it).
+    pub recv_msgs_per_sec: u32,
+    /// Bytes per second one peer may send, likewise.
+    pub recv_bytes_per_sec: u64,
     /// Learn peers from peers. Off, the node dials only `bootstrap` (a sentry setup,
     /// or a testnet whose links all go through a fault-injecting proxy).
     pub peer_exchange: bool,
@@ -148,6 +156,9 @@ impl Default for P2pSection {
             target_outbound: grapevine_net::network::DEFAULT_TARGET_OUTBOUND,
             max_inbound: grapevine_net::network::DEFAULT_MAX_INBOUND,
             max_per_ip: grapevine_net::network::DEFAULT_MAX_PER_IP,
+            max_inbound_per_group: grapevine_net::network::DEFAULT_MAX_INBOUND_PER_GROUP,
+            recv_msgs_per_sec: grapevine_net::network::DEFAULT_RECV_MSGS_PER_SEC,
+            recv_bytes_per_sec: grapevine_net::network::DEFAULT_RECV_BYTES_PER_SEC,
             peer_exchange: true,
         }
     }
@@ -331,6 +342,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     net.target_outbound = cfg.p2p.target_outbound;
     net.max_inbound = cfg.p2p.max_inbound;
     net.max_per_ip = cfg.p2p.max_per_ip;
+    net.max_inbound_per_group = cfg.p2p.max_inbound_per_group;
+    net.recv_msgs_per_sec = cfg.p2p.recv_msgs_per_sec;
+    net.recv_bytes_per_sec = cfg.p2p.recv_bytes_per_sec;
     net.peer_exchange = cfg.p2p.peer_exchange;
     net.address_book = Some(home.join("peers.json"));
     let role = if validator_key.is_some() {

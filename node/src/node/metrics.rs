@@ -21,6 +21,10 @@ pub(super) struct Metrics {
     pub(super) net_bans: Counter,
     pub(super) net_consensus_dropped: Counter,
     pub(super) net_sync_dropped: Counter,
+    pub(super) net_throttled: Counter,
+    pub(super) net_requests_refused: Counter,
+    pub(super) net_inbound_refused: Counter,
+    pub(super) net_evictions: Counter,
     pub(super) net_messages: Family<Vec<(String, String)>, Counter>,
     pub(super) db_memory: Family<Vec<(String, String)>, Gauge>,
     pub(super) equivocations: Family<Vec<(String, String)>, Counter>,
@@ -118,6 +122,26 @@ impl Metrics {
             self.net_consensus_dropped.clone(),
         );
         r.register(
+            "grapevine_net_throttled",
+            "Times a peer went over its inbound message or byte budget (reading paused)",
+            self.net_throttled.clone(),
+        );
+        r.register(
+            "grapevine_net_requests_refused",
+            "GetPeers beyond one a minute, or TxRequests for what was not announced to the peer",
+            self.net_requests_refused.clone(),
+        );
+        r.register(
+            "grapevine_net_inbound_refused",
+            "Inbound links closed before their handshake (ban, limit, nobody to evict)",
+            self.net_inbound_refused.clone(),
+        );
+        r.register(
+            "grapevine_net_evictions",
+            "Inbound peers dropped to make room for a new one",
+            self.net_evictions.clone(),
+        );
+        r.register(
             "grapevine_net_sync_dropped",
             "Block sync messages dropped at the node's full sync queue",
             self.net_sync_dropped.clone(),
@@ -161,6 +185,10 @@ impl Node {
             stats.bans.load(Relaxed),
             stats.consensus_dropped.load(Relaxed),
             stats.sync_dropped.load(Relaxed),
+            stats.throttled.load(Relaxed),
+            stats.requests_refused.load(Relaxed),
+            stats.inbound_refused.load(Relaxed),
+            stats.evictions.load(Relaxed),
         ];
         totals.extend(stats.messages.iter().map(|m| m.load(Relaxed)));
         view.last.resize(totals.len(), 0);
@@ -180,6 +208,10 @@ impl Node {
             &m.net_bans,
             &m.net_consensus_dropped,
             &m.net_sync_dropped,
+            &m.net_throttled,
+            &m.net_requests_refused,
+            &m.net_inbound_refused,
+            &m.net_evictions,
         ]
         .into_iter()
         .zip(&delta)
@@ -188,7 +220,7 @@ impl Node {
         }
         for (kind, d) in grapevine_net::network::MESSAGE_KINDS
             .iter()
-            .zip(&delta[7..])
+            .zip(&delta[11..])
         {
             m.net_messages
                 .get_or_create(&vec![("kind".to_string(), (*kind).to_string())])
