@@ -557,6 +557,21 @@ impl Engine {
         }
     }
 
+    /// Whether the certificates `msg` carries verify (a proposal's QC and TC, a
+    /// timeout's highest QC), remembering those that do. Together with the signer's
+    /// signature, what a node checks before it relays.
+    pub fn certified(&mut self, msg: &ConsensusMsg) -> bool {
+        match msg {
+            ConsensusMsg::Proposal(p) => {
+                self.qc_ok(&p.qc) && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
+            }
+            ConsensusMsg::Timeout(t) => self.qc_ok(&t.high_qc),
+            ConsensusMsg::Vote(_) | ConsensusMsg::BlockRequest(_) | ConsensusMsg::Sync { .. } => {
+                true
+            }
+        }
+    }
+
     /// Verifies a QC, remembering those already verified (they arrive many times).
     fn qc_ok(&mut self, qc: &QuorumCert) -> bool {
         // Keyed by the whole certificate, signatures included: a QC with the same round

@@ -2,7 +2,8 @@
 //! node processes on 127.0.0.1 with ephemeral ports and temporary homes.
 //!
 //! This library holds what those tests share: locating the binary, starting a node
-//! (`dev` or `run`) and waiting for its RPC address, and a small JSON-RPC client.
+//! (`dev` or `run`) and waiting for its RPC address, and a small JSON-RPC client; and
+//! [`adversary`], a peer and Byzantine validator that sends crafted traffic.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use grapevine_ledger::Keypair;
 use grapevine_rpc::client::Client;
+
+pub mod adversary;
 use serde_json::{Value, json};
 
 /// Path of the `grapevine` binary of this build (the release profile under

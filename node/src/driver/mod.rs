@@ -416,12 +416,12 @@ impl Driver {
             self.engine.handle_message(now, None, msg);
             return;
         }
-        if !self.signed(&msg) {
+        if !self.signed(&msg) || !self.engine.certified(&msg) {
             self.net
                 .report(
                     from,
                     Offence::InvalidConsensus,
-                    "consensus message with a bad signature",
+                    "consensus message with a bad signature or certificate",
                 )
                 .await;
             return;
