@@ -6,11 +6,13 @@ use grapevine_ledger::{Address, Hash, Keypair, Signature, SignedTx};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks; peers must match it, as no other version
-/// can share a chain with it: version 3 sends block sync as a consensus message, not as
+/// can share a chain with it: version 4 cannot decode `SyncMsg::Proposal`, the answer
+/// to a block request sent to the requester alone; version 3 sends block sync as a
+/// consensus message, not as
 /// [`Message::Sync`], which nodes serve from a queue of its own and never relay;
 /// version 2 cannot decode `ConsensusHave` / `ConsensusWant`; version 1 refuses some
 /// transactions and blocks that are valid under ZIP-215 (docs/PROTOCOL.md).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame (one encoded message) accepted: 16 MiB, room for the largest block.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
