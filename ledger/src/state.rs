@@ -130,7 +130,9 @@ impl LtHash {
     }
 }
 
-/// Why a validly signed transaction in a block did not apply. It changed no state.
+/// Why a transaction did not apply. In a final block only a failure to move the amount
+/// occurs (the transaction then paid its fee and used its nonce, see [`execute`]); a
+/// wrong nonce or a balance below the fee keeps a transaction out of any valid block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "camelCase")]
 pub enum FailureReason {
@@ -167,7 +169,7 @@ pub enum FailureReason {
 pub enum Receipt {
     /// Applied: amount moved, fee paid, nonce incremented.
     Success,
-    /// Not applied, with the reason.
+    /// The amount did not move, with the reason; the fee was paid and the nonce used.
     Failed {
         /// Why it failed.
         reason: FailureReason,
@@ -314,6 +316,15 @@ pub enum BlockError {
         /// The repeated hash.
         hash: Hash,
     },
+    /// A transaction that cannot pay for its place: not the sender's next nonce, or a
+    /// balance below its fee.
+    #[error("transaction {index} cannot be included: {reason}")]
+    Unpayable {
+        /// Position in the block.
+        index: usize,
+        /// Why.
+        reason: FailureReason,
+    },
     /// More transactions than a block may hold.
     #[error("block holds {count} transactions, the limit is {limit}")]
     TooManyTxs {
@@ -339,15 +350,31 @@ pub enum BlockError {
 
 /// Applies `txs` in order to the state behind `view`, fees going to `proposer`.
 ///
-/// Fails only if the block is invalid as a whole: a transaction for another chain, a bad
-/// signature, a duplicate, or too many transactions. A transaction whose nonce or balance
-/// does not fit gets a failed receipt and changes nothing. Total supply is unchanged.
+/// Every transaction pays for its place (docs/PROTOCOL.md, "Failed transactions"): it
+/// must carry the sender's next nonce and the sender must hold at least its fee, or the
+/// block is invalid ([`BlockError::Unpayable`]). One whose amount and fee together
+/// exceed the balance (or would overflow a balance) gets a failed receipt: it pays its
+/// fee and uses its nonce, and the amount stays. The block is also invalid for a
+/// transaction of another chain, a bad signature, a duplicate, or too many
+/// transactions. Total supply is unchanged.
 pub fn execute(
     view: &dyn StateView,
     chain_id: u32,
     proposer: &Address,
     txs: &[SignedTx],
 ) -> Result<Execution, BlockError> {
+    execute_txs(view, chain_id, proposer, txs, false).map(|(exec, _)| exec)
+}
+
+/// [`execute`], leaving out (when `skip_unpayable`) the transactions that cannot pay
+/// for their place instead of failing; returns which were left out, by index.
+fn execute_txs(
+    view: &dyn StateView,
+    chain_id: u32,
+    proposer: &Address,
+    txs: &[SignedTx],
+    skip_unpayable: bool,
+) -> Result<(Execution, Vec<usize>), BlockError> {
     if txs.len() > MAX_BLOCK_TXS {
         return Err(BlockError::TooManyTxs {
             count: txs.len(),
@@ -395,13 +422,25 @@ pub fn execute(
     let mut now = before.clone();
 
     let mut receipts = Vec::with_capacity(txs.len());
-    for t in txs {
-        let receipt = match apply_tx(&mut now, proposer, t) {
-            Ok(()) => Receipt::Success,
-            Err(reason) => Receipt::Failed { reason },
-        };
-        receipts.push(receipt);
+    let mut left_out = Vec::new();
+    for (index, t) in txs.iter().enumerate() {
+        match apply_tx(&mut now, proposer, t) {
+            Ok(receipt) => receipts.push(receipt),
+            Err(_) if skip_unpayable => left_out.push(index),
+            Err(reason) => return Err(BlockError::Unpayable { index, reason }),
+        }
     }
+    let tx_hashes = if left_out.is_empty() {
+        tx_hashes
+    } else {
+        let mut out = left_out.iter().copied().peekable();
+        tx_hashes
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| out.next_if_eq(i).is_none())
+            .map(|(_, h)| h)
+            .collect()
+    };
 
     let mut state = view.state_hash()?;
     let mut accounts = Vec::with_capacity(order.len());
@@ -411,21 +450,24 @@ pub fn execute(
         state.update(&addr, &old, &new);
         accounts.push((addr, new));
     }
-    Ok(Execution {
-        accounts,
-        receipts,
-        tx_hashes,
-        state,
-    })
+    Ok((
+        Execution {
+            accounts,
+            receipts,
+            tx_hashes,
+            state,
+        },
+        left_out,
+    ))
 }
 
-/// Applies one transaction to `accts` (which holds every account it touches), or leaves
-/// `accts` unchanged and says why not.
+/// Applies one transaction to `accts` (which holds every account it touches) and
+/// returns its receipt; `Err`: it cannot pay for its place, and `accts` is unchanged.
 fn apply_tx(
     accts: &mut FastMap<Address, Account>,
     proposer: &Address,
     t: &SignedTx,
-) -> Result<(), FailureReason> {
+) -> Result<Receipt, FailureReason> {
     let tx = t.tx();
     let sender = accts.get(&tx.from).copied().unwrap_or_default();
     if tx.nonce != sender.nonce {
@@ -434,35 +476,55 @@ fn apply_tx(
             got: tx.nonce,
         });
     }
-    let needed = tx
-        .amount
-        .checked_add(tx.fee)
-        .ok_or(FailureReason::Overflow)?;
-    let Some(sender_balance) = sender.balance.checked_sub(needed) else {
+    let Some(after_fee) = sender.balance.checked_sub(tx.fee) else {
         return Err(FailureReason::InsufficientBalance {
             balance: sender.balance,
-            needed,
+            needed: tx.fee,
         });
     };
     let next_nonce = sender.nonce.checked_add(1).ok_or(FailureReason::Overflow)?;
+    let paid = Account {
+        balance: after_fee,
+        nonce: next_nonce,
+    };
 
-    // Compute every new value before writing any, so a failure changes nothing. The
-    // sender, recipient and proposer may be the same account.
-    let mut staged: FastMap<Address, Account> = [tx.from, tx.to, *proposer]
-        .iter()
-        .map(|k| (*k, accts.get(k).copied().unwrap_or_default()))
-        .collect();
-    staged.insert(
-        tx.from,
-        Account {
-            balance: sender_balance,
-            nonce: next_nonce,
-        },
-    );
-    credit(&mut staged, &tx.to, tx.amount)?;
-    credit(&mut staged, proposer, tx.fee)?;
-    accts.extend(staged);
-    Ok(())
+    // Compute every new value before writing any. The sender, recipient and proposer
+    // may be the same account.
+    let staged = |amount: u64| -> Result<FastMap<Address, Account>, FailureReason> {
+        let mut staged: FastMap<Address, Account> = [tx.from, tx.to, *proposer]
+            .iter()
+            .map(|k| (*k, accts.get(k).copied().unwrap_or_default()))
+            .collect();
+        let balance =
+            paid.balance
+                .checked_sub(amount)
+                .ok_or(FailureReason::InsufficientBalance {
+                    balance: sender.balance,
+                    needed: tx.amount.saturating_add(tx.fee),
+                })?;
+        staged.insert(
+            tx.from,
+            Account {
+                balance,
+                nonce: next_nonce,
+            },
+        );
+        credit(&mut staged, &tx.to, amount)?;
+        credit(&mut staged, proposer, tx.fee)?;
+        Ok(staged)
+    };
+    let receipt = match staged(tx.amount) {
+        Ok(s) => {
+            accts.extend(s);
+            Receipt::Success
+        }
+        Err(reason) => {
+            // The amount cannot move: the fee is paid all the same.
+            accts.extend(staged(0)?);
+            Receipt::Failed { reason }
+        }
+    };
+    Ok(receipt)
 }
 
 fn credit(
@@ -528,7 +590,8 @@ pub fn validate_block(
 }
 
 /// Builds the block that `proposer` proposes on top of `parent` with `txs`, executing
-/// them to fill in the roots.
+/// them to fill in the roots. Transactions that cannot pay for their place (see
+/// [`execute`]) are left out of the block.
 pub fn build_block(
     view: &dyn StateView,
     chain_id: u32,
@@ -538,7 +601,17 @@ pub fn build_block(
     timestamp_ms: u64,
     txs: Vec<SignedTx>,
 ) -> Result<(Block, Execution), BlockError> {
-    let exec = execute(view, chain_id, &proposer, &txs)?;
+    let (exec, left_out) = execute_txs(view, chain_id, &proposer, &txs, true)?;
+    let txs = if left_out.is_empty() {
+        txs
+    } else {
+        let mut out = left_out.into_iter().peekable();
+        txs.into_iter()
+            .enumerate()
+            .filter(|(i, _)| out.next_if_eq(i).is_none())
+            .map(|(_, t)| t)
+            .collect()
+    };
     let header = BlockHeader {
         height: parent.height + 1,
         round,

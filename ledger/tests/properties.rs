@@ -146,6 +146,13 @@ proptest! {
                 continue;
             }
             let (block, exec) = built.unwrap();
+            // What the builder left out could not pay for its place: given whole, the
+            // transactions make an invalid block.
+            let whole = execute(&rocks, CHAIN, &proposer, &txs);
+            prop_assert_eq!(
+                matches!(whole, Err(BlockError::Unpayable { .. })),
+                block.txs.len() < txs.len()
+            );
             let exec_rocks = validate_block(&rocks, CHAIN, &rocks.head(), &block).unwrap();
             prop_assert_eq!(exec.state_root(), exec_rocks.state_root());
             mem.commit(&block, &[], &exec).unwrap();
@@ -156,14 +163,13 @@ proptest! {
             mem.verify_state().unwrap();
             rocks.verify_state().unwrap();
 
-            // Nonces go up by exactly the number of successful transactions sent.
+            // Nonces go up by exactly the number of transactions included (a failed
+            // one used its nonce and paid its fee too).
             let mut sent_ok: HashMap<Address, u64> = HashMap::new();
             for (t, r) in block.txs.iter().zip(&exec.receipts) {
                 let failed_state = mem.tx_location(&t.hash()).unwrap().unwrap().receipt;
                 prop_assert_eq!(failed_state, *r);
-                if *r == Receipt::Success {
-                    *sent_ok.entry(t.tx().from).or_default() += 1;
-                }
+                *sent_ok.entry(t.tx().from).or_default() += 1;
             }
             for k in &ks {
                 let a = k.address();
@@ -198,7 +204,7 @@ proptest! {
 }
 
 #[test]
-fn failed_transactions_change_nothing_and_fees_go_to_the_proposer() {
+fn failed_transactions_pay_their_fee_and_unpayable_ones_stay_out() {
     let ks = keys(2);
     let proposer = Keypair::from_seed(&[99; 32]).address();
     let g = genesis(&[100, 0], proposer);
@@ -214,31 +220,37 @@ fn failed_transactions_change_nothing_and_fees_go_to_the_proposer() {
         }
         .sign(&ks[0])
     };
-    let txs = vec![tx(50, 5, 0), tx(50, 5, 1), tx(1, 1, 5), tx(u64::MAX, 1, 1)];
-    let (block, exec) = build_block(&l, CHAIN, &l.head(), proposer, 1, 1, txs).unwrap();
+    let txs = vec![
+        tx(50, 5, 0),       // moves 50, pays 5: 45 left
+        tx(50, 5, 1),       // 55 needed: fails, pays 5: 40 left
+        tx(1, 1, 5),        // nonce gap: left out
+        tx(u64::MAX, 1, 2), // amount beyond any balance: fails, pays 1: 39 left
+        tx(1, 100, 3),      // fee above the balance: left out
+    ];
+    let whole = execute(&l, CHAIN, &proposer, &txs);
+    assert!(
+        matches!(whole, Err(BlockError::Unpayable { index: 2, .. })),
+        "{whole:?}"
+    );
+    let (block, exec) = build_block(&l, CHAIN, &l.head(), proposer, 1, 1, txs.clone()).unwrap();
+    assert_eq!(
+        block.txs,
+        vec![txs[0].clone(), txs[1].clone(), txs[3].clone()]
+    );
     assert_eq!(exec.receipts[0], Receipt::Success);
-    assert!(
-        matches!(exec.receipts[1], Receipt::Failed { .. }),
-        "45 left, 55 needed"
-    );
-    assert!(
-        matches!(exec.receipts[2], Receipt::Failed { .. }),
-        "nonce gap"
-    );
-    assert!(
-        matches!(exec.receipts[3], Receipt::Failed { .. }),
-        "overflow"
-    );
+    assert!(matches!(exec.receipts[1], Receipt::Failed { .. }));
+    assert!(matches!(exec.receipts[2], Receipt::Failed { .. }));
+    validate_block(&l, CHAIN, &l.head(), &block).unwrap();
     l.commit(&block, &[], &exec).unwrap();
     assert_eq!(
         l.account(&ks[0].address()).unwrap().unwrap(),
         Account {
-            balance: 45,
-            nonce: 1
+            balance: 39,
+            nonce: 3
         }
     );
     assert_eq!(l.account(&ks[1].address()).unwrap().unwrap().balance, 50);
-    assert_eq!(l.account(&proposer).unwrap().unwrap().balance, 5);
+    assert_eq!(l.account(&proposer).unwrap().unwrap().balance, 11);
 
     // Replaying the same transaction in a later block makes that block invalid.
     let again = execute(&l, CHAIN, &proposer, &block.txs[..1]);

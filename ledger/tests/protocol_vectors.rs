@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use grapevine_ledger::{Genesis, Keypair, SignedTx, Transaction, codec};
+use grapevine_ledger::state::{BlockError, execute};
+use grapevine_ledger::{
+    Address, Genesis, Keypair, Ledger, MemoryStore, Receipt, SignedTx, Transaction, codec,
+};
 
 /// The fenced `text` blocks of PROTOCOL.md that start with `kind:`, as key/value maps.
 fn vectors() -> Vec<BTreeMap<String, String>> {
@@ -102,4 +105,84 @@ fn genesis_and_header_vector_matches_the_document() {
     assert_eq!(v["stateRoot"], state_root.to_string());
     assert_eq!(v["block0Header"], hex::encode(codec::encode(&header)));
     assert_eq!(v["block0Hash"], header.hash().to_string());
+}
+
+/// `secretKey to amount fee nonce` (one line of an execution vector), signed.
+fn tx_line(line: &str, chain_id: u32) -> SignedTx {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let kp = Keypair::from_secret_hex(f[0]).unwrap();
+    Transaction {
+        chain_id,
+        from: kp.address(),
+        to: f[1].parse().unwrap(),
+        amount: f[2].parse().unwrap(),
+        fee: f[3].parse().unwrap(),
+        nonce: f[4].parse().unwrap(),
+    }
+    .sign(&kp)
+}
+
+#[test]
+fn execution_vectors_match_the_document() {
+    let all = vectors();
+    let runs: Vec<_> = all.iter().filter(|v| v["kind"] == "execution").collect();
+    assert!(!runs.is_empty(), "PROTOCOL.md holds an execution vector");
+    for v in runs {
+        let g = Genesis::from_json(v["genesis"].as_bytes()).unwrap();
+        let ledger = Ledger::open(Box::new(MemoryStore::new()), &g).unwrap();
+        let proposer: Address = v["proposer"].parse().unwrap();
+        let txs: Vec<SignedTx> = v
+            .iter()
+            .filter(|(k, _)| k.starts_with("tx"))
+            .map(|(_, line)| tx_line(line, g.chain_id))
+            .collect();
+        let result = execute(&ledger, g.chain_id, &proposer, &txs);
+        if let Some(index) = v.get("unpayable") {
+            let index: usize = index.parse().unwrap();
+            assert!(
+                matches!(result, Err(BlockError::Unpayable { index: i, .. }) if i == index),
+                "{result:?}"
+            );
+            continue;
+        }
+        let exec = result.unwrap();
+        let receipts: Vec<&str> = exec
+            .receipts
+            .iter()
+            .map(|r| match r {
+                Receipt::Success => "success",
+                Receipt::Failed { .. } => "failed",
+            })
+            .collect();
+        let accounts: Vec<String> = exec
+            .accounts
+            .iter()
+            .map(|(a, acct)| format!("{a}={}/{}", acct.balance, acct.nonce))
+            .collect();
+        if std::env::var("GRAPEVINE_PRINT_VECTORS").is_ok() {
+            println!("receipts:     {}", receipts.join(","));
+            println!("stateRoot:    {}", exec.state_root());
+            for a in &accounts {
+                println!("account:      {a}");
+            }
+            continue;
+        }
+        assert_eq!(v["receipts"], receipts.join(","));
+        assert_eq!(v["stateRoot"], exec.state_root().to_string());
+        for line in v
+            .iter()
+            .filter(|(k, _)| k.starts_with("account"))
+            .map(|(_, l)| l)
+        {
+            let (addr, rest) = line.split_once('=').unwrap();
+            let (balance, nonce) = rest.split_once('/').unwrap();
+            let (_, acct) = exec
+                .accounts
+                .iter()
+                .find(|(a, _)| a.to_string() == addr)
+                .expect("a touched account");
+            assert_eq!(acct.balance.to_string(), balance, "{addr}");
+            assert_eq!(acct.nonce.to_string(), nonce, "{addr}");
+        }
+    }
 }
