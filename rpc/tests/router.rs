@@ -386,6 +386,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     let mut statuses = vec![];
     for _ in 0..4 {
         let mut req = Request::post("/")
+            .header("content-type", "application/json")
             .body(Body::from(
                 r#"{"jsonrpc":"2.0","method":"getBlockHeight","id":1}"#,
             ))
