@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -274,7 +274,7 @@ pub fn app<A: NodeApi>(api: Arc<A>, cfg: &RpcConfig, metrics: RpcMetrics) -> Rou
         .route("/metrics", get(metrics_handler::<A>))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            rate_limit::<A>,
+            admit::<A>,
         ))
         // Refuses by Content-Length before reading, and caps bodies without one.
         .layer(RequestBodyLimitLayer::new(cfg.max_body_bytes))
@@ -316,20 +316,36 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),
     )
 }
 
-/// One token per request, except `POST /`, which [`rpc_handler`] charges per call.
-async fn rate_limit<A: NodeApi>(
+/// Admission of every request: one rate-limit token each, except JSON `POST /`, which
+/// [`rpc_handler`] charges per call once it has the body. A `POST /` of another
+/// content type is refused here, before its body is read.
+async fn admit<A: NodeApi>(
     State(state): State<Arc<AppState<A>>>,
     conn: Option<Extension<ConnectInfo<SocketAddr>>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let per_call = req.method() == Method::POST && req.uri().path() == "/";
-    if !per_call && let Err(r) = state.charge(client_ip(conn), 1) {
+    let rpc_post = req.method() == Method::POST && req.uri().path() == "/";
+    let json = guard::is_json(req.headers());
+    if rpc_post && json {
+        return next.run(req).await;
+    }
+    if let Err(r) = state.charge(client_ip(conn), 1) {
         return too_many(r, 1);
+    }
+    if rpc_post {
+        state.metrics.refuse(Limit::ContentType);
+        return json_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({"error": "POST / takes JSON-RPC with Content-Type: application/json"})
+                .to_string()
+                .into_bytes(),
+        );
     }
     next.run(req).await
 }
@@ -362,21 +378,12 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// `POST /`, its content type already checked by [`admit`].
 async fn rpc_handler<A: NodeApi>(
     State(state): State<Arc<AppState<A>>>,
-    headers: HeaderMap,
     conn: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Bytes,
 ) -> Response {
-    if !guard::is_json(&headers) {
-        state.metrics.refuse(Limit::ContentType);
-        return json_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({"error": "POST / takes JSON-RPC with Content-Type: application/json"})
-                .to_string()
-                .into_bytes(),
-        );
-    }
     let calls = jsonrpc::call_cost(&body, state.limits.max_batch_calls);
     if let Err(r) = state.charge(client_ip(conn), calls) {
         return too_many(r, calls);

@@ -212,6 +212,33 @@ async fn post_requires_a_json_content_type() {
     }
 }
 
+/// A refused POST still costs its sender a token: a flood of them is rate limited.
+#[tokio::test]
+async fn refused_content_types_count_against_the_rate_limit() {
+    let r = router(RpcConfig {
+        rate_limit_per_ip: 1,
+        rate_limit_burst: 1,
+        ..RpcConfig::default()
+    });
+    let mut statuses = vec![];
+    for _ in 0..2 {
+        let mut req = Request::post("/")
+            .header("content-type", "text/plain")
+            .body(Body::from("{}"))
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo("10.1.1.1:1000".parse::<SocketAddr>().unwrap()));
+        statuses.push(r.clone().oneshot(req).await.unwrap().status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+}
+
 async fn preflight(cfg: RpcConfig, origin: &str) -> Option<String> {
     let req = Request::options("/")
         .header("origin", origin)
