@@ -24,10 +24,11 @@ pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 pub struct Limits {
     /// Most calls in one batch; a larger batch gets one -32600 error and runs nothing.
     pub max_batch_calls: usize,
-    /// Most bytes of results in one response. The call whose result would pass it gets
-    /// -32031 instead, and so does every later call of its batch, which is not run; the
-    /// result is never built in full first. `sendTransaction` verdicts of a batch are
-    /// always sent, since its transactions were admitted together before any other call.
+    /// Most bytes of one response. The call whose result would pass it gets -32031
+    /// instead, and so does every later call of its batch, which is not run; the result
+    /// is never built in full first. Error objects and a batch's `sendTransaction`
+    /// verdicts (its transactions were admitted together before any other call ran) are
+    /// written past it: each is small, and there is at most one per call.
     pub max_response_bytes: usize,
 }
 
