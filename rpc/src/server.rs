@@ -35,6 +35,8 @@ pub struct RpcConfig {
     /// Largest request body in bytes; larger gets HTTP 413.
     pub max_body_bytes: usize,
     /// Requests served at once, HTTP requests and WebSocket calls together; more wait.
+    /// A call into the node that outlives its request's timeout keeps its place until
+    /// it ends.
     pub max_concurrency: usize,
     /// A request taking longer gets HTTP 408 (a WebSocket call, error -32032).
     pub request_timeout: Duration,
@@ -219,6 +221,9 @@ pub(crate) struct AppState<A: ?Sized> {
     /// Shared by HTTP requests (a layer) and WebSocket calls, so that neither can take
     /// the node's capacity from the other unbounded.
     pub(crate) permits: Arc<Semaphore>,
+    /// As many as `permits`, held by the node calls themselves (see
+    /// [`AppState::blocking`]).
+    work: Arc<Semaphore>,
     pub(crate) request_timeout: Duration,
     pub(crate) ws_slots: Arc<WsSlots>,
     pub(crate) max_subscriptions: usize,
@@ -226,6 +231,25 @@ pub(crate) struct AppState<A: ?Sized> {
 }
 
 impl<A: ?Sized> AppState<A> {
+    /// Runs `f` (calls into the node, which may read the disk) off the async workers,
+    /// once fewer than `max_concurrency` such calls run; `None` if it panicked. The
+    /// permit moves into the blocking task: a request that times out stops waiting, but
+    /// its call runs on and keeps its place, so timeouts cannot pile up work past the
+    /// cap.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let permit = self.work.clone().acquire_owned().await.ok()?;
+        let out = tokio::task::spawn_blocking(move || {
+            let _held = permit;
+            f()
+        })
+        .await;
+        out.inspect_err(|e| tracing::error!(error = %e, "an RPC call into the node failed"))
+            .ok()
+    }
+
     /// Charges `calls` calls to the client at `ip`, counting a refusal.
     pub(crate) fn charge(&self, ip: Option<IpAddr>, calls: u32) -> Result<(), RateRefusal> {
         let (Some(limiter), Some(ip)) = (&self.limiter, ip) else {
@@ -258,6 +282,7 @@ pub fn app<A: NodeApi>(api: Arc<A>, cfg: &RpcConfig, metrics: RpcMetrics) -> Rou
         },
         limiter: ClientLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_burst),
         permits: permits.clone(),
+        work: Arc::new(Semaphore::new(cfg.max_concurrency)),
         request_timeout: cfg.request_timeout,
         ws_slots: WsSlots::new(cfg.max_ws_connections, cfg.max_ws_per_ip),
         max_subscriptions: cfg.max_subscriptions_per_connection,
@@ -390,24 +415,21 @@ async fn rpc_handler<A: NodeApi>(
     }
     let start = Instant::now();
     let st = state.clone();
-    // The node's methods may read the disk: keep them off the async workers.
-    let out = tokio::task::spawn_blocking(move || {
-        jsonrpc::handle_body_bytes(&*st.api, &body, &st.limits, &|o| st.metrics.observe(o))
-    })
-    .await;
+    let out = state
+        .blocking(move || {
+            jsonrpc::handle_body_bytes(&*st.api, &body, &st.limits, &|o| st.metrics.observe(o))
+        })
+        .await;
     state.metrics.latency.observe(start.elapsed().as_secs_f64());
     match out {
-        Ok(Some(v)) => json_response(StatusCode::OK, v),
-        Ok(None) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "RPC handler task failed");
-            json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"jsonrpc": "2.0", "error": {"code": jsonrpc::codes::INTERNAL_ERROR, "message": "internal error"}, "id": null})
-                    .to_string()
-                    .into_bytes(),
-            )
-        }
+        Some(Some(v)) => json_response(StatusCode::OK, v),
+        Some(None) => StatusCode::NO_CONTENT.into_response(),
+        None => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"jsonrpc": "2.0", "error": {"code": jsonrpc::codes::INTERNAL_ERROR, "message": "internal error"}, "id": null})
+                .to_string()
+                .into_bytes(),
+        ),
     }
 }
 

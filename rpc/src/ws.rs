@@ -134,9 +134,9 @@ impl<A: NodeApi> Session<A> {
 
     async fn current(&self, hash: Hash) -> Option<TxInfo> {
         let api = self.state.api.clone();
-        tokio::task::spawn_blocking(move || api.transaction(&hash).ok())
+        self.state
+            .blocking(move || api.transaction(&hash).ok())
             .await
-            .ok()
             .flatten()
     }
 
@@ -144,12 +144,13 @@ impl<A: NodeApi> Session<A> {
     async fn as_http(&self, text: &str) -> Vec<String> {
         let st = self.state.clone();
         let body = text.as_bytes().to_vec();
-        let out = tokio::task::spawn_blocking(move || {
-            jsonrpc::handle_body_bytes(&*st.api, &body, &st.limits, &|o| st.metrics.observe(o))
-        })
-        .await
-        .ok()
-        .flatten();
+        let out = self
+            .state
+            .blocking(move || {
+                jsonrpc::handle_body_bytes(&*st.api, &body, &st.limits, &|o| st.metrics.observe(o))
+            })
+            .await
+            .flatten();
         // The dispatcher writes JSON, which is UTF-8.
         out.and_then(|v| String::from_utf8(v).ok())
             .into_iter()

@@ -491,6 +491,36 @@ async fn websocket_calls_have_the_request_timeout() {
     assert_eq!(got["result"], "7", "the connection stays usable: {got}");
 }
 
+/// A timed-out request's call into the node runs on, and keeps its place under the
+/// concurrency cap until it ends: timeouts cannot pile up work past the cap.
+#[tokio::test]
+async fn a_timed_out_call_keeps_its_place_until_it_ends() {
+    let slow = Arc::new(Fake::new(0, Duration::from_millis(1500)));
+    let server = serve_on_loopback(
+        slow.clone(),
+        RpcConfig {
+            max_concurrency: 1,
+            request_timeout: Duration::from_millis(100),
+            ..RpcConfig::default()
+        },
+    )
+    .await;
+    let url = format!("http://{server}");
+    let status = tokio::task::spawn_blocking(move || {
+        let peers = json!({"jsonrpc": "2.0", "id": 1, "method": "getPeers"});
+        let client = grapevine_rpc::client::Client::new(&url, Duration::from_secs(10));
+        [(); 2].map(|()| client.post(&peers.to_string()).unwrap().0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, [408, 408]);
+    assert_eq!(
+        slow.slow_begun.load(Ordering::SeqCst),
+        1,
+        "the second call began while the first one's work still ran"
+    );
+}
+
 #[tokio::test]
 async fn websocket_handshakes_are_checked_for_their_origin() {
     let wallet = "https://wallet.example";
