@@ -218,10 +218,7 @@ pub(crate) struct AppState<A: ?Sized> {
     pub(crate) metrics: RpcMetrics,
     pub(crate) limits: jsonrpc::Limits,
     limiter: Option<ClientLimiter>,
-    /// Shared by HTTP requests (a layer) and WebSocket calls, so that neither can take
-    /// the node's capacity from the other unbounded.
-    pub(crate) permits: Arc<Semaphore>,
-    /// As many as `permits`, held by the node calls themselves (see
+    /// `max_concurrency` permits for calls into the node, HTTP and WebSocket alike (see
     /// [`AppState::blocking`]).
     work: Arc<Semaphore>,
     pub(crate) request_timeout: Duration,
@@ -272,7 +269,6 @@ pub(crate) fn client_ip(conn: Option<Extension<ConnectInfo<SocketAddr>>>) -> Opt
 /// (which supplies client addresses for the per-client limits) or call it directly in
 /// tests. It starts no task: the rate limiter prunes itself as requests come.
 pub fn app<A: NodeApi>(api: Arc<A>, cfg: &RpcConfig, metrics: RpcMetrics) -> Router {
-    let permits = Arc::new(Semaphore::new(cfg.max_concurrency));
     let state = Arc::new(AppState {
         api,
         metrics,
@@ -281,7 +277,6 @@ pub fn app<A: NodeApi>(api: Arc<A>, cfg: &RpcConfig, metrics: RpcMetrics) -> Rou
             max_response_bytes: cfg.max_response_bytes,
         },
         limiter: ClientLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_burst),
-        permits: permits.clone(),
         work: Arc::new(Semaphore::new(cfg.max_concurrency)),
         request_timeout: cfg.request_timeout,
         ws_slots: WsSlots::new(cfg.max_ws_connections, cfg.max_ws_per_ip),
@@ -308,7 +303,8 @@ pub fn app<A: NodeApi>(api: Arc<A>, cfg: &RpcConfig, metrics: RpcMetrics) -> Rou
             StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,
         ))
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(permits))
+        // One semaphore for all routes (a plain layer would give each route its own).
+        .layer(GlobalConcurrencyLimitLayer::new(cfg.max_concurrency))
         .with_state(state);
     match cors(&cfg.cors_allowed_origins) {
         // Outermost, so that it answers preflights and its headers reach every answer,

@@ -6,8 +6,8 @@
 //! `unsubscribe(subscription)` ends one. A transaction subscription first sends the
 //! current state, then each change, and ends by itself once the transaction is final,
 //! rejected, evicted or expired. Every other method works as over HTTP, under the same
-//! limits: each call takes a rate-limit token, a permit of the shared concurrency cap,
-//! and at most the request timeout. A call over a limit gets an error object and the
+//! limits: each call takes a rate-limit token, its calls into the node a permit of the
+//! concurrency cap HTTP shares, and at most the request timeout. A call over a limit gets an error object and the
 //! connection stays open: the client waits and retries, and the node's cost per refusal
 //! is one small frame. Connections are capped in total and per client, and checked
 //! for their `Origin`, before the upgrade.
@@ -175,8 +175,9 @@ impl<A: NodeApi> Session<A> {
         )]
     }
 
-    /// Handles one text frame under the limits every call has (rate, concurrency,
-    /// time); returns the frames to send back.
+    /// Handles one text frame under the limits every call has (rate, time; its calls
+    /// into the node wait for the concurrency permits HTTP uses); returns the frames to
+    /// send back.
     async fn on_frame(&mut self, text: &str) -> Vec<String> {
         let calls = jsonrpc::call_cost(text.as_bytes(), self.state.limits.max_batch_calls);
         if let Err(r) = self.state.charge(self.ip, calls) {
@@ -185,11 +186,6 @@ impl<A: NodeApi> Session<A> {
                 Err((codes::RATE_LIMITED, r.message(calls))),
             )];
         }
-        let permits = self.state.permits.clone();
-        let Ok(_permit) = permits.acquire_owned().await else {
-            // Never closed: the state owns the semaphore for the server's life.
-            return vec![];
-        };
         let limit = self.state.request_timeout;
         match tokio::time::timeout(limit, self.on_text(text)).await {
             Ok(frames) => frames,
