@@ -438,7 +438,13 @@ mod reject_reason_tests {
             assert!(seen.insert(code), "{r:?} shares code {code}");
             // JSON-RPC 2.0 leaves -32000..=-32099 to implementation-defined server errors.
             assert!((-32099..=-32000).contains(&code), "{r:?}: {code}");
-            for other in [codes::BLOCK_NOT_FOUND, crate::ws::TOO_MANY_SUBSCRIPTIONS] {
+            for other in [
+                codes::RATE_LIMITED,
+                codes::TOO_MANY_SUBSCRIPTIONS,
+                codes::BLOCK_NOT_FOUND,
+                codes::RESPONSE_TOO_LARGE,
+                codes::TIMED_OUT,
+            ] {
                 assert_ne!(code, other, "{r:?}");
             }
         }

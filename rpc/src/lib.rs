@@ -8,8 +8,11 @@
 //! # Layout
 //! - [`api`]: [`NodeApi`], the JSON response shapes, [`ApiError`] and [`RejectReason`].
 //! - [`client`]: a blocking client of the same protocol (wallet, load generator, tests).
-//! - [`jsonrpc`]: request parsing, batches, notifications, the method table, error codes.
+//! - [`jsonrpc`]: request parsing, batches, notifications, the method table, error
+//!   codes, and the per-body limits (calls per batch, bytes per response).
 //! - [`server`]: the router with its limits, `/health`, `/metrics`, graceful [`serve`].
+//! - `guard`: admission shared by HTTP and WebSocket: the per-client rate limiter,
+//!   WebSocket connection slots, the `Origin` and `Content-Type` checks.
 //! - `ws`: WebSocket subscriptions.
 //! - [`explorer`]: the block explorer page served at `/explorer` (assets in `rpc/explorer/`).
 //!
@@ -18,6 +21,7 @@
 pub mod api;
 pub mod client;
 pub mod explorer;
+mod guard;
 pub mod jsonrpc;
 pub mod server;
 mod ws;

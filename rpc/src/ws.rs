@@ -5,37 +5,78 @@
 //! `{"jsonrpc":"2.0","method":"subscription","params":{"subscription":ID,"result":…}}`.
 //! `unsubscribe(subscription)` ends one. A transaction subscription first sends the
 //! current state, then each change, and ends by itself once the transaction is final,
-//! rejected, evicted or expired. Every other method works as over HTTP.
+//! rejected, evicted or expired. Every other method works as over HTTP, under the same
+//! limits: each call takes a rate-limit token, its calls into the node a permit of the
+//! concurrency cap HTTP shares, and at most the request timeout. A call over a limit gets an error object and the
+//! connection stays open: the client waits and retries, and the node's cost per refusal
+//! is one small frame. Connections are capped in total and per client, and checked
+//! for their `Origin`, before the upgrade.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::Extension;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use grapevine_ledger::Hash;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::api::{HeadEvent, NodeApi, TxInfo, TxState};
+use crate::guard::{self, SlotRefusal, WsSlot};
 use crate::jsonrpc::{self, codes};
-use crate::server::AppState;
-
-/// Error code when a connection asks for more than [`MAX_TX_SUBSCRIPTIONS`].
-pub const TOO_MANY_SUBSCRIPTIONS: i64 = -32022;
-
-/// Most transaction subscriptions one connection may hold.
-pub const MAX_TX_SUBSCRIPTIONS: usize = 1024;
+use crate::server::{AppState, Limit, client_ip};
 
 /// Largest message a client may send.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
+fn refusal(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
 pub(crate) async fn handler<A: NodeApi>(
     State(state): State<Arc<AppState<A>>>,
-    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    conn: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| session(state, socket))
+    if !guard::origin_allowed(&headers, &state.allowed_origins) {
+        state.metrics.refuse(Limit::Origin);
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "this node does not take WebSocket connections from pages of that origin \
+             (see [rpc] cors_allowed_origins)"
+                .into(),
+        );
+    }
+    let ip = client_ip(conn);
+    let slot = match state.ws_slots.take(ip) {
+        Ok(slot) => slot,
+        Err(SlotRefusal::Total(n)) => {
+            state.metrics.refuse(Limit::WsConnections);
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this node holds its most WebSocket connections ({n}); retry later"),
+            );
+        }
+        Err(SlotRefusal::PerClient(n)) => {
+            state.metrics.refuse(Limit::WsPerIp);
+            return refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("at most {n} WebSocket connections per client"),
+            );
+        }
+    };
+    match ws {
+        Ok(ws) => ws
+            .max_message_size(MAX_MESSAGE_BYTES)
+            .on_upgrade(move |socket| session(state, socket, ip, slot)),
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 fn is_terminal(s: &TxState) -> bool {
@@ -47,6 +88,7 @@ fn is_terminal(s: &TxState) -> bool {
 
 struct Session<A: ?Sized> {
     state: Arc<AppState<A>>,
+    ip: Option<IpAddr>,
     heads: Option<(String, broadcast::Receiver<HeadEvent>)>,
     txs: Option<broadcast::Receiver<TxInfo>>,
     tx_subs: HashMap<String, Hash>,
@@ -92,25 +134,78 @@ impl<A: NodeApi> Session<A> {
 
     async fn current(&self, hash: Hash) -> Option<TxInfo> {
         let api = self.state.api.clone();
-        tokio::task::spawn_blocking(move || api.transaction(&hash).ok())
+        self.state
+            .blocking(move || api.transaction(&hash).ok())
             .await
-            .ok()
             .flatten()
+    }
+
+    /// Answers as HTTP would (parse errors, batches, every method but subscriptions).
+    async fn as_http(&self, text: &str) -> Vec<String> {
+        let st = self.state.clone();
+        let body = text.as_bytes().to_vec();
+        let out = self
+            .state
+            .blocking(move || {
+                jsonrpc::handle_body_bytes(&*st.api, &body, &st.limits, &|o| st.metrics.observe(o))
+            })
+            .await
+            .flatten();
+        // The dispatcher writes JSON, which is UTF-8.
+        out.and_then(|v| String::from_utf8(v).ok())
+            .into_iter()
+            .collect()
+    }
+
+    fn subscriptions(&self) -> usize {
+        usize::from(self.heads.is_some()) + self.tx_subs.len()
+    }
+
+    fn too_many_subscriptions(&self, id: Value) -> Vec<String> {
+        self.state.metrics.refuse(Limit::Subscriptions);
+        vec![reply(
+            id,
+            Err((
+                codes::TOO_MANY_SUBSCRIPTIONS,
+                format!(
+                    "at most {} subscriptions per connection; unsubscribe from one first",
+                    self.state.max_subscriptions
+                ),
+            )),
+        )]
+    }
+
+    /// Handles one text frame under the limits every call has (rate, time; its calls
+    /// into the node wait for the concurrency permits HTTP uses); returns the frames to
+    /// send back.
+    async fn on_frame(&mut self, text: &str) -> Vec<String> {
+        let calls = jsonrpc::call_cost(text.as_bytes(), self.state.limits.max_batch_calls);
+        if let Err(r) = self.state.charge(self.ip, calls) {
+            return vec![reply(
+                request_id(text),
+                Err((codes::RATE_LIMITED, r.message(calls))),
+            )];
+        }
+        let limit = self.state.request_timeout;
+        match tokio::time::timeout(limit, self.on_text(text)).await {
+            Ok(frames) => frames,
+            Err(_) => {
+                self.state.metrics.refuse(Limit::WsTimeout);
+                vec![reply(
+                    request_id(text),
+                    Err((
+                        codes::TIMED_OUT,
+                        format!("the call took longer than {} s", limit.as_secs_f64()),
+                    )),
+                )]
+            }
+        }
     }
 
     /// Handles one text frame; returns the frames to send back.
     async fn on_text(&mut self, text: &str) -> Vec<String> {
         let Ok(Value::Object(req)) = serde_json::from_str::<Value>(text) else {
-            // Not a subscription call: answer as HTTP would (parse errors, batches).
-            let st = self.state.clone();
-            let body = text.as_bytes().to_vec();
-            let out = tokio::task::spawn_blocking(move || {
-                jsonrpc::handle_body(&*st.api, &body, &|m| st.metrics.count(m))
-            })
-            .await
-            .ok()
-            .flatten();
-            return out.map(|v| v.to_string()).into_iter().collect();
+            return self.as_http(text).await;
         };
         let well_formed = req.get("jsonrpc") == Some(&Value::String("2.0".into()))
             && matches!(
@@ -132,6 +227,9 @@ impl<A: NodeApi> Session<A> {
         };
         match method {
             "subscribeHeads" => {
+                if self.heads.is_none() && self.subscriptions() >= self.state.max_subscriptions {
+                    return self.too_many_subscriptions(id);
+                }
                 let sub = self.new_id("h");
                 self.heads = Some((sub.clone(), self.state.api.subscribe_heads()));
                 vec![reply(id, Ok(Value::String(sub)))]
@@ -148,16 +246,8 @@ impl<A: NodeApi> Session<A> {
                         )),
                     )];
                 };
-                if self.tx_subs.len() >= MAX_TX_SUBSCRIPTIONS {
-                    return vec![reply(
-                        id,
-                        Err((
-                            TOO_MANY_SUBSCRIPTIONS,
-                            format!(
-                                "at most {MAX_TX_SUBSCRIPTIONS} transaction subscriptions per connection"
-                            ),
-                        )),
-                    )];
+                if self.subscriptions() >= self.state.max_subscriptions {
+                    return self.too_many_subscriptions(id);
                 }
                 if self.txs.is_none() {
                     self.txs = Some(self.state.api.subscribe_transactions());
@@ -191,17 +281,7 @@ impl<A: NodeApi> Session<A> {
                 };
                 vec![reply(id, Ok(Value::Bool(removed)))]
             }
-            _ => {
-                let st = self.state.clone();
-                let v = Value::Object(req);
-                let out = tokio::task::spawn_blocking(move || {
-                    jsonrpc::handle_one(&*st.api, v, &|m| st.metrics.count(m))
-                })
-                .await
-                .ok()
-                .flatten();
-                out.map(|v| v.to_string()).into_iter().collect()
-            }
+            _ => self.as_http(text).await,
         }
     }
 
@@ -225,9 +305,28 @@ impl<A: NodeApi> Session<A> {
     }
 }
 
-async fn session<A: NodeApi>(state: Arc<AppState<A>>, mut socket: WebSocket) {
+/// The id of a frame that is one request object, for an error answered without
+/// reading the rest; null otherwise.
+fn request_id(text: &str) -> Value {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(default)]
+        id: Value,
+    }
+    serde_json::from_str::<Id>(text)
+        .map(|r| r.id)
+        .unwrap_or(Value::Null)
+}
+
+async fn session<A: NodeApi>(
+    state: Arc<AppState<A>>,
+    mut socket: WebSocket,
+    ip: Option<IpAddr>,
+    _slot: WsSlot,
+) {
     let mut s = Session {
         state,
+        ip,
         heads: None,
         txs: None,
         tx_subs: HashMap::new(),
@@ -236,7 +335,7 @@ async fn session<A: NodeApi>(state: Arc<AppState<A>>, mut socket: WebSocket) {
     loop {
         let frames: Vec<String> = tokio::select! {
             msg = socket.recv() => match msg {
-                Some(Ok(Message::Text(t))) => s.on_text(t.as_str()).await,
+                Some(Ok(Message::Text(t))) => s.on_frame(t.as_str()).await,
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => continue,
             },

@@ -2,134 +2,20 @@
 //! first test is the JSON-RPC 2.0 specification's examples section as a table (with our
 //! methods standing in for the specification's `subtract`, `sum` and friends).
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
-use grapevine_ledger::{Address, Hash, Keypair};
-use grapevine_rpc::api::{
-    AccountInfo, ApiError, BlockInfo, HeadEvent, MempoolInfo, PeerInfo, Status, TxInfo, TxState,
-};
+use common::{post, router};
+use grapevine_ledger::{Hash, Keypair};
 use grapevine_rpc::jsonrpc::codes;
-use grapevine_rpc::{NodeApi, RejectReason, RpcConfig, RpcMetrics, app};
+use grapevine_rpc::{RejectReason, RpcConfig};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 use tower::ServiceExt;
-
-struct Fake {
-    heads: broadcast::Sender<HeadEvent>,
-    txs: broadcast::Sender<TxInfo>,
-}
-
-impl NodeApi for Fake {
-    fn status(&self) -> Result<Status, ApiError> {
-        Ok(Status {
-            chain_id: 1,
-            genesis_hash: Hash([1; 32]),
-            height: 7,
-            head_hash: Hash([2; 32]),
-            state_root: Hash([3; 32]),
-            peer_count: 0,
-            syncing: false,
-            version: "test".into(),
-            validators: vec![],
-        })
-    }
-    fn account(&self, addr: &Address) -> Result<AccountInfo, ApiError> {
-        Ok(AccountInfo {
-            address: *addr,
-            balance: u64::MAX,
-            nonce: 2,
-            pending_nonce: 3,
-        })
-    }
-    /// Takes a one-byte transaction (its hash is that byte 32 times), refuses the rest.
-    fn send_transaction(&self, bytes: &[u8]) -> Result<Hash, ApiError> {
-        if let [b] = bytes {
-            return Ok(Hash([*b; 32]));
-        }
-        Err(ApiError::Rejected {
-            reason: RejectReason::Malformed,
-            message: format!("got {} bytes", bytes.len()),
-            hash: None,
-        })
-    }
-    fn transaction(&self, hash: &Hash) -> Result<TxInfo, ApiError> {
-        Ok(TxInfo {
-            hash: *hash,
-            state: TxState::Unknown,
-            transaction: None,
-        })
-    }
-    fn block_by_height(&self, _height: u64) -> Result<Option<BlockInfo>, ApiError> {
-        Ok(None)
-    }
-    fn account_transactions(
-        &self,
-        addr: &Address,
-        _before: Option<(u64, u32)>,
-        _limit: usize,
-    ) -> Result<grapevine_rpc::api::AccountTxPage, ApiError> {
-        Ok(grapevine_rpc::api::AccountTxPage {
-            address: *addr,
-            transactions: vec![],
-            next: None,
-        })
-    }
-    fn height_of(&self, _hash: &Hash) -> Result<Option<u64>, ApiError> {
-        Ok(None)
-    }
-    fn head_height(&self) -> u64 {
-        7
-    }
-    fn peers(&self) -> Vec<PeerInfo> {
-        vec![]
-    }
-    fn mempool(&self, _with_hashes: bool) -> MempoolInfo {
-        MempoolInfo {
-            pending: 0,
-            queued: 0,
-            bytes: 0,
-            hashes: None,
-        }
-    }
-    fn not_ready_reason(&self) -> Option<String> {
-        Some("catching up: 10 blocks behind".into())
-    }
-    fn subscribe_heads(&self) -> broadcast::Receiver<HeadEvent> {
-        self.heads.subscribe()
-    }
-    fn subscribe_transactions(&self) -> broadcast::Receiver<TxInfo> {
-        self.txs.subscribe()
-    }
-    fn metrics_text(&self) -> String {
-        "# EOF\n".into()
-    }
-}
-
-fn router(cfg: RpcConfig) -> axum::Router {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let fake = Arc::new(Fake {
-        heads: broadcast::channel(4).0,
-        txs: broadcast::channel(4).0,
-    });
-    app(fake, &cfg, RpcMetrics::register(&mut registry))
-}
-
-async fn post(router: axum::Router, body: impl Into<Body>) -> (StatusCode, Option<Value>) {
-    let req = Request::post("/")
-        .header("content-type", "application/json")
-        .body(body.into())
-        .unwrap();
-    let resp = router.oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = serde_json::from_slice(&bytes).ok();
-    (status, v)
-}
 
 fn addr() -> String {
     Keypair::from_seed(&[1; 32]).address().to_string()
@@ -386,6 +272,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     let mut statuses = vec![];
     for _ in 0..4 {
         let mut req = Request::post("/")
+            .header("content-type", "application/json")
             .body(Body::from(
                 r#"{"jsonrpc":"2.0","method":"getBlockHeight","id":1}"#,
             ))
