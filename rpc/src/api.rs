@@ -344,11 +344,13 @@ pub enum RejectReason {
     NonceInBlock,
     /// Admission backpressure: the node is behind.
     Busy,
+    /// The fee is below the node's minimum.
+    FeeTooLow,
 }
 
 impl RejectReason {
     /// Every reason, in code order.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::Malformed,
         RejectReason::WrongChain,
         RejectReason::BadSignature,
@@ -362,6 +364,7 @@ impl RejectReason {
         RejectReason::NonceTooHigh,
         RejectReason::NonceInBlock,
         RejectReason::Busy,
+        RejectReason::FeeTooLow,
     ];
 
     /// The JSON-RPC error code (in the range JSON-RPC 2.0 leaves to servers).
@@ -380,6 +383,7 @@ impl RejectReason {
             RejectReason::NonceTooHigh => -32020,
             RejectReason::NonceInBlock => -32021,
             RejectReason::Busy => -32023,
+            RejectReason::FeeTooLow => -32024,
         }
     }
 
@@ -400,6 +404,7 @@ impl RejectReason {
             RejectReason::NonceTooHigh => "nonceTooHigh",
             RejectReason::NonceInBlock => "nonceInBlock",
             RejectReason::Busy => "busy",
+            RejectReason::FeeTooLow => "feeTooLow",
         }
     }
 }

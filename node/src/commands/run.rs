@@ -109,14 +109,37 @@ pub struct RpcSection {
     /// never). Validators propose empty blocks when idle, so a stall means the chain
     /// has halted or this node cannot follow it.
     pub health_max_stall_ms: u64,
+    /// Largest request body in bytes (HTTP 413 past it).
+    pub max_body_bytes: usize,
+    /// Most calls in one batch.
+    pub max_batch_calls: usize,
+    /// Largest response in bytes; calls past it get an error instead.
+    pub max_response_bytes: usize,
+    /// WebSocket connections at once, in total...
+    pub max_ws_connections: usize,
+    /// ...and per client (IPv4 address or IPv6 /64).
+    pub max_ws_per_ip: usize,
+    /// Subscriptions per WebSocket connection.
+    pub max_subscriptions_per_connection: usize,
+    /// Web origins allowed to call the node from a browser (CORS, and `Origin` on
+    /// `/ws`); empty: none but the node's own pages; `"*"`: any.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for RpcSection {
     fn default() -> Self {
+        let d = grapevine_rpc::RpcConfig::default();
         RpcSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
             rate_limit: 2_000,
             health_max_stall_ms: 20_000,
+            max_body_bytes: d.max_body_bytes,
+            max_batch_calls: d.max_batch_calls,
+            max_response_bytes: d.max_response_bytes,
+            max_ws_connections: d.max_ws_connections,
+            max_ws_per_ip: d.max_ws_per_ip,
+            max_subscriptions_per_connection: d.max_subscriptions_per_connection,
+            cors_allowed_origins: d.cors_allowed_origins,
         }
     }
 }
@@ -208,6 +231,8 @@ pub struct MempoolSection {
     /// the recent finalized throughput (and at least 20,000 transactions), new
     /// transactions are refused as `busy`. 0 turns it off.
     pub max_backlog_ms: u64,
+    /// The least fee admitted (0 admits free transactions).
+    pub min_fee: u64,
 }
 
 impl Default for MempoolSection {
@@ -218,6 +243,7 @@ impl Default for MempoolSection {
             max_per_sender: d.max_per_sender,
             ttl_secs: d.ttl.as_secs(),
             max_backlog_ms: u64::try_from(d.max_backlog.as_millis()).unwrap_or(u64::MAX),
+            min_fee: d.min_fee,
         }
     }
 }
@@ -320,6 +346,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         max_per_sender: cfg.mempool.max_per_sender,
         ttl: Duration::from_secs(cfg.mempool.ttl_secs),
         max_backlog: Duration::from_millis(cfg.mempool.max_backlog_ms),
+        min_fee: cfg.mempool.min_fee,
         ..MempoolConfig::default()
     };
     let proposer = validator_key
@@ -334,6 +361,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let rpc_cfg = grapevine_rpc::RpcConfig {
         rate_limit_per_ip: cfg.rpc.rate_limit,
         rate_limit_burst: cfg.rpc.rate_limit.saturating_mul(2),
+        max_body_bytes: cfg.rpc.max_body_bytes,
+        max_batch_calls: cfg.rpc.max_batch_calls,
+        max_response_bytes: cfg.rpc.max_response_bytes,
+        max_ws_connections: cfg.rpc.max_ws_connections,
+        max_ws_per_ip: cfg.rpc.max_ws_per_ip,
+        max_subscriptions_per_connection: cfg.rpc.max_subscriptions_per_connection,
+        cors_allowed_origins: cfg.rpc.cors_allowed_origins.clone(),
         ..grapevine_rpc::RpcConfig::default()
     };
     let mut net =

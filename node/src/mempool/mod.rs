@@ -194,6 +194,12 @@ impl Mempool {
         now: Instant,
     ) -> Result<Admitted, Refusal> {
         let hash = tx.hash();
+        if tx.tx().fee < self.cfg.min_fee {
+            return Err(Refusal::FeeTooLow {
+                fee: tx.tx().fee,
+                min_fee: self.cfg.min_fee,
+            });
+        }
         if self.entries.contains_key(&hash) {
             return Err(Refusal::AlreadyKnown(hash));
         }

@@ -93,6 +93,11 @@ fn refusals_are_distinct() {
         f.submit(tx(&f.keys[0], 5000, 1, 1)),
         Err(Refusal::NonceTooHigh { .. })
     ));
+    assert_eq!(
+        f.submit(tx(&f.keys[0], 0, 10, 0)).unwrap_err(),
+        Refusal::FeeTooLow { fee: 0, min_fee: 1 },
+        "free transactions are refused by default"
+    );
     f.submit(good).unwrap();
     assert!(matches!(f.submit(good), Err(Refusal::AlreadyKnown(_))));
     assert!(matches!(
@@ -429,15 +434,15 @@ fn promotion_reports_only_what_was_queued() {
 #[test]
 fn commit_removes_included_and_drops_what_no_longer_fits() {
     let mut f = fixture(MempoolConfig::default());
-    let included = tx(&f.keys[0], 0, 500, 0);
-    let later = tx(&f.keys[0], 1, 400, 0);
+    let included = tx(&f.keys[0], 0, 500, 1);
+    let later = tx(&f.keys[0], 1, 400, 1);
     // A conflicting spend of the same nonce, final through another node's block.
-    let conflicting = tx(&f.keys[0], 0, 900, 0);
+    let conflicting = tx(&f.keys[0], 0, 900, 1);
     f.submit(included).unwrap();
     f.submit(later).unwrap();
     let (dropped, _) = f.final_block(vec![conflicting]);
     let hashes: Vec<Hash> = dropped.iter().map(|(h, _)| *h).collect();
     assert!(hashes.contains(&included.hash()), "nonce 0 was used");
-    assert!(hashes.contains(&later.hash()), "100 left cannot pay 400");
+    assert!(hashes.contains(&later.hash()), "99 left cannot pay 401");
     assert_eq!(f.pool.len(), 0);
 }

@@ -23,6 +23,9 @@ pub struct MempoolConfig {
     /// The pool never counts as busy below this many transactions (20,000: two full
     /// blocks; an idle chain has no recent throughput to size the backlog by).
     pub min_backlog_txs: usize,
+    /// The least fee admitted (node-local, like Bitcoin Core's relay fee floor): every
+    /// transaction a block holds stays on every node's disk for good, so none is free.
+    pub min_fee: u64,
 }
 
 impl Default for MempoolConfig {
@@ -34,6 +37,7 @@ impl Default for MempoolConfig {
             ttl: Duration::from_secs(600),
             max_backlog: Duration::from_secs(2),
             min_backlog_txs: 20_000,
+            min_fee: 1,
         }
     }
 }
@@ -51,6 +55,14 @@ pub enum Refusal {
         expected: u32,
         /// The transaction's.
         got: u32,
+    },
+    /// The fee is below this node's minimum.
+    #[error("fee {fee} is below this node's minimum fee of {min_fee}")]
+    FeeTooLow {
+        /// The transaction's fee.
+        fee: u64,
+        /// The node's minimum.
+        min_fee: u64,
     },
     /// Already in the pool.
     #[error("transaction {0} is already in the mempool")]

@@ -20,6 +20,7 @@ pub(super) fn refusal_error(r: &Refusal, hash: Option<Hash>) -> ApiError {
         Refusal::NonceTooHigh { .. } => RejectReason::NonceTooHigh,
         Refusal::InBlock { .. } => RejectReason::NonceInBlock,
         Refusal::Busy { .. } => RejectReason::Busy,
+        Refusal::FeeTooLow { .. } => RejectReason::FeeTooLow,
         Refusal::Internal => return ApiError::Internal,
     };
     ApiError::Rejected {
@@ -411,6 +412,7 @@ pub(super) fn refusal_reasons() -> Vec<RejectReason> {
             backlog_ms: 1,
             min_fee: 1,
         },
+        Refusal::FeeTooLow { fee: 0, min_fee: 1 },
     ];
     samples
         .iter()

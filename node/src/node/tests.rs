@@ -53,21 +53,25 @@ fn batches_validated_together_keep_their_own_verdicts() {
 
 /// A transfer of chain 9 with nonce 0 and fee 1.
 fn first_transfer(k: &grapevine_ledger::Keypair, to: Address, amount: u64) -> SignedTx {
+    transfer(k, to, amount, 0)
+}
+
+/// A transfer of chain 9 with fee 1.
+fn transfer(k: &grapevine_ledger::Keypair, to: Address, amount: u64, nonce: u64) -> SignedTx {
     grapevine_ledger::Transaction {
         chain_id: 9,
         from: k.address(),
         to,
         amount,
         fee: 1,
-        nonce: 0,
+        nonce,
     }
     .sign(k)
 }
 
 /// A node whose ledger holds a final block with a transfer that failed for want of
-/// balance, then a credit to its sender: by nonce and balance alone the failed
-/// transfer would be admissible now. Returns the node, its ledger, the sender's key
-/// and the failed transfer.
+/// balance (it paid its fee and used nonce 0), then a credit to its sender. Returns the
+/// node, its ledger, the sender's key and the failed transfer.
 fn node_with_a_failed_final_transfer(
     seed: u8,
 ) -> (Arc<Node>, Arc<Ledger>, grapevine_ledger::Keypair, SignedTx) {
@@ -97,7 +101,15 @@ fn node_with_a_failed_final_transfer(
         ]
     ));
     node.commit_block(&block, &[], &exec, false).unwrap();
-    assert_eq!(ledger.account(&addrs[0]).unwrap().unwrap().nonce, 0);
+    assert_eq!(
+        ledger.account(&addrs[0]).unwrap().unwrap(),
+        grapevine_ledger::Account {
+            // It proposed the block: the fees it paid came back, plus the credit's.
+            balance: 1_000 + 900 + 1,
+            nonce: 1
+        },
+        "the failed transfer used its nonce"
+    );
     let sender = keys.into_iter().next().unwrap();
     (node, ledger, sender, failed)
 }
@@ -122,7 +134,7 @@ fn health_reports_finality_that_stalled_while_blocks_are_due() {
         to: Address([7; 32]),
         amount: 1,
         fee: 1,
-        nonce: 0,
+        nonce: 1,
     }
     .sign(&sender);
     assert_eq!(node.admit_from_peer(&[tx]), vec![Verdict::Accepted]);
@@ -147,11 +159,11 @@ fn health_reports_finality_that_stalled_while_blocks_are_due() {
 }
 
 /// A relayed transaction already in a final block is not pooled again, even one
-/// that failed there and so left its sender's nonce where it was.
+/// that failed there.
 #[test]
 fn relayed_transactions_already_final_are_ignored() {
     let (node, _, sender, failed) = node_with_a_failed_final_transfer(5);
-    let fresh = first_transfer(&sender, Address([7; 32]), 10);
+    let fresh = transfer(&sender, Address([7; 32]), 10, 1);
     assert_eq!(
         node.admit_from_peer(&[failed, fresh]),
         vec![Verdict::Ignored, Verdict::Accepted]
@@ -165,8 +177,8 @@ fn relayed_transactions_already_final_are_ignored() {
 #[test]
 fn block_view_answers_like_the_ledger() {
     let (node, ledger, sender, failed) = node_with_a_failed_final_transfer(11);
-    let fresh = first_transfer(&sender, Address([7; 32]), 10);
-    let unknown = first_transfer(&sender, Address([7; 32]), 20);
+    let fresh = transfer(&sender, Address([7; 32]), 10, 1);
+    let unknown = transfer(&sender, Address([7; 32]), 20, 1);
     assert_eq!(node.admit_from_peer(&[fresh]), vec![Verdict::Accepted]);
     let all = [failed.hash(), fresh.hash(), unknown.hash()];
     let view = node.block_view(&[failed, fresh, unknown]);
@@ -220,12 +232,12 @@ fn prefetched_finality_answers_decide_admission() {
 }
 
 /// A JSON-RPC batch's transactions, admitted together, get the verdicts they would
-/// get one by one: one already final (a failed one, its nonce unmoved, so only that
-/// lookup refuses it), a new one, the new one again, bytes that do not decode.
+/// get one by one: one already final (a failed one), a new one, the new one again,
+/// bytes that do not decode.
 #[test]
 fn client_batches_get_the_verdicts_of_single_submissions() {
     let (node, _, sender, failed) = node_with_a_failed_final_transfer(30);
-    let fresh = first_transfer(&sender, Address([7; 32]), 10);
+    let fresh = transfer(&sender, Address([7; 32]), 10, 1);
     let batch = vec![
         failed.to_bytes(),
         fresh.to_bytes(),
