@@ -59,6 +59,11 @@ impl ValidatorSet {
         self.keys.len()
     }
 
+    /// Whether the set has no validators (no genesis allows that).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// Signatures that make a quorum: 2f + 1 with f = (n - 1) / 3.
     pub fn quorum(&self) -> usize {
         2 * ((self.keys.len().saturating_sub(1)) / 3) + 1

@@ -233,10 +233,7 @@ fn failed_transactions_pay_their_fee_and_unpayable_ones_stay_out() {
         "{whole:?}"
     );
     let (block, exec) = build_block(&l, CHAIN, &l.head(), proposer, 1, 1, txs.clone()).unwrap();
-    assert_eq!(
-        block.txs,
-        vec![txs[0].clone(), txs[1].clone(), txs[3].clone()]
-    );
+    assert_eq!(block.txs, vec![txs[0], txs[1], txs[3]]);
     assert_eq!(exec.receipts[0], Receipt::Success);
     assert!(matches!(exec.receipts[1], Receipt::Failed { .. }));
     assert!(matches!(exec.receipts[2], Receipt::Failed { .. }));
