@@ -1,11 +1,12 @@
 //! Hostile block-sync peers, end to end: they do not halt finality.
 //!
 //! Four `grapevine run` validators on 127.0.0.1 carry a steady load from `grapevine
-//! bench` (1,000 transfers/s for 8 s) while this test plays peers that speak the real
+//! bench` (2,000 transfers/s for 8 s) while this test plays peers that speak the real
 //! protocol (Noise handshake, signed hello, `Message::Sync`):
 //!
 //! - three *flooders*, each linked to every validator, that send nothing but
-//!   `GetBlocks { from: 1, count: 64 }` (a fresh id each) at a fixed rate per link and
+//!   `GetBlocks { from: 1, count: 64 }` (a fresh id each) and, every other message, a
+//!   `BlockRequest` for a block nobody has, at a fixed rate per link, and
 //!   read and count everything the node sends back. The flood runs at 20 requests/s per
 //!   link, then at 100/s, one bench run under each. A link the node closes (a ban) is
 //!   dialed again after a short pause with a fresh node key (loopback is exempt from
@@ -35,13 +36,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use grapevine_consensus::sync::SyncMsg;
 use grapevine_ledger::{Hash, Keypair, codec};
 use grapevine_net::message::Message;
 use grapevine_net::secure::{self, LinkReader, LinkWriter, LocalIdentity};
 use grapevine_tests::{
     NodeProcess, eventually, generate_testnet, get_within, p2p_address, post_within, run_at_most,
 };
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -54,7 +55,7 @@ const FLOODERS: usize = 3;
 /// `GetBlocks` per second on each flooder link: one bench run under each rate.
 const FLOOD_RATES: [u32; 2] = [20, 100];
 /// The bench's offered load: transfers per second, and seconds.
-const BENCH_RATE: u64 = 1_000;
+const BENCH_RATE: u64 = 2_000;
 const BENCH_SECS: u64 = 8;
 /// The final height the liars claim.
 const LIE: u64 = 1 << 62;
@@ -87,17 +88,6 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before an adversary whose link was closed dials again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
-/// The node's `SyncMsg` (node/src/consensus/sync.rs; the node crate is a binary, so it
-/// cannot be imported), its first two variants in the same order: bincode encodes a
-/// variant by its position, so these are the node's bytes. The third, `Blocks`, is only
-/// received here, and counted, not decoded.
-#[derive(Debug, Serialize)]
-enum SyncMsg {
-    /// The sender's final height.
-    Status { final_height: u64, nonce: u64 },
-    /// Asks for final blocks `from .. from + count`.
-    GetBlocks { id: u64, from: u64, count: u16 },
-}
 
 /// What peers must share to be accepted.
 #[derive(Debug)]
@@ -276,7 +266,8 @@ async fn run_link(
     Ok((start.elapsed(), closed))
 }
 
-/// A flooder's links to one validator: `GetBlocks { from: 1, count: 64 }` at `rate` per
+/// A flooder's links to one validator: `GetBlocks { from: 1, count: 64 }` and
+/// `BlockRequest`s, alternately, at `rate` per
 /// second; a link the node closes is replaced by a fresh key's after a pause.
 async fn flooder(
     addr: SocketAddr,
@@ -288,12 +279,22 @@ async fn flooder(
     let mut log = FlooderLog::default();
     while !stop_requested(&stop) {
         let c = Arc::new(Counters::default());
-        let request = || {
-            codec::encode(&SyncMsg::GetBlocks {
-                id: fresh_id(),
-                from: 1,
-                count: 64,
-            })
+        // Every other request is a `BlockRequest` for a block nobody has.
+        let mut n = 0u64;
+        let request = move || {
+            n += 1;
+            let msg = if n % 2 == 0 {
+                let mut h = [0x6bu8; 32];
+                h[..8].copy_from_slice(&n.to_le_bytes());
+                SyncMsg::BlockRequest { hash: Hash(h) }
+            } else {
+                SyncMsg::GetBlocks {
+                    id: fresh_id(),
+                    from: 1,
+                    count: 64,
+                }
+            };
+            codec::encode(&msg)
         };
         match run_link(addr, &chain, every, request, &c, stop.clone()).await {
             Ok((connected, closed_by_node)) => log.sessions.push(Session {
