@@ -279,3 +279,13 @@ pub fn run_networked(
         }
     })
 }
+
+/// `hosts`, plus the IP of `listen` when it is a specific address (a node told to
+/// listen on 10.0.0.5 is called at 10.0.0.5).
+pub fn allowed_hosts(mut hosts: Vec<String>, listen: std::net::SocketAddr) -> Vec<String> {
+    let ip = listen.ip();
+    if !ip.is_unspecified() && !hosts.iter().any(|h| h == &ip.to_string()) {
+        hosts.push(ip.to_string());
+    }
+    hosts
+}

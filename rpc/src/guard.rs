@@ -248,6 +248,27 @@ pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
+/// Whether a request's `Host` names one of `allowed` (`*`: any), port aside. A request
+/// without `Host` (not a browser) is allowed.
+pub(crate) fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    allowed.iter().any(|a| {
+        a == "*"
+            || a.trim_matches(|c| c == '[' || c == ']')
+                .eq_ignore_ascii_case(name)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +365,43 @@ mod tests {
             assert!(!is_json(&headers(&[(header::CONTENT_TYPE, bad)])), "{bad}");
         }
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn hosts() {
+        let loopback: Vec<String> = crate::server::DEFAULT_ALLOWED_HOSTS
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        for (host, ok) in [
+            ("127.0.0.1:8545", true),
+            ("localhost:8545", true),
+            ("LOCALHOST", true),
+            ("[::1]:8545", true),
+            ("evil.example:8545", false),
+            ("127.0.0.1.evil.example", false),
+            ("10.0.0.5:8545", false),
+        ] {
+            assert_eq!(
+                host_allowed(&headers(&[(header::HOST, host)]), &loopback),
+                ok,
+                "{host}"
+            );
+        }
+        assert!(
+            host_allowed(&headers(&[]), &loopback),
+            "no Host: not a browser"
+        );
+        let any = vec!["*".to_string()];
+        assert!(host_allowed(
+            &headers(&[(header::HOST, "evil.example")]),
+            &any
+        ));
+        let named = vec!["node.example".to_string()];
+        assert!(host_allowed(
+            &headers(&[(header::HOST, "node.example:8545")]),
+            &named
+        ));
     }
 
     #[test]

@@ -67,7 +67,16 @@ pub struct RpcConfig {
     /// Empty (the default): no CORS headers, and `/ws` takes only handshakes without an
     /// `Origin` or from a page this node served itself.
     pub cors_allowed_origins: Vec<String>,
+    /// Host names (the `Host` header without its port) that JSON-RPC calls and `/ws`
+    /// handshakes may be addressed to; `*` means any. A page whose own domain resolves to
+    /// 127.0.0.1 (DNS rebinding) is same-origin with a node there, so only the name it
+    /// used tells it apart. Default: `localhost`, `127.0.0.1` and `::1` (as geth's
+    /// `--http.vhosts`); a node serving other machines lists the names they use.
+    pub allowed_hosts: Vec<String>,
 }
+
+/// The default [`RpcConfig::allowed_hosts`]: the loopback names.
+pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 impl Default for RpcConfig {
     fn default() -> Self {
@@ -83,6 +92,10 @@ impl Default for RpcConfig {
             max_ws_per_ip: 8,
             max_subscriptions_per_connection: 16,
             cors_allowed_origins: Vec::new(),
+            allowed_hosts: DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
         }
     }
 }
@@ -112,6 +125,7 @@ pub struct RpcMetrics {
 pub(crate) enum Limit {
     ContentType,
     Origin,
+    Host,
     WsConnections,
     WsPerIp,
     BatchCalls,
@@ -125,6 +139,7 @@ impl Limit {
         match self {
             Limit::ContentType => "content_type",
             Limit::Origin => "origin",
+            Limit::Host => "host",
             Limit::WsConnections => "ws_connections",
             Limit::WsPerIp => "ws_per_ip",
             Limit::BatchCalls => "batch_calls",
@@ -225,6 +240,7 @@ pub(crate) struct AppState<A: ?Sized> {
     pub(crate) ws_slots: Arc<WsSlots>,
     pub(crate) max_subscriptions: usize,
     pub(crate) allowed_origins: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 impl<A: ?Sized> AppState<A> {
@@ -282,6 +298,7 @@ pub fn app<A: NodeApi>(api: Arc<A>, cfg: &RpcConfig, metrics: RpcMetrics) -> Rou
         ws_slots: WsSlots::new(cfg.max_ws_connections, cfg.max_ws_per_ip),
         max_subscriptions: cfg.max_subscriptions_per_connection,
         allowed_origins: cfg.cors_allowed_origins.clone(),
+        allowed_hosts: cfg.allowed_hosts.clone(),
     });
     let router = Router::new()
         .route(
@@ -352,6 +369,19 @@ async fn admit<A: NodeApi>(
     next: Next,
 ) -> Response {
     let rpc_post = req.method() == Method::POST && req.uri().path() == "/";
+    let acts = rpc_post || req.uri().path() == "/ws";
+    if acts && !guard::host_allowed(req.headers(), &state.allowed_hosts) {
+        if let Err(r) = state.charge(client_ip(conn), 1) {
+            return too_many(r, 1);
+        }
+        state.metrics.refuse(Limit::Host);
+        return json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "this Host is not one the node answers to; see [rpc] allowed_hosts"})
+                .to_string()
+                .into_bytes(),
+        );
+    }
     let json = guard::is_json(req.headers());
     if rpc_post && json {
         return next.run(req).await;

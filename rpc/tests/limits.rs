@@ -212,6 +212,41 @@ async fn post_requires_a_json_content_type() {
     }
 }
 
+/// Calls addressed to a host name the node does not answer to (a DNS-rebinding page
+/// whose domain now resolves to 127.0.0.1) are refused; loopback names are not.
+#[tokio::test]
+async fn calls_to_an_unknown_host_name_are_refused() {
+    let body = json!({"jsonrpc": "2.0", "method": "getBlockHeight", "id": 1}).to_string();
+    for (host, want) in [
+        ("evil.example:8545", StatusCode::FORBIDDEN),
+        ("127.0.0.1:8545", StatusCode::OK),
+        ("localhost:8545", StatusCode::OK),
+    ] {
+        let req = Request::post("/")
+            .header("content-type", "application/json")
+            .header("host", host)
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let resp = router(RpcConfig::default()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), want, "{host}");
+    }
+    let cfg = RpcConfig {
+        allowed_hosts: vec!["evil.example".into()],
+        ..RpcConfig::default()
+    };
+    let req = Request::post("/")
+        .header("content-type", "application/json")
+        .header("host", "evil.example")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = router(cfg).oneshot(req).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a configured name is answered"
+    );
+}
+
 /// A refused POST still costs its sender a token: a flood of them is rate limited.
 #[tokio::test]
 async fn refused_content_types_count_against_the_rate_limit() {

@@ -88,7 +88,6 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before an adversary whose link was closed dials again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
-
 /// What peers must share to be accepted.
 #[derive(Debug)]
 struct Chain {

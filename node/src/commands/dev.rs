@@ -229,6 +229,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let rpc_cfg = grapevine_rpc::RpcConfig {
         rate_limit_per_ip: args.rpc_rate_limit,
         rate_limit_burst: args.rpc_rate_limit.saturating_mul(2),
+        allowed_hosts: runtime::allowed_hosts(
+            grapevine_rpc::RpcConfig::default().allowed_hosts,
+            args.rpc_addr,
+        ),
         ..grapevine_rpc::RpcConfig::default()
     };
     let producer = crate::producer::Config {

@@ -124,6 +124,10 @@ pub struct RpcSection {
     /// Web origins allowed to call the node from a browser (CORS, and `Origin` on
     /// `/ws`); empty: none but the node's own pages; `"*"`: any.
     pub cors_allowed_origins: Vec<String>,
+    /// Host names JSON-RPC calls and `/ws` may be addressed to (the `Host` header,
+    /// port aside; guards against DNS rebinding); `"*"`: any. The listen address's IP
+    /// is added when it is a specific one.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for RpcSection {
@@ -140,6 +144,7 @@ impl Default for RpcSection {
             max_ws_per_ip: d.max_ws_per_ip,
             max_subscriptions_per_connection: d.max_subscriptions_per_connection,
             cors_allowed_origins: d.cors_allowed_origins,
+            allowed_hosts: d.allowed_hosts,
         }
     }
 }
@@ -368,6 +373,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         max_ws_per_ip: cfg.rpc.max_ws_per_ip,
         max_subscriptions_per_connection: cfg.rpc.max_subscriptions_per_connection,
         cors_allowed_origins: cfg.rpc.cors_allowed_origins.clone(),
+        allowed_hosts: runtime::allowed_hosts(cfg.rpc.allowed_hosts.clone(), cfg.rpc.listen),
         ..grapevine_rpc::RpcConfig::default()
     };
     let mut net =

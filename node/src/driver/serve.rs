@@ -581,6 +581,44 @@ mod tests {
     }
 
     #[test]
+    fn block_request_answers_are_charged_to_the_byte_budgets() {
+        let t0 = Instant::now();
+        let mut q = ServeQueue::new(t0);
+        let (greedy, other) = (Address([1; 32]), Address([2; 32]));
+        // Proposals of 12 MiB: the greedy peer gets its burst, then waits for its rate.
+        let mut answered = 0;
+        for _ in 0..100 {
+            if q.block_request(greedy, t0) {
+                q.served(greedy, 12 << 20, t0);
+                answered += 1;
+            }
+        }
+        assert_eq!(
+            answered, 2,
+            "16 MiB of burst: two answers, the second in debt"
+        );
+        assert!(
+            q.block_request(other, t0),
+            "another peer has its own budget"
+        );
+        q.served(other, 12 << 20, t0);
+        // Over a minute the greedy peer gets its rate's worth, no more.
+        let mut bytes = 0f64;
+        for ms in (0..60_000).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            if q.block_request(greedy, now) {
+                q.served(greedy, 12 << 20, now);
+                bytes += f64::from(12u32 << 20);
+            }
+        }
+        assert!(
+            bytes <= PEER_BYTES_PER_SEC * 60.0 + f64::from(12u32 << 20),
+            "{} MiB in a minute",
+            bytes / 1048576.0
+        );
+    }
+
+    #[test]
     fn status_messages_are_rate_limited() {
         let t0 = Instant::now();
         let mut q = ServeQueue::new(t0);
