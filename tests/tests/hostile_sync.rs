@@ -282,7 +282,7 @@ async fn flooder(
         let mut n = 0u64;
         let request = move || {
             n += 1;
-            let msg = if n % 2 == 0 {
+            let msg = if n.is_multiple_of(2) {
                 let mut h = [0x6bu8; 32];
                 h[..8].copy_from_slice(&n.to_le_bytes());
                 SyncMsg::BlockRequest { hash: Hash(h) }
