@@ -7,5 +7,5 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 ensure_build_deps
 seeds="${1:-1000}"
-GRAPEVINE_SIM_SEEDS="$seeds" cargo test --release --locked -p grapevine-node --bin grapevine \
-  consensus::sim::simulate -- --nocapture 2>&1 | grep -E "simulated|panicked|seed|test result"
+GRAPEVINE_SIM_SEEDS="$seeds" cargo test --release --locked -p grapevine-consensus --lib \
+  sim::simulate -- --nocapture 2>&1 | grep -E "simulated|panicked|seed|test result"

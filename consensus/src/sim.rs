@@ -674,7 +674,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
         let v = run_seed(seed);
         assert!(
             v.is_empty(),
-            "seed {seed} failed (replay: GRAPEVINE_SIM_SEED={seed} cargo test --release -p grapevine-node simulate): {v:#?}"
+            "seed {seed} failed (replay: GRAPEVINE_SIM_SEED={seed} cargo test --release -p grapevine-consensus simulate): {v:#?}"
         );
         count += 1;
     }
