@@ -3,7 +3,7 @@
 //! checked. (The simulator covers liveness and safety with an equivocating twin.)
 
 use grapevine_ledger::seeded::SeededRng;
-use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair};
+use grapevine_ledger::{Block, BlockHeader, Hash, Keypair};
 
 use crate::engine::{
     Action, Engine, Evidence, MAX_HEIGHTS_AHEAD, MAX_ROUNDS_AHEAD, MAX_WAITING, MAX_WAITING_BYTES,
@@ -26,19 +26,7 @@ impl Net {
     fn new() -> Net {
         let keys: Vec<Keypair> = (1..=4u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
         let set = ValidatorSet::new(keys.iter().map(Keypair::address).collect(), CHAIN);
-        let genesis = Block {
-            header: BlockHeader {
-                height: 0,
-                round: 0,
-                parent_hash: Hash([1; 32]),
-                proposer: Address::default(),
-                timestamp_ms: 0,
-                tx_count: 0,
-                tx_root: Hash::ZERO,
-                state_root: Hash::ZERO,
-            },
-            txs: vec![],
-        };
+        let genesis = crate::sim::genesis_block();
         Net { keys, set, genesis }
     }
 

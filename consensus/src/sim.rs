@@ -38,7 +38,7 @@ fn valid_child(block: &Block, parent: &Block) -> bool {
         && block.header.timestamp_ms >= parent.header.timestamp_ms
 }
 
-fn genesis_block() -> Block {
+pub(crate) fn genesis_block() -> Block {
     Block {
         header: BlockHeader {
             height: 0,

@@ -37,9 +37,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use grapevine_consensus::sync::SyncMsg;
-use grapevine_ledger::{Hash, Keypair, codec};
+use grapevine_ledger::{Hash, codec};
 use grapevine_net::message::Message;
 use grapevine_net::secure::{self, LinkReader, LinkWriter, LocalIdentity};
+use grapevine_tests::adversary::{Chain, fresh_node_key};
 use grapevine_tests::{
     NodeProcess, eventually, generate_testnet, get_within, p2p_address, post_within, run_at_most,
 };
@@ -87,21 +88,6 @@ const BLOCK_ANSWER_BYTES: usize = 1024;
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before an adversary whose link was closed dials again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
-
-/// What peers must share to be accepted.
-#[derive(Debug)]
-struct Chain {
-    id: u32,
-    genesis: Hash,
-}
-
-/// A node key no link has used (a banned key is refused for 10 minutes).
-fn fresh_key() -> Keypair {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let mut seed = [0xa7u8; 32];
-    seed[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    Keypair::from_seed(&seed)
-}
 
 /// A request id no flooder has used.
 fn fresh_id() -> u64 {
@@ -219,7 +205,7 @@ async fn run_link(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(Duration, Option<String>), String> {
     let me = LocalIdentity {
-        node_key: fresh_key(),
+        node_key: fresh_node_key(),
         chain_id: chain.id,
         genesis_hash: chain.genesis,
         listen_port: 0,
@@ -586,17 +572,7 @@ fn hostile_sync_peers_do_not_halt_finality() {
             .all(|n| n.height() >= 3)),
         "every validator reaches height 3"
     );
-    let status = nodes[0].result("getStatus", json!([]));
-    let chain = Arc::new(Chain {
-        id: status["chainId"]
-            .as_u64()
-            .and_then(|c| u32::try_from(c).ok())
-            .expect("getStatus gives chainId"),
-        genesis: status["genesisHash"]
-            .as_str()
-            .and_then(|h| h.parse().ok())
-            .expect("getStatus gives genesisHash"),
-    });
+    let chain = Arc::new(Chain::of(&nodes[0]));
 
     // 2. Baseline.
     let baseline = bench(&out, &nodes, "baseline");
