@@ -33,6 +33,19 @@ enum Command {
     /// Write the homes of a local network: genesis, funded accounts, and per node its
     /// config, node key and validator key.
     Testnet(testnet::Args),
+    /// Print the node id of the node in DIR (its node key's address: what peers
+    /// pin it by).
+    ShowNodeId {
+        /// The node's home directory (config.toml).
+        #[arg(long, env = "GRAPEVINE_HOME")]
+        home: PathBuf,
+    },
+    /// Print the validator address of the node in DIR (what the genesis lists).
+    ShowValidator {
+        /// The node's home directory (config.toml).
+        #[arg(long, env = "GRAPEVINE_HOME")]
+        home: PathBuf,
+    },
     /// Generate an account key pair and write it as a key file (JSON, mode 0600).
     Keygen {
         /// Where to write the key file. Refuses to overwrite an existing file. Without
@@ -163,6 +176,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Testnet(args) => testnet::run(&args),
         Command::Rebuild(args) => rebuild::run(&args),
         Command::Keygen { out } => keyfile::keygen(out.as_deref()),
+        Command::ShowNodeId { home } => run::show_key(&home, run::KeyKind::Node),
+        Command::ShowValidator { home } => run::show_key(&home, run::KeyKind::Validator),
         Command::Balance { rpc, address } => wallet::balance(&rpc, &address),
         Command::Transfer(args) => wallet::transfer(&args),
         Command::Sign(args) => wallet::sign(&args),

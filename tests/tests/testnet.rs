@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use grapevine_ledger::{Address, Keypair, SignedTx, Transaction};
-use grapevine_tests::{NodeProcess, account_keys, eventually, generate_testnet, run_at_most};
+use grapevine_tests::{
+    NodeProcess, account_keys, eventually, generate_testnet, grapevine_ok, run_at_most,
+};
 use serde_json::{Value, json};
 
 const CHAIN: u32 = 4242;
@@ -87,6 +89,28 @@ fn four_validators_and_a_full_node_agree_and_survive_one_failure() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("net");
     let names = generate_testnet(&out, VALIDATORS as u16, 1, 8);
+    // Each validator's address, as `show-validator` reads it, is the genesis's; a full
+    // node has none; node ids are distinct.
+    let genesis: Value =
+        serde_json::from_slice(&std::fs::read(out.join("genesis.json")).unwrap()).unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let home = out.join(name);
+        let home = home.to_str().unwrap();
+        let id = grapevine_ok(["show-node-id", "--home", home]);
+        assert!(ids.insert(id.trim().to_string()), "distinct node ids");
+        if i < VALIDATORS {
+            let shown = grapevine_ok(["show-validator", "--home", home]);
+            assert_eq!(shown.trim(), genesis["validators"][i]["publicKey"]);
+        } else {
+            let (exited, out) =
+                run_at_most(["show-validator", "--home", home], Duration::from_secs(10));
+            assert!(
+                exited && !out.status.success(),
+                "a full node has no validator key"
+            );
+        }
+    }
     let mut nodes: Vec<Option<NodeProcess>> = names
         .iter()
         .map(|n| Some(NodeProcess::run(&out.join(n))))

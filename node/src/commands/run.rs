@@ -297,6 +297,32 @@ impl Config {
 }
 
 /// `p` relative to `home` unless absolute.
+/// Which of a node's keys [`show_key`] prints.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyKind {
+    /// The node key (its address is the node id).
+    Node,
+    /// The validator key.
+    Validator,
+}
+
+/// `grapevine show-node-id` / `show-validator`: prints the address of the node's key
+/// of `kind`, read through `home/config.toml`.
+pub fn show_key(home: &Path, kind: KeyKind) -> anyhow::Result<()> {
+    let cfg = Config::load(home)?;
+    let path = match kind {
+        KeyKind::Node => cfg.node_key,
+        KeyKind::Validator => cfg.validator_key.with_context(|| {
+            format!(
+                "{} names no validator_key: this is a full node",
+                home.join("config.toml").display()
+            )
+        })?,
+    };
+    println!("{}", keyfile::read(&resolve(home, &path))?.address());
+    Ok(())
+}
+
 pub(crate) fn resolve(home: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
