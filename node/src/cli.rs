@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use grapevine_ledger::{Address, Hash};
 use serde_json::json;
 
-use crate::commands::{bench_ledger, bench_rpc, dev, rebuild, run, testnet, wallet};
+use crate::commands::{bench_ledger, bench_rpc, dev, init, rebuild, run, testnet, wallet};
 use crate::keyfile;
 
 /// Grapevine: a validating node for a gossip ledger.
@@ -33,6 +33,10 @@ enum Command {
     /// Write the homes of a local network: genesis, funded accounts, and per node its
     /// config, node key and validator key.
     Testnet(testnet::Args),
+    /// Write one node's home (keys and config) for a network across hosts; with the
+    /// network's genesis (--genesis FILE, or --genesis-from URL --genesis-hash HASH) it
+    /// joins in two commands: init, then run.
+    Init(init::Args),
     /// Print the node id of the node in DIR (its node key's address: what peers
     /// pin it by).
     ShowNodeId {
@@ -174,6 +178,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             run::run(&args)
         }
         Command::Testnet(args) => testnet::run(&args),
+        Command::Init(args) => init::run(&args),
         Command::Rebuild(args) => rebuild::run(&args),
         Command::Keygen { out } => keyfile::keygen(out.as_deref()),
         Command::ShowNodeId { home } => run::show_key(&home, run::KeyKind::Node),

@@ -62,6 +62,11 @@ pub trait NodeApi: Send + Sync + 'static {
     fn subscribe_transactions(&self) -> broadcast::Receiver<TxInfo>;
     /// Prometheus text exposition of the node's metrics.
     fn metrics_text(&self) -> String;
+    /// The genesis this node runs, for `getGenesis` (a node joining the network checks
+    /// it against a hash it got elsewhere). `None`: not known to this node.
+    fn genesis(&self) -> Option<grapevine_ledger::Genesis> {
+        None
+    }
 }
 
 /// `getStatus`.

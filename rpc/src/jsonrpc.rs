@@ -613,6 +613,11 @@ fn call<A: NodeApi + ?Sized>(
             Params::new(params, &[])?;
             out.put(&api.status()?)
         }
+        "getGenesis" => {
+            Params::new(params, &[])?;
+            let g = api.genesis().ok_or(ApiError::Internal)?;
+            out.put(&serde_json::json!({"hash": g.hash().to_string(), "genesis": g}))
+        }
         "getBalance" => {
             let p = Params::new(params, &["address"])?;
             let a = api.account(&p.address(0, "address")?)?;

@@ -150,9 +150,10 @@ impl Limit {
     }
 }
 
-const KNOWN_METHODS: [&str; 11] = [
+const KNOWN_METHODS: [&str; 12] = [
     "getAccountTransactions",
     "getStatus",
+    "getGenesis",
     "getBalance",
     "getAccount",
     "sendTransaction",

@@ -226,6 +226,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         validator.address(),
         genesis.validator_keys(),
     );
+    node.set_genesis(genesis.clone());
     let rpc_cfg = grapevine_rpc::RpcConfig {
         rate_limit_per_ip: args.rpc_rate_limit,
         rate_limit_burst: args.rpc_rate_limit.saturating_mul(2),

@@ -6,6 +6,7 @@
 //! - [`run`]: a node of a network (validator or full node) from its home directory, and
 //!   the `config.toml` format.
 //! - [`testnet`]: writes the homes of a local network.
+//! - [`init`]: writes one node's home, for networks across hosts.
 //! - [`rebuild`]: re-executes a node's chain into a fresh database.
 //! - [`wallet`]: `keygen`'s key files aside, the commands against a node's RPC
 //!   (`balance`, `transfer`, `sign`, `tx`, `block`, `status`).
@@ -15,6 +16,7 @@
 pub mod bench_ledger;
 pub mod bench_rpc;
 pub mod dev;
+pub mod init;
 pub mod rebuild;
 pub mod run;
 pub mod testnet;

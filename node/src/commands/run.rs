@@ -385,6 +385,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .map(grapevine_ledger::Keypair::address)
         .unwrap_or_default();
     let (node, rpc_metrics) = Node::new(ledger.clone(), pool, proposer, genesis.validator_keys());
+    node.set_genesis(genesis.clone());
     node.set_health_max_stall(
         (cfg.rpc.health_max_stall_ms > 0)
             .then(|| Duration::from_millis(cfg.rpc.health_max_stall_ms)),

@@ -57,6 +57,8 @@ const RECENT_MAX_AGE: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Node {
     ledger: Arc<Ledger>,
+    /// The genesis, for `getGenesis` (set once at start).
+    genesis: std::sync::OnceLock<grapevine_ledger::Genesis>,
     mempool: Mutex<Mempool>,
     recent: Mutex<RecentOutcomes>,
     heads: broadcast::Sender<HeadEvent>,
@@ -187,6 +189,7 @@ impl Node {
             pending_count: Mutex::new(None),
             last_final_at: Mutex::new(Instant::now()),
             health_max_stall: Mutex::new(Some(DEFAULT_HEALTH_MAX_STALL)),
+            genesis: std::sync::OnceLock::new(),
         };
         (Arc::new(node), rpc_metrics)
     }
@@ -436,6 +439,12 @@ impl Node {
             .set(i64::try_from(p.target).unwrap_or(i64::MAX));
         self.metrics.syncing.set(i64::from(p.syncing));
         *self.sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    /// Records the genesis this node runs (served by `getGenesis`); later calls are
+    /// ignored.
+    pub fn set_genesis(&self, g: grapevine_ledger::Genesis) {
+        let _ = self.genesis.set(g);
     }
 
     /// Counts a validator caught equivocating (`kind`: "proposal" or "vote").

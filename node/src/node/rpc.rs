@@ -226,6 +226,10 @@ impl NodeApi for Node {
         self.txs.subscribe()
     }
 
+    fn genesis(&self) -> Option<grapevine_ledger::Genesis> {
+        self.genesis.get().cloned()
+    }
+
     fn metrics_text(&self) -> String {
         // Read when scraped: RocksDB adds it up on request.
         for (part, bytes) in self.ledger.store_memory() {
