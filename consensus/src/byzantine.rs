@@ -290,3 +290,37 @@ fn a_leader_whose_parent_arrives_late_does_not_propose_in_a_round_it_does_not_le
         "validator 0 must not build in round 5: {actions:?}"
     );
 }
+
+#[test]
+fn a_leader_of_a_past_round_gets_no_more_than_the_bound_taken_either() {
+    let net = Net::new();
+    let mut e = net.engine(2);
+    // Rounds 1..=7 time out: the engine is in round 8, nothing final since genesis.
+    e.handle_message(
+        10,
+        None,
+        ConsensusMsg::Sync {
+            qc: QuorumCert::genesis(net.genesis.hash()),
+            tc: Some(net.tc(7)),
+        },
+    );
+    drain(&mut e);
+    assert_eq!(e.round(), 8);
+    // Round 4's leader sends proposal after proposal for its long-gone round.
+    let genesis_qc = QuorumCert::genesis(net.genesis.hash());
+    let mut actions = Vec::new();
+    for salt in 0..20u8 {
+        let p = net.proposal(
+            net.block(&net.genesis, 4, 1, salt),
+            genesis_qc.clone(),
+            None,
+        );
+        e.handle_message(20, None, ConsensusMsg::Proposal(Box::new(p)));
+        actions.extend(drain(&mut e));
+    }
+    let checks = actions
+        .iter()
+        .filter(|a| matches!(a, Action::CheckBlock { .. }))
+        .count();
+    assert_eq!(checks, 2, "the per-round bound holds for past rounds too");
+}

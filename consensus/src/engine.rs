@@ -91,7 +91,9 @@ pub enum Action {
     /// this node asked for by hash (a certificate or a child refers to them).
     Keep(Proposal),
     /// A validator signed two conflicting messages in one round: record it (log,
-    /// metric). The second message was dropped and not relayed.
+    /// metric). A conflicting vote is dropped and not relayed; a leader's second
+    /// proposal of a round is still taken (see [`MAX_PROPOSALS_PER_ROUND`]), a third
+    /// is not.
     Evidence(Evidence),
 }
 
@@ -137,7 +139,7 @@ impl Evidence {
 pub struct Held {
     /// Votes counted (at most one per round and voter).
     pub votes: usize,
-    /// Proposals taken, over the rounds still in use.
+    /// Proposals taken, over the rounds since the final block's.
     pub proposals: usize,
     /// Proposals waiting for their parent...
     pub waiting: usize,
@@ -188,7 +190,8 @@ pub struct Engine {
     /// The block each validator voted for, by round: one vote per (round, voter) is
     /// counted, so a Byzantine voter's votes for random hashes cost nothing to hold.
     voted: HashMap<(u64, ValidatorIndex), Hash>,
-    /// The blocks of the proposals taken in each round, in order.
+    /// The blocks of the proposals taken in each round since the final block's, in
+    /// order.
     proposed: BTreeMap<u64, Vec<Hash>>,
     /// (round, validator) already shown to equivocate: further conflicts are dropped
     /// without checking their signatures.
@@ -292,6 +295,7 @@ impl Engine {
             return;
         }
         let hash = block.hash();
+        self.proposed = self.proposed.split_off(&block.header.round);
         self.committed = (hash, height);
         self.blocks.retain(|_, s| s.block.header.height > height);
         self.blocks.insert(
@@ -379,9 +383,6 @@ impl Engine {
         self.voted.retain(|(r, _), _| !past(*r));
         self.equivocated.retain(|(r, _)| !past(*r));
         self.timeouts.retain(|r, _| !past(*r));
-        self.proposed = self
-            .proposed
-            .split_off(&round.saturating_sub(ROUNDS_BEHIND));
         // A round this node already signed in (as leader it voted for its own
         // proposal) gets no second proposal: that would be equivocation.
         // A build wanted in an earlier round (its parent was missing) is void here:
@@ -457,6 +458,8 @@ impl Engine {
         let Some(vote) = self.sign_vote(&p) else {
             return;
         };
+        // Kept before its vote leaves, as every proposal this node votes for.
+        self.actions.push_back(Action::Keep(p.clone()));
         self.actions
             .push_back(Action::Broadcast(ConsensusMsg::Proposal(Box::new(
                 p.clone(),
@@ -464,7 +467,7 @@ impl Engine {
         self.actions
             .push_back(Action::Broadcast(ConsensusMsg::Vote(vote.clone())));
         self.on_vote(now, vote);
-        self.on_proposal(now, p, None);
+        self.on_proposal(now, p, None, true);
     }
 
     /// A message from validator `from` (if known).
@@ -476,11 +479,12 @@ impl Engine {
                 // carry blocks a commit may need.
                 if p.round() <= self.round.saturating_add(MAX_ROUNDS_AHEAD)
                     && p.block.header.height <= self.committed.1.saturating_add(MAX_HEIGHTS_AHEAD)
+                    && p.qc.round >= self.committed_round()
                     && p.verify_signed(&self.set)
                     && self.qc_ok(&p.qc)
                     && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
                 {
-                    self.on_proposal(now, *p, from);
+                    self.on_proposal(now, *p, from, true);
                 }
             }
             ConsensusMsg::Vote(v) => self.on_vote(now, v),
@@ -513,6 +517,35 @@ impl Engine {
         }
     }
 
+    /// The round of the last final block. A proposal that extends it (the only kind
+    /// that can still become final) certifies a block of at least this round; one with
+    /// an older QC would only wait for a parent that never comes.
+    fn committed_round(&self) -> u64 {
+        self.blocks
+            .get(&self.committed.0)
+            .map_or(0, |s| s.block.header.round)
+    }
+
+    /// Feeds back a proposal kept on disk before a restart (its bounds held when it was
+    /// kept).
+    pub fn handle_replayed(&mut self, now: u64, p: Proposal) {
+        self.now = now;
+        if p.verify_signed(&self.set)
+            && self.qc_ok(&p.qc)
+            && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
+        {
+            self.on_proposal(now, p, None, false);
+        }
+    }
+
+    /// Whether this node asked for block `hash` and does not have it (so an answer to
+    /// that request is worth checking).
+    pub fn wants(&self, hash: &Hash) -> bool {
+        self.requested.contains_key(hash)
+            && !self.blocks.contains_key(hash)
+            && !self.checking.contains_key(hash)
+    }
+
     /// Whether messages of round `r` are still of use: at most [`ROUNDS_BEHIND`] rounds
     /// behind the current one and at most [`MAX_ROUNDS_AHEAD`] ahead.
     fn in_window(&self, r: u64) -> bool {
@@ -522,11 +555,11 @@ impl Engine {
 
     /// Whether a message whose signature checks may be passed on to peers: it is of a
     /// round still in use and does not conflict with what its signer sent before in
-    /// that round (a second proposal of the round's leader, a vote for another block).
-    /// A copy of a message already taken is relayable (a retransmission must still
-    /// reach nodes that missed it); a conflicting one is not, so a Byzantine
-    /// validator's equivocations reach no further than its own links. Cheap: no
-    /// signature is checked.
+    /// that round beyond what is taken (a leader's proposals past the
+    /// [`MAX_PROPOSALS_PER_ROUND`] taken, a vote for another block). A copy of a message
+    /// already taken is relayable (a retransmission must still reach nodes that missed
+    /// it); a conflicting vote is not, so a Byzantine validator's vote equivocations
+    /// reach no further than its own links. Cheap: no signature is checked.
     pub fn relayable(&self, msg: &ConsensusMsg) -> bool {
         match msg {
             ConsensusMsg::Proposal(p) => {
@@ -679,7 +712,10 @@ impl Engine {
         }
     }
 
-    fn on_proposal(&mut self, now: u64, p: Proposal, from: Option<ValidatorIndex>) {
+    /// `fresh`: it arrived just now (from the network or this node's builder) and must
+    /// pass the per-round bounds; a proposal released from `waiting`, or replayed from
+    /// disk, passed them already.
+    fn on_proposal(&mut self, now: u64, p: Proposal, from: Option<ValidatorIndex>, fresh: bool) {
         let qc = p.qc.clone();
         self.process_qc(now, &qc);
         if let Some(tc) = p.tc.clone() {
@@ -689,7 +725,7 @@ impl Engine {
             return; // at or below what is final: only its certificates mattered
         }
         let hash = p.block.hash();
-        if !self.take_proposal(&p, &hash) {
+        if fresh && !self.take_proposal(&p, &hash) {
             return;
         }
         let parent_hash = p.block.header.parent_hash;
@@ -724,9 +760,14 @@ impl Engine {
     /// is seen and cannot grow the blocks held beyond that bound.
     fn take_proposal(&mut self, p: &Proposal, hash: &Hash) -> bool {
         let round = p.round();
-        if !self.in_window(round) {
-            return true; // a replayed or requested block of a past round
+        if round < self.committed_round() {
+            // Older than the final block, so not a descendant of it: of use only if
+            // this node asked for it.
+            return self.requested.contains_key(hash) || self.blocks.contains_key(hash);
         }
+        // Counted per round from the final block's round on (a proposal that arrives
+        // after its round ended may still be certified), so a leader of any such round
+        // gets at most the bound taken.
         let taken = self.proposed.entry(round).or_default();
         if taken.contains(hash) {
             return true;
@@ -810,7 +851,7 @@ impl Engine {
             r
         };
         for (w, _) in ready {
-            self.on_proposal(now, w, from);
+            self.on_proposal(now, w, from, false);
         }
         let hq = self.safety.high_qc.clone();
         self.try_commit(&hq);
@@ -1008,6 +1049,7 @@ impl Engine {
             return;
         };
         self.committed = (last.hash(), last.header.height);
+        self.proposed = self.proposed.split_off(&last.header.round);
         self.consecutive_timeouts = 0;
         let floor = self.committed.1;
         self.blocks

@@ -2,12 +2,15 @@
 //! node feeds back to consensus, and what the sync server answers block requests
 //! from.
 //!
-//! Consensus keeps a proposal only once its block checked valid, and takes at most
+//! Consensus keeps a proposal only once its block checked valid (or built it itself),
+//! and takes at most
 //! [`MAX_PROPOSALS_PER_ROUND`](grapevine_consensus::engine::MAX_PROPOSALS_PER_ROUND) per
-//! round (plus blocks it asked for), so a Byzantine leader adds at most that many per
-//! round it leads. The index bounds the total as well: at most [`MAX_KEPT`] proposals
-//! and [`MAX_KEPT_BYTES`] encoded bytes; past either, a proposal is not kept (a
-//! restarted node then asks peers for it, as for any block it missed).
+//! round still in use (plus blocks it asked for), so a Byzantine leader adds at most that
+//! many per round it leads. The index bounds the total as well: at most [`MAX_KEPT`]
+//! proposals and [`MAX_KEPT_BYTES`] encoded bytes; past either, the lowest proposals go
+//! first (the newest are the ones a restarted node's certificates point to). Proposals
+//! stay [`KEPT_BELOW_FINAL`] heights below the final one, so that peers that missed a
+//! block just made final can still ask for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +25,10 @@ pub const MAX_KEPT: usize = 1024;
 
 /// Most encoded bytes of proposals kept above the final height.
 pub const MAX_KEPT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Heights below the final one whose proposals are still kept (the engine holds its
+/// blocks that far back too).
+pub const KEPT_BELOW_FINAL: u64 = 64;
 
 /// The database key of the kept proposal of block `hash` at `height`.
 pub fn proposal_key(height: u64, hash: &Hash) -> Vec<u8> {
@@ -58,19 +65,35 @@ impl KeptIndex {
             .map(|(height, _)| proposal_key(*height, hash))
     }
 
-    /// Records a proposal of `bytes` encoded bytes as kept, if the bounds allow;
-    /// `false`: it must not be written.
-    pub fn admit(&mut self, height: u64, hash: Hash, bytes: u64) -> bool {
+    /// Records a proposal of `bytes` encoded bytes as kept (already written); returns
+    /// the database keys of the lowest proposals it pushed past the bounds, which the
+    /// caller deletes.
+    pub fn insert(&mut self, height: u64, hash: Hash, bytes: u64) -> Vec<Vec<u8>> {
         if self.by_hash.contains_key(&hash) {
-            return true;
-        }
-        if self.by_hash.len() >= MAX_KEPT || self.bytes.saturating_add(bytes) > MAX_KEPT_BYTES {
-            return false;
+            return Vec::new();
         }
         self.by_hash.insert(hash, (height, bytes));
         self.by_height.entry(height).or_default().push(hash);
         self.bytes += bytes;
-        true
+        let mut evicted = Vec::new();
+        while self.by_hash.len() > MAX_KEPT || self.bytes > MAX_KEPT_BYTES {
+            let Some(mut lowest) = self.by_height.first_entry() else {
+                break;
+            };
+            let h = *lowest.key();
+            let Some(gone) = lowest.get_mut().pop() else {
+                lowest.remove();
+                continue;
+            };
+            if lowest.get().is_empty() {
+                lowest.remove();
+            }
+            if let Some((_, b)) = self.by_hash.remove(&gone) {
+                self.bytes -= b;
+            }
+            evicted.push(proposal_key(h, &gone));
+        }
+        evicted
     }
 
     /// Forgets the proposals at or below `final_height`; returns their database keys.
@@ -111,25 +134,30 @@ mod tests {
     }
 
     #[test]
-    fn the_index_refuses_past_its_bounds_and_frees_what_finality_prunes() {
+    fn the_index_evicts_the_lowest_past_its_bounds_and_frees_what_finality_prunes() {
         let mut k = KeptIndex::default();
         for i in 0..MAX_KEPT as u32 {
-            assert!(k.admit(10 + u64::from(i), h(i), 100));
+            assert!(k.insert(10 + u64::from(i), h(i), 100).is_empty());
         }
-        assert!(!k.admit(5_000, h(1 << 20), 100), "count bound");
+        let evicted = k.insert(5_000, h(1 << 20), 100);
+        assert_eq!(evicted, vec![proposal_key(10, &h(0))], "the lowest goes");
         assert_eq!(k.len(), MAX_KEPT);
-        let keys = k.prune(10 + MAX_KEPT as u64 / 2 - 1);
+        assert!(k.contains(&h(1 << 20)) && !k.contains(&h(0)));
+        let keys = k.prune(10 + MAX_KEPT as u64 / 2);
         assert_eq!(keys.len(), MAX_KEPT / 2);
         assert_eq!(k.len(), MAX_KEPT / 2);
         assert_eq!(k.bytes(), 100 * (MAX_KEPT as u64 / 2));
-        assert!(k.admit(5_000, h(1 << 20), 100));
 
         let mut k = KeptIndex::default();
-        assert!(k.admit(1, h(1), MAX_KEPT_BYTES - 10));
-        assert!(!k.admit(2, h(2), 11), "byte bound");
-        assert!(k.admit(2, h(3), 10));
+        assert!(k.insert(1, h(1), MAX_KEPT_BYTES - 10).is_empty());
+        assert_eq!(
+            k.insert(2, h(2), 11),
+            vec![proposal_key(1, &h(1))],
+            "byte bound"
+        );
+        assert!(k.insert(2, h(3), 10).is_empty());
         assert_eq!(k.key_of(&h(3)), Some(proposal_key(2, &h(3))));
-        assert!(k.admit(2, h(3), 10), "keeping again is a no-op");
-        assert_eq!(k.bytes(), MAX_KEPT_BYTES);
+        assert!(k.insert(2, h(3), 10).is_empty(), "keeping again is a no-op");
+        assert_eq!(k.bytes(), 21);
     }
 }

@@ -307,13 +307,15 @@ impl Driver {
     /// Feeds the proposals kept from before a restart back to the engine, oldest
     /// first, so it knows the unfinalized blocks its certificates point to. Reads one
     /// at a time (memory: one proposal, whatever the disk holds); deletes what is
-    /// final, unreadable, too far ahead or past the index's bounds.
+    /// final, unreadable, too far ahead, or beyond the index's count (the lowest).
     async fn replay_kept_proposals(&mut self) -> anyhow::Result<()> {
         let final_height = self.ledger.head().height;
         let mut keys = Vec::new();
         self.ledger
             .consensus_for_each_key(PROPOSAL_PREFIX, &mut |k| keys.push(k.to_vec()))?;
-        let mut stale = Vec::new();
+        // Keys sort by height: past the count bound, the lowest go unread.
+        let excess = keys.len().saturating_sub(kept::MAX_KEPT);
+        let mut stale: Vec<Vec<u8>> = keys.drain(..excess).collect();
         for key in keys {
             let value = tokio::task::block_in_place(|| self.ledger.consensus_get(&key))?;
             let decoded = value.map(|v| {
@@ -334,14 +336,13 @@ impl Driver {
             if height <= final_height
                 || height > final_height.saturating_add(MAX_HEIGHTS_AHEAD)
                 || key != proposal_key(height, &hash)
-                || !kept::lock(&self.kept).admit(height, hash, size)
             {
                 stale.push(key);
                 continue;
             }
+            stale.extend(kept::lock(&self.kept).insert(height, hash, size));
             let now = self.now();
-            self.engine
-                .handle_message(now, None, ConsensusMsg::Proposal(Box::new(p)));
+            self.engine.handle_replayed(now, p);
             self.drain().await?;
         }
         if !stale.is_empty() {
@@ -360,30 +361,32 @@ impl Driver {
         self.node.set_kept_proposals(k.len(), k.bytes());
     }
 
-    /// Keeps a proposal consensus accepted (synced: its vote may follow), within the
-    /// index's bounds.
-    fn keep_proposal(&mut self, p: &Proposal) {
+    /// Keeps a proposal consensus accepted or built, synced, before the vote for it
+    /// leaves; the lowest kept ones go when the index is past its bounds. An error
+    /// (the write failed) stops consensus, as a failed safety-state write does: the
+    /// node must not vote for what it could not keep.
+    fn keep_proposal(&mut self, p: &Proposal) -> anyhow::Result<()> {
         let height = p.block.header.height;
         let hash = p.block.hash();
         if height <= self.ledger.head().height || kept::lock(&self.kept).contains(&hash) {
-            return;
+            return Ok(());
         }
         let bytes = codec::encode(p);
-        if !kept::lock(&self.kept).admit(height, hash, bytes.len() as u64) {
-            tracing::warn!(
-                height,
-                round = p.round(),
-                "not keeping a proposal: the kept proposals are at their bound"
-            );
-            return;
-        }
         let key = proposal_key(height, &hash);
         // Synced: the safety state is in a file of its own, so no later synced ledger
         // write is certain to come before a crash. Off the async workers.
-        if let Err(e) = tokio::task::block_in_place(|| self.ledger.consensus_put(&key, &bytes)) {
-            tracing::warn!(error = %e, "cannot keep a proposal for restart");
+        tokio::task::block_in_place(|| self.ledger.consensus_put(&key, &bytes))
+            .context("cannot keep a proposal for restart; stopping consensus")?;
+        let evicted = kept::lock(&self.kept).insert(height, hash, bytes.len() as u64);
+        if !evicted.is_empty() {
+            tracing::warn!(
+                count = evicted.len(),
+                "the kept proposals are at their bound: dropping the lowest"
+            );
+            self.ledger.consensus_delete(&evicted)?;
         }
         self.publish_kept();
+        Ok(())
     }
 
     /// A consensus message from peer `from`: checked, relayed if valid, then handed to
@@ -487,6 +490,10 @@ impl Driver {
             // The sync server answers these itself.
             SyncMsg::GetBlocks { .. } | SyncMsg::BlockRequest { .. } => {}
             SyncMsg::Proposal(p) => {
+                // Only an answer to this node's own request is worth its checks.
+                if !self.engine.wants(&p.block.hash()) {
+                    return;
+                }
                 if !p.verify_signed(&self.set) {
                     self.net
                         .report(
@@ -607,7 +614,7 @@ impl Driver {
                 }
             }
             Action::Broadcast(msg) => broadcast(&self.net, &msg).await,
-            Action::Keep(p) => self.keep_proposal(&p),
+            Action::Keep(p) => self.keep_proposal(&p)?,
             Action::Evidence(e) => self.on_evidence(&e),
             Action::Commit { blocks } => {
                 tokio::task::block_in_place(|| self.commit(blocks))?;
@@ -701,13 +708,14 @@ impl Driver {
         self.forget_final()
     }
 
-    /// Drops what final blocks made useless: cached executions and kept proposals at
-    /// or below the final height.
+    /// Drops what final blocks made useless: cached executions, and kept proposals
+    /// more than [`kept::KEPT_BELOW_FINAL`] heights below the final one.
     fn forget_final(&mut self) -> anyhow::Result<()> {
         let final_height = self.ledger.head().height;
         lock(&self.cache).prune(final_height);
-        // Kept proposals of final heights (and of forks there) are no longer needed.
-        let stale = kept::lock(&self.kept).prune(final_height);
+        // Below that, kept proposals (and forks there) are of use to nobody.
+        let stale =
+            kept::lock(&self.kept).prune(final_height.saturating_sub(kept::KEPT_BELOW_FINAL));
         self.ledger.consensus_delete(&stale)?;
         self.publish_kept();
         Ok(())

@@ -245,6 +245,13 @@ impl ServeQueue {
         p.bytes.ready(now) && p.block_requests.take_one(now)
     }
 
+    /// Whether a proposal `peer` sent (an answer to a block request) is within the
+    /// same rate as its requests; `false`: drop it.
+    #[must_use]
+    pub fn answer(&mut self, peer: Address, now: Instant) -> bool {
+        self.peer(peer, now).block_requests.take_one(now)
+    }
+
     /// The next request to serve, round-robin over the peers whose budget allows,
     /// if the node-wide budget allows.
     pub fn next(&mut self, now: Instant) -> Next {
@@ -436,6 +443,9 @@ async fn on_message(queue: &mut ServeQueue, ctx: &Context<'_>, from: Address, pa
                 return;
             }
             let _ = to_driver.try_send((from, msg));
+        }
+        SyncMsg::Proposal(_) if !queue.answer(from, now) => {
+            tracing::debug!(peer = %from, "proposal answers over their rate; dropped");
         }
         SyncMsg::Blocks { .. } | SyncMsg::Proposal(_) => {
             if to_driver.try_send((from, msg)).is_err() {
