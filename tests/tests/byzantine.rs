@@ -7,7 +7,8 @@
 //!
 //! - 10,000 signed proposals for random rounds it leads (up to twice the engine's
 //!   window ahead) at random heights (up to twice the height window), each certified by
-//!   the genesis QC so it passes every check before the engine's own;
+//!   the genesis QC (a real certificate, so the signature and certificate checks pass;
+//!   the engine drops them as extending a block older than the final one);
 //! - 100,000 signed votes for random block hashes in the current rounds.
 //!
 //! It shows that the honest validators keep finalizing blocks during and after the
