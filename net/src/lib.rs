@@ -23,9 +23,11 @@ pub mod frame;
 pub mod message;
 pub mod netgroup;
 pub mod network;
+pub mod peeraddr;
 pub mod secure;
 
 pub use network::{
     Inbox, NetConfig, NetEvent, NetStats, NetworkHandle, Offence, PeerSummary, TxValidator,
     Verdict, start,
 };
+pub use peeraddr::PeerAddr;

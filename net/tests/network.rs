@@ -72,7 +72,7 @@ async fn node(
         chain,
         GENESIS,
     );
-    cfg.bootstrap = bootstrap;
+    cfg.bootstrap = bootstrap.into_iter().map(Into::into).collect();
     cfg.target_outbound = 4;
     cfg.max_per_ip = 64;
     tune(&mut cfg);
@@ -1090,4 +1090,57 @@ async fn requests_beyond_what_a_peer_may_ask_are_ignored() {
     })
     .await;
     assert_eq!(served.ok(), Some(3));
+}
+
+/// Configured peers are dialed by name (resolved at every dial), a pinned node id is
+/// checked, a wrong one is refused, and a peer whose link drops is dialed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_peers_are_dialed_by_name_pinned_and_kept() {
+    // Without peer exchange `a` dials nobody: any link to it is one its peers dialed.
+    let a = node(31, 1, vec![], |c| c.peer_exchange = false).await;
+    let port = a.handle.listen_addr.port();
+    let a_id = a.handle.local_id;
+    let by_name: grapevine_net::PeerAddr = format!("localhost:{port}").parse().unwrap();
+    let pinned: grapevine_net::PeerAddr = format!("{a_id}@localhost:{port}").parse().unwrap();
+    let wrong_id = Keypair::from_seed(&[99; 32]).address();
+    let wrong: grapevine_net::PeerAddr = format!("{wrong_id}@localhost:{port}").parse().unwrap();
+    let unresolvable: grapevine_net::PeerAddr = "no-such-host.invalid:1".parse().unwrap();
+
+    let b = node(32, 1, vec![], |c| {
+        c.bootstrap = vec![unresolvable.clone(), by_name.clone()];
+    })
+    .await;
+    let c = node(33, 1, vec![], |c| c.bootstrap = vec![pinned.clone()]).await;
+    let d = node(34, 1, vec![], |c| c.bootstrap = vec![wrong.clone()]).await;
+    let linked = |n: &TestNode| {
+        let h = n.handle.clone();
+        async move { h.peers().await.iter().any(|p| p.id == a_id) }
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), async || linked(&b).await).await,
+        "dialed by name, an unresolvable name beside it notwithstanding"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), async || linked(&c).await).await,
+        "the pinned id proved"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !linked(&d).await,
+        "a peer proving another id than the pinned one is refused"
+    );
+
+    // A dropped link is dialed again: a stops, then starts again on the same port.
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a2 = node(31, 1, vec![], |c| {
+        c.peer_exchange = false;
+        c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    })
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(20), async || linked(&b).await).await,
+        "the configured peer is dialed again after its link went down"
+    );
+    drop(a2);
 }

@@ -67,10 +67,32 @@ struct Actor {
     /// Link tasks not yet up (handshaking), by connection.
     pending: HashMap<ConnId, AbortHandle>,
     dialing: HashSet<SocketAddr>,
+    /// The configured peers, kept linked for ever.
+    persistent: Vec<Persistent>,
     book: AddressBook,
     peers: PeerSet,
     gossip: Gossip,
     relay: Relay,
+}
+
+/// A configured peer the actor keeps linked: dialed whenever its link is down, after a
+/// backoff that grows with consecutive failures (1 s, doubling, at most 30 s).
+#[derive(Debug)]
+struct Persistent {
+    addr: crate::PeerAddr,
+    /// Its link, dialing or up.
+    conn: Option<ConnId>,
+    next_dial: Instant,
+    failures: u32,
+}
+
+impl Persistent {
+    fn retry_later(&mut self, now: Instant) {
+        self.conn = None;
+        self.failures = self.failures.saturating_add(1);
+        let secs = 1u64 << self.failures.min(5);
+        self.next_dial = now + Duration::from_secs(secs.min(30));
+    }
 }
 
 /// Spawns the actor for `listener` (bound at `listen_addr`): it dials the bootstrap
@@ -94,10 +116,17 @@ pub(super) fn spawn(
         genesis_hash: cfg.genesis_hash,
         listen_port: listen_addr.port(),
     });
-    let mut book = AddressBook::load(cfg.address_book.clone());
-    for a in &cfg.bootstrap {
-        book.add_bootstrap(*a);
-    }
+    let book = AddressBook::load(cfg.address_book.clone());
+    let persistent = cfg
+        .bootstrap
+        .iter()
+        .map(|addr| Persistent {
+            addr: addr.clone(),
+            conn: None,
+            next_dial: Instant::now(),
+            failures: 0,
+        })
+        .collect();
     let actor = Actor {
         validator,
         events: ev_tx,
@@ -108,6 +137,7 @@ pub(super) fn spawn(
         next_conn: 0,
         pending: HashMap::new(),
         dialing: HashSet::new(),
+        persistent,
         book,
         peers: PeerSet::new(&cfg, stats.clone()),
         gossip: Gossip::new(stats.clone()),
@@ -214,6 +244,7 @@ impl Actor {
     fn maintain(&mut self) {
         let now = Instant::now();
         self.peers.expire_bans(now);
+        self.dial_persistent(now);
         let wants = self.relay.retry(now);
         self.send_all(wants);
         let requests = self.gossip.retry(now);
@@ -241,6 +272,26 @@ impl Actor {
             let task = link::dial(addr, conn, self.link_ctx());
             self.pending.insert(conn, task.abort_handle());
         }
+    }
+
+    /// Dials the configured peers whose link is down and whose backoff has passed.
+    fn dial_persistent(&mut self, now: Instant) {
+        for i in 0..self.persistent.len() {
+            let p = &self.persistent[i];
+            if p.conn.is_some() || p.next_dial > now {
+                continue;
+            }
+            let (host, port) = (p.addr.host.clone(), p.addr.port);
+            let conn = self.new_conn();
+            let task = link::dial_named(host, port, conn, self.link_ctx());
+            self.pending.insert(conn, task.abort_handle());
+            self.persistent[i].conn = Some(conn);
+        }
+    }
+
+    /// The configured peer whose link is `conn`, if any.
+    fn persistent_of(&mut self, conn: ConnId) -> Option<&mut Persistent> {
+        self.persistent.iter_mut().find(|p| p.conn == Some(conn))
     }
 
     /// Disconnects peers silent for too long and pings the others.
@@ -274,6 +325,11 @@ impl Actor {
     }
 
     fn disconnect(&mut self, conn: ConnId) {
+        if let Some(p) = self.persistent_of(conn) {
+            // Dialed again soon: a link that was up resets the backoff.
+            p.conn = None;
+            p.next_dial = Instant::now() + Duration::from_secs(1);
+        }
         self.gossip.peer_down(conn);
         self.relay.peer_down(conn);
         self.peers.remove(conn);
@@ -305,16 +361,35 @@ impl Actor {
                     tasks.push(reader);
                 }
                 self.peers.handshake_over(conn);
+                let pinned = self
+                    .persistent
+                    .iter()
+                    .find(|p| p.conn == Some(conn))
+                    .and_then(|p| p.addr.id);
                 let refuse = if link_id == self.identity.node_key.address() {
                     self.book.forget(addr);
                     Some("connected to ourselves")
+                } else if pinned.is_some_and(|id| id != link_id) {
+                    tracing::warn!(
+                        %addr,
+                        proved = %link_id,
+                        pinned = ?pinned,
+                        "a configured peer proved another node id than the one pinned; refusing it"
+                    );
+                    Some("not the pinned node id")
                 } else {
                     self.peers.refusal(&link_id, Instant::now())
                 };
                 if let Some(why) = refuse {
                     tracing::debug!(%addr, peer = %link_id, why, "refusing link");
                     let _ = accept.send(false);
+                    if let Some(p) = self.persistent_of(conn) {
+                        p.retry_later(Instant::now());
+                    }
                     return;
+                }
+                if let Some(p) = self.persistent_of(conn) {
+                    p.failures = 0;
                 }
                 if accept.send(true).is_err() {
                     return;
@@ -360,6 +435,12 @@ impl Actor {
             LinkEvent::Validated(batches) => self.on_validations(batches),
             LinkEvent::Down { conn, error } => {
                 self.pending.remove(&conn);
+                if self.peers.get(conn).is_none()
+                    && let Some(p) = self.persistent_of(conn)
+                {
+                    // The handshake failed: back off as for a failed dial.
+                    p.retry_later(Instant::now());
+                }
                 self.peers.handshake_over(conn);
                 if let Some(e) = &error {
                     if e.is_misbehaviour() {
@@ -380,8 +461,17 @@ impl Actor {
             }
             LinkEvent::DialFailed { conn, addr, reason } => {
                 self.pending.remove(&conn);
+                let now = Instant::now();
+                if let Some(p) = self.persistent_of(conn) {
+                    p.retry_later(now);
+                    // The first failures say why; later ones would repeat it.
+                    if p.failures <= 3 {
+                        tracing::info!(peer = %p.addr, reason, "cannot reach a configured peer; retrying");
+                    }
+                    return;
+                }
                 self.dialing.remove(&addr);
-                self.book.failed(addr, Instant::now());
+                self.book.failed(addr, now);
                 tracing::debug!(%addr, reason, "dial failed");
             }
             LinkEvent::Message { conn, msg, bytes } => {

@@ -73,18 +73,46 @@ pub(super) struct LinkCtx {
 /// Dials `addr` (within the handshake timeout) and runs the link as connection
 /// `conn`; a failure to connect comes back as [`LinkEvent::DialFailed`].
 pub(super) fn dial(addr: SocketAddr, conn: ConnId, ctx: LinkCtx) -> JoinHandle<()> {
+    tokio::spawn(dial_addr(addr, conn, ctx))
+}
+
+/// Resolves `host` (a name or an IP address) now, then dials its first address as
+/// [`dial`] does; a name that does not resolve comes back as
+/// [`LinkEvent::DialFailed`] for `0.0.0.0:port`.
+pub(super) fn dial_named(host: String, port: u16, conn: ConnId, ctx: LinkCtx) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let events = ctx.events.clone();
-        let reason =
-            match tokio::time::timeout(ctx.handshake_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return run_link(stream, addr, false, conn, ctx).await,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "connect timed out".to_string(),
-            };
-        let _ = events
-            .send(LinkEvent::DialFailed { conn, addr, reason })
-            .await;
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        let resolved = match tokio::time::timeout(ctx.handshake_timeout, lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "no address".to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("lookup timed out".to_string()),
+        };
+        match resolved {
+            Ok(addr) => dial_addr(addr, conn, ctx).await,
+            Err(e) => {
+                let _ = ctx
+                    .events
+                    .send(LinkEvent::DialFailed {
+                        conn,
+                        addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                        reason: format!("cannot resolve {host}: {e}"),
+                    })
+                    .await;
+            }
+        }
     })
+}
+
+async fn dial_addr(addr: SocketAddr, conn: ConnId, ctx: LinkCtx) {
+    let events = ctx.events.clone();
+    let reason = match tokio::time::timeout(ctx.handshake_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => return run_link(stream, addr, false, conn, ctx).await,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "connect timed out".to_string(),
+    };
+    let _ = events
+        .send(LinkEvent::DialFailed { conn, addr, reason })
+        .await;
 }
 
 /// Runs one link: handshake, registration with the actor, then the reader loop (this

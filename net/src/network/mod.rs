@@ -78,8 +78,9 @@ pub trait TxValidator: Send + Sync + 'static {
 pub struct NetConfig {
     /// Address to accept peers on (port 0 picks one).
     pub listen: SocketAddr,
-    /// Addresses to dial at start.
-    pub bootstrap: Vec<SocketAddr>,
+    /// Persistent peers: dialed at start and again whenever their link is down (with
+    /// backoff, for ever), names resolved at every dial, and a pinned node id checked.
+    pub bootstrap: Vec<crate::PeerAddr>,
     /// Identity, chain and genesis proved and checked in handshakes.
     pub node_key: Keypair,
     /// Chain id peers must share.

@@ -3,7 +3,6 @@
 //! (a file, or fetched from a running node and checked against a hash the operator
 //! got from a source they trust) the node can join at once.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,9 +31,10 @@ pub struct Args {
     /// as the network's operators).
     #[arg(long, requires = "genesis_from")]
     genesis_hash: Option<Hash>,
-    /// Peers to dial at start, comma-separated ip:port (`[p2p] bootstrap`).
+    /// Peers to keep linked, comma-separated host:port or NODEID@host:port (`[p2p]
+    /// bootstrap`).
     #[arg(long, value_delimiter = ',')]
-    bootstrap: Vec<SocketAddr>,
+    bootstrap: Vec<grapevine_net::PeerAddr>,
 }
 
 fn random_key() -> anyhow::Result<Keypair> {

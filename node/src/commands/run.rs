@@ -38,10 +38,10 @@ pub struct Args {
     /// Address peers connect to (overrides `[p2p] listen`).
     #[arg(long, env = "GRAPEVINE_P2P_ADDR")]
     p2p_addr: Option<SocketAddr>,
-    /// More peers to dial at start, comma-separated host:port (added to `[p2p]
-    /// bootstrap`).
+    /// More peers to keep linked, comma-separated host:port or NODEID@host:port (names
+    /// resolved at every dial; added to `[p2p] bootstrap`).
     #[arg(long, env = "GRAPEVINE_BOOTSTRAP", value_delimiter = ',')]
-    bootstrap: Vec<SocketAddr>,
+    bootstrap: Vec<grapevine_net::PeerAddr>,
     /// Start a validator whose chain is past height 0 although its consensus safety
     /// state file (`safety_state` in config.toml) is missing. Without the file the node
     /// does not know what it signed, and could sign two conflicting messages in one
@@ -155,8 +155,10 @@ impl Default for RpcSection {
 pub struct P2pSection {
     /// Listen address for peers.
     pub listen: SocketAddr,
-    /// Peers to dial at start.
-    pub bootstrap: Vec<SocketAddr>,
+    /// Peers to keep linked (dialed at start and whenever their link is down):
+    /// `host:port` or `NODEID@host:port` (the peer must prove that node id); names
+    /// are resolved at every dial.
+    pub bootstrap: Vec<grapevine_net::PeerAddr>,
     /// Outbound links to keep.
     pub target_outbound: usize,
     /// Most inbound links.
@@ -341,7 +343,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(a) = args.p2p_addr {
         cfg.p2p.listen = a;
     }
-    cfg.p2p.bootstrap.extend(args.bootstrap.iter().copied());
+    cfg.p2p.bootstrap.extend(args.bootstrap.iter().cloned());
 
     let genesis = Genesis::load(&resolve(home, &cfg.genesis))?;
     let node_key = keyfile::read(&resolve(home, &cfg.node_key))?;

@@ -185,7 +185,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         name_of(j),
                         validator_p2p[j as usize]
                     ));
-                    bootstrap.push(listen);
+                    bootstrap.push(listen.into());
                 }
                 P2pSection {
                     listen: p2p,
@@ -200,6 +200,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         .iter()
                         .copied()
                         .filter(|a| *a != p2p)
+                        .map(Into::into)
                         .collect(),
                     ..P2pSection::default()
                 }
