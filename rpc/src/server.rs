@@ -371,33 +371,31 @@ async fn admit<A: NodeApi>(
 ) -> Response {
     let rpc_post = req.method() == Method::POST && req.uri().path() == "/";
     let acts = rpc_post || req.uri().path() == "/ws";
-    if acts && !guard::host_allowed(req.headers(), &state.allowed_hosts) {
-        if let Err(r) = state.charge(client_ip(conn), 1) {
-            return too_many(r, 1);
-        }
-        state.metrics.refuse(Limit::Host);
-        return json_response(
-            StatusCode::FORBIDDEN,
-            json!({"error": "this Host is not one the node answers to; see [rpc] allowed_hosts"})
-                .to_string()
-                .into_bytes(),
-        );
-    }
-    let json = guard::is_json(req.headers());
-    if rpc_post && json {
+    let host_ok = !acts || guard::host_allowed(req.headers(), &state.allowed_hosts);
+    if host_ok && rpc_post && guard::is_json(req.headers()) {
         return next.run(req).await;
     }
     if let Err(r) = state.charge(client_ip(conn), 1) {
         return too_many(r, 1);
     }
-    if rpc_post {
-        state.metrics.refuse(Limit::ContentType);
-        return json_response(
+    let refusal = if !host_ok {
+        Some((
+            Limit::Host,
+            StatusCode::FORBIDDEN,
+            "this Host is not one the node answers to; see [rpc] allowed_hosts",
+        ))
+    } else if rpc_post {
+        Some((
+            Limit::ContentType,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({"error": "POST / takes JSON-RPC with Content-Type: application/json"})
-                .to_string()
-                .into_bytes(),
-        );
+            "POST / takes JSON-RPC with Content-Type: application/json",
+        ))
+    } else {
+        None
+    };
+    if let Some((limit, status, error)) = refusal {
+        state.metrics.refuse(limit);
+        return json_response(status, json!({ "error": error }).to_string().into_bytes());
     }
     next.run(req).await
 }

@@ -132,7 +132,9 @@ pub async fn flood(
     report
 }
 
-async fn connect(addr: SocketAddr, chain: Chain) -> Result<secure::Link, String> {
+/// Dials `addr` with a fresh node key and completes the real handshake (each step
+/// within [`LINK_TIMEOUT`]); `Err` says which step failed.
+pub async fn connect(addr: SocketAddr, chain: Chain) -> Result<secure::Link, String> {
     let me = LocalIdentity {
         node_key: fresh_node_key(),
         chain_id: chain.id,
@@ -141,13 +143,13 @@ async fn connect(addr: SocketAddr, chain: Chain) -> Result<secure::Link, String>
     };
     let stream = tokio::time::timeout(LINK_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| "dial timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| format!("dialing {addr} timed out"))?
+        .map_err(|e| format!("dialing {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
     tokio::time::timeout(LINK_TIMEOUT, secure::handshake(stream, true, &me))
         .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|_| format!("handshake with {addr} timed out"))?
+        .map_err(|e| format!("handshake with {addr}: {e}"))
 }
 
 async fn send(writer: &mut secure::LinkWriter, msg: &Message) -> bool {

@@ -39,13 +39,12 @@ use std::time::{Duration, Instant};
 use grapevine_consensus::sync::SyncMsg;
 use grapevine_ledger::{Hash, codec};
 use grapevine_net::message::Message;
-use grapevine_net::secure::{self, LinkReader, LinkWriter, LocalIdentity};
-use grapevine_tests::adversary::{Chain, fresh_node_key};
+use grapevine_net::secure::{self, LinkReader, LinkWriter};
+use grapevine_tests::adversary::{Chain, connect};
 use grapevine_tests::{
     NodeProcess, eventually, generate_testnet, get_within, p2p_address, post_within, run_at_most,
 };
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -204,21 +203,7 @@ async fn run_link(
     c: &Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(Duration, Option<String>), String> {
-    let me = LocalIdentity {
-        node_key: fresh_node_key(),
-        chain_id: chain.id,
-        genesis_hash: chain.genesis,
-        listen_port: 0,
-    };
-    let stream = tokio::time::timeout(LINK_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("dialing {addr} timed out"))?
-        .map_err(|e| format!("dialing {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let link = tokio::time::timeout(LINK_TIMEOUT, secure::handshake(stream, true, &me))
-        .await
-        .map_err(|_| format!("handshake with {addr} timed out"))?
-        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    let link = connect(addr, *chain).await?;
     let secure::Link {
         reader, mut writer, ..
     } = link;

@@ -3,15 +3,16 @@
 //! (a file, or fetched from a running node and checked against a hash the operator
 //! got from a source they trust) the node can join at once.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use grapevine_ledger::{Genesis, Hash, Keypair};
+use grapevine_ledger::{Genesis, Hash};
 use grapevine_rpc::client::Client;
 use serde_json::json;
 
-use super::run::{Config, ConsensusSection, MempoolSection, P2pSection, RpcSection};
+use super::run::{Config, P2pSection, RpcSection};
+use super::testnet::{random_key, write};
 use crate::keyfile;
 
 /// Flags of `grapevine init`.
@@ -37,10 +38,6 @@ pub struct Args {
     bootstrap: Vec<grapevine_net::PeerAddr>,
 }
 
-fn random_key() -> anyhow::Result<Keypair> {
-    Keypair::generate().context("the operating system's random source failed")
-}
-
 /// The genesis a node fetched from `url` (`getGenesis`), if its hash is `want`.
 fn fetch_genesis(url: &str, want: &Hash) -> anyhow::Result<Genesis> {
     let result = Client::new(url, Duration::from_secs(10))
@@ -55,10 +52,6 @@ fn fetch_genesis(url: &str, want: &Hash) -> anyhow::Result<Genesis> {
         "the genesis from {url} has hash {got}, not the expected {want}: refusing it"
     );
     Ok(g)
-}
-
-fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Runs `grapevine init`.
@@ -87,20 +80,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(g) = &genesis {
         write(&home.join("genesis.json"), &g.to_json())?;
     }
-    let cfg = Config {
-        genesis: "genesis.json".into(),
-        node_key: "node-key.json".into(),
-        validator_key: validates.then(|| "validator-key.json".into()),
-        data_dir: "data".into(),
-        safety_state: super::run::default_safety_state(),
-        rpc: RpcSection::default(),
-        p2p: P2pSection {
+    let cfg = Config::for_home(
+        validates,
+        RpcSection::default(),
+        P2pSection {
             bootstrap: args.bootstrap.clone(),
             ..P2pSection::default()
         },
-        consensus: ConsensusSection::default(),
-        mempool: MempoolSection::default(),
-    };
+    );
     write(&home.join("config.toml"), &cfg.to_toml()?)?;
     println!("node id:    {}", node_key.address());
     println!("validator:  {}", validator_key.address());

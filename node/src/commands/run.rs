@@ -296,6 +296,24 @@ impl Config {
             toml::to_string(self)?
         ))
     }
+
+    /// The configuration of a home laid out as `grapevine testnet` and `grapevine init`
+    /// write it (genesis.json, node-key.json, validator-key.json when `validator`,
+    /// data/, consensus-safety.bin), with these RPC and peer sections and default
+    /// consensus and mempool settings.
+    pub fn for_home(validator: bool, rpc: RpcSection, p2p: P2pSection) -> Config {
+        Config {
+            genesis: default_genesis(),
+            node_key: default_node_key(),
+            validator_key: validator.then(|| "validator-key.json".into()),
+            data_dir: default_data_dir(),
+            safety_state: default_safety_state(),
+            rpc,
+            p2p,
+            consensus: ConsensusSection::default(),
+            mempool: MempoolSection::default(),
+        }
+    }
 }
 
 /// `p` relative to `home` unless absolute.

@@ -19,7 +19,7 @@ use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
 use grapevine_ledger::{Genesis, Keypair};
 
 use super::dev::DevAccount;
-use super::run::{Config, ConsensusSection, MempoolSection, P2pSection, RpcSection};
+use super::run::{Config, P2pSection, RpcSection};
 use crate::keyfile;
 
 /// Flags of `grapevine testnet`.
@@ -54,11 +54,13 @@ pub struct Args {
     fault_proxy: bool,
 }
 
-fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes `contents` to `path`, naming the path on failure.
+pub(super) fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn random_key() -> anyhow::Result<Keypair> {
+/// A fresh key from the operating system's random source.
+pub(super) fn random_key() -> anyhow::Result<Keypair> {
     Keypair::generate().context("the operating system's random source failed")
 }
 
@@ -163,19 +165,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             )?;
         }
         let (rpc, p2p) = (port(i, 0), port(i, 1));
-        let cfg = Config {
-            genesis: "genesis.json".into(),
-            node_key: "node-key.json".into(),
-            validator_key: is_validator.then(|| "validator-key.json".into()),
-            data_dir: "data".into(),
-            safety_state: super::run::default_safety_state(),
-            rpc: RpcSection {
+        let cfg = Config::for_home(
+            is_validator,
+            RpcSection {
                 listen: rpc,
                 // Local benchmarks drive many requests from one address.
                 rate_limit: 0,
                 ..RpcSection::default()
             },
-            p2p: if args.fault_proxy {
+            if args.fault_proxy {
                 let mut bootstrap = Vec::new();
                 for j in (0..args.validators).filter(|j| *j != i) {
                     let listen = route_port(i, j);
@@ -205,9 +203,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     ..P2pSection::default()
                 }
             },
-            consensus: ConsensusSection::default(),
-            mempool: MempoolSection::default(),
-        };
+        );
         write(&home.join("config.toml"), &cfg.to_toml()?)?;
         let abs = std::path::absolute(&home).unwrap_or(home);
         table.push_str(&format!("{name}\t{rpc}\t{p2p}\t{}\n", abs.display()));
