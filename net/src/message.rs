@@ -1,18 +1,21 @@
 //! Messages between peers and their encoding (through the ledger's codec, so decoding
 //! is size-limited and strict).
 
+use std::net::SocketAddr;
+
 use grapevine_ledger::codec::{self, CodecError};
 use grapevine_ledger::{Address, Hash, Keypair, Signature, SignedTx};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks; peers must match it, as no other version
-/// can share a chain with it: version 4 cannot decode `SyncMsg::Proposal`, the answer
+/// can share a chain with it: version 5's hello has no advertised address; version 4
+/// cannot decode `SyncMsg::Proposal`, the answer
 /// to a block request sent to the requester alone; version 3 sends block sync as a
 /// consensus message, not as
 /// [`Message::Sync`], which nodes serve from a queue of its own and never relay;
 /// version 2 cannot decode `ConsensusHave` / `ConsensusWant`; version 1 refuses some
 /// transactions and blocks that are valid under ZIP-215 (docs/PROTOCOL.md).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest frame (one encoded message) accepted: 16 MiB, room for the largest block.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -39,6 +42,10 @@ pub struct Hello {
     pub node_key: Address,
     /// The port the sender accepts connections on (0: none).
     pub listen_port: u16,
+    /// The address the sender asks to be dialed at (`[p2p] external_address`,
+    /// resolved by the sender), for when the address it is seen from plus
+    /// `listen_port` does not reach it (NAT, containers, proxies). `None`: that one.
+    pub external: Option<SocketAddr>,
     /// Signature by `node_key` over [`Hello::signing_bytes`] with this link's Noise
     /// handshake hash, so it cannot be replayed on another link.
     pub signature: Signature,
@@ -51,6 +58,7 @@ impl Hello {
         chain_id: u32,
         genesis_hash: Hash,
         listen_port: u16,
+        external: Option<SocketAddr>,
         handshake_hash: &[u8],
     ) -> Hello {
         let mut h = Hello {
@@ -59,6 +67,7 @@ impl Hello {
             genesis_hash,
             node_key: key.address(),
             listen_port,
+            external,
             signature: Signature([0; 64]),
         };
         h.signature = key.sign(&h.signing_bytes(handshake_hash));
@@ -66,7 +75,8 @@ impl Hello {
     }
 
     /// `HELLO_TAG || handshake_hash || version || chain_id || genesis_hash || node_key ||
-    /// listen_port` (integers little-endian).
+    /// listen_port || external` (the fields in the codec's encoding: integers
+    /// little-endian).
     pub fn signing_bytes(&self, handshake_hash: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(HELLO_TAG.len() + handshake_hash.len() + 74);
         out.extend_from_slice(HELLO_TAG);
@@ -77,6 +87,7 @@ impl Hello {
             self.genesis_hash,
             self.node_key,
             self.listen_port,
+            self.external,
         )));
         out
     }
@@ -187,12 +198,25 @@ mod tests {
     #[test]
     fn hello_signature_is_bound_to_the_link() {
         let k = Keypair::from_seed(&[3; 32]);
-        let h = Hello::new(&k, 1, Hash([2; 32]), 7000, b"link one");
+        let h = Hello::new(
+            &k,
+            1,
+            Hash([2; 32]),
+            7000,
+            Some("192.0.2.7:26656".parse().unwrap()),
+            b"link one",
+        );
         assert!(h.verify(b"link one"));
         assert!(!h.verify(b"link two"), "replayed on another link");
         let mut forged = h.clone();
         forged.chain_id = 2;
         assert!(!forged.verify(b"link one"));
+        let mut moved = h.clone();
+        moved.external = Some("192.0.2.8:26656".parse().unwrap());
+        assert!(
+            !moved.verify(b"link one"),
+            "the advertised address is signed"
+        );
         let m = Message::Hello(h);
         assert_eq!(Message::decode(&m.encode()), Ok(m));
     }

@@ -7,6 +7,7 @@
 //! into Noise messages of at most 65,535 bytes, so a frame may be up to
 //! [`MAX_FRAME`](crate::message::MAX_FRAME) long.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -66,6 +67,9 @@ pub struct LocalIdentity {
     pub genesis_hash: Hash,
     /// The port this node accepts connections on (0: none).
     pub listen_port: u16,
+    /// The address this node asks peers to dial it at (`[p2p] external_address`, as
+    /// last resolved); `None`: the address it is seen from plus `listen_port`.
+    pub external: std::sync::RwLock<Option<SocketAddr>>,
 }
 
 /// The sending half of a link.
@@ -238,6 +242,7 @@ pub async fn handshake(
         me.chain_id,
         me.genesis_hash,
         me.listen_port,
+        *me.external.read().unwrap_or_else(|p| p.into_inner()),
         &hh,
     );
     writer.send(&Message::Hello(mine)).await?;

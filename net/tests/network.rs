@@ -251,7 +251,14 @@ impl RawLink {
         }
         let hh = hs.get_handshake_hash().to_vec();
         let mut noise = hs.into_transport_mode().unwrap();
-        let hello = Hello::new(&Keypair::from_seed(&[seed; 32]), chain, GENESIS, 0, &hh);
+        let hello = Hello::new(
+            &Keypair::from_seed(&[seed; 32]),
+            chain,
+            GENESIS,
+            0,
+            None,
+            &hh,
+        );
         let mut framed = BytesMut::new();
         frame::encode(&Message::Hello(hello).encode(), &mut framed);
         let n = noise.write_message(&framed, &mut buf).unwrap();
@@ -333,6 +340,7 @@ async fn handshake_as(seed: u8, addr: SocketAddr) -> secure::Link {
         chain_id: 1,
         genesis_hash: GENESIS,
         listen_port: 0,
+        external: Default::default(),
     };
     tokio::time::timeout(Duration::from_secs(10), async {
         let stream = TcpStream::connect(addr).await.unwrap();
@@ -1143,4 +1151,59 @@ async fn configured_peers_are_dialed_by_name_pinned_and_kept() {
         "the configured peer is dialed again after its link went down"
     );
     drop(a2);
+}
+
+/// `external_address` is what a node's hello advertises: a name is resolved by the
+/// node itself, and its peers record the advertised address as where to dial it. One
+/// that does not resolve leaves the node running, advertising the address it is seen
+/// from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_address_is_advertised_resolved_and_recorded() {
+    let named = node(42, 1, vec![], |c| {
+        c.peer_exchange = false;
+        c.external_address = Some("localhost:4567".parse().unwrap());
+    })
+    .await;
+    let lost = node(43, 1, vec![], |c| {
+        c.peer_exchange = false;
+        c.external_address = Some("no-such-host.invalid:4568".parse().unwrap());
+    })
+    .await;
+    // Resolving localhost takes far less; the hub dials only after it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hub = node(
+        41,
+        1,
+        vec![named.handle.listen_addr, lost.handle.listen_addr],
+        |c| c.peer_exchange = false,
+    )
+    .await;
+    let listen_of = |id: Address| {
+        let h = hub.handle.clone();
+        async move {
+            h.peers()
+                .await
+                .into_iter()
+                .find(|p| p.id == id)
+                .and_then(|p| p.listen_address)
+        }
+    };
+    let (named_id, lost_id) = (named.handle.local_id, lost.handle.local_id);
+    assert!(
+        wait_until(Duration::from_secs(10), async || {
+            listen_of(named_id).await.is_some() && listen_of(lost_id).await.is_some()
+        })
+        .await,
+        "the hub links both"
+    );
+    let a = listen_of(named_id).await.unwrap();
+    assert!(
+        a.ip().is_loopback() && a.port() == 4567,
+        "the advertised name, resolved by the node: {a}"
+    );
+    assert_eq!(
+        listen_of(lost_id).await,
+        Some(lost.handle.listen_addr),
+        "without a resolvable external address, the address seen with the listen port"
+    );
 }

@@ -90,6 +90,14 @@ enum Command {
         #[command(flatten)]
         rpc: wallet::Rpc,
     },
+    /// Ask a node whether it is healthy (GET /health): exits 0 and prints the answer
+    /// if it is, 1 if it answers otherwise or not at all (for container health
+    /// checks and scripts).
+    Health {
+        /// The node's JSON-RPC URL (`grapevine run` listens on port 8545 by default).
+        #[arg(long, env = "GRAPEVINE_RPC", default_value = "http://127.0.0.1:8545")]
+        rpc: String,
+    },
     /// Benchmarks (throughput and latency; never pass/fail). With --rpc: a load of
     /// signed transfers against running nodes; `bench ledger`: signatures and block
     /// application in this process.
@@ -194,6 +202,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             wallet::show(&rpc, "getBlock", json!([which, full]))
         }
         Command::Status { rpc } => wallet::show(&rpc, "getStatus", json!([])),
+        Command::Health { rpc } => wallet::health(&rpc),
         Command::Bench(BenchArgs {
             what: Some(BenchCommand::Ledger(args)),
             ..

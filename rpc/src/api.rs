@@ -272,6 +272,9 @@ pub struct PeerInfo {
     pub id: String,
     /// Its socket address.
     pub address: String,
+    /// Where it asks to be dialed (its advertised `external_address`, or the address
+    /// it is seen from with its listen port); `None` if it accepts no connections.
+    pub listen_address: Option<String>,
     /// `inbound` or `outbound`.
     pub direction: String,
     /// Its score.

@@ -85,6 +85,20 @@ impl Client {
         Ok((status, bytes))
     }
 
+    /// GETs `path` (such as `/health`) of the node's URL; returns the HTTP status and
+    /// the body as text (lossily decoded).
+    pub fn get(&self, path: &str) -> Result<(u16, String), ClientError> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let unreachable = |e: ureq::Error| ClientError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let mut resp = self.agent.get(&url).call().map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.body_mut().read_to_vec().map_err(unreachable)?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     /// POSTs `body` as it is; returns the HTTP status and the body as JSON, if it is
     /// JSON (for requests a caller writes itself: batches, malformed ones).
     pub fn post(&self, body: &str) -> Result<(u16, Option<Value>), ClientError> {

@@ -140,6 +140,7 @@ pub async fn connect(addr: SocketAddr, chain: Chain) -> Result<secure::Link, Str
         chain_id: chain.id,
         genesis_hash: chain.genesis,
         listen_port: 0,
+        external: Default::default(),
     };
     let stream = tokio::time::timeout(LINK_TIMEOUT, TcpStream::connect(addr))
         .await

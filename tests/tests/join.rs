@@ -83,5 +83,111 @@ fn a_full_node_joins_with_init_and_run() {
         joined.result("getStatus", json!([]))["genesisHash"],
         hash.as_str()
     );
+    let healthy = grapevine_ok(["health", "--rpc", &joined.rpc]);
+    assert!(healthy.contains("ok"), "{healthy}");
+    let rpc = joined.rpc.clone();
     assert!(joined.stop() && validator.stop(), "both stop cleanly");
+    let (exited, output) = run_at_most(["health", "--rpc", &rpc], Duration::from_secs(30));
+    assert!(
+        exited && !output.status.success(),
+        "a stopped node is not healthy"
+    );
+}
+
+/// `grapevine testnet --hosts`: one home per host, each advertising its name, linked to
+/// the other validators by name and pinned to their node ids, and published in the
+/// genesis by name.
+#[test]
+fn testnet_for_hosts_names_every_peer_and_pins_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("net");
+    let hosts = [
+        "validator0",
+        "validator1",
+        "validator2",
+        "validator3",
+        "full0",
+    ];
+    grapevine_ok([
+        "testnet",
+        "--hosts",
+        &hosts.join(","),
+        "--full-nodes",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let home = |h: &str| out.join(h);
+    let id = |h: &str| {
+        grapevine_ok(["show-node-id", "--home", home(h).to_str().unwrap()])
+            .trim()
+            .to_string()
+    };
+    let genesis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("genesis.json")).unwrap()).unwrap();
+    let published: Vec<&str> = genesis["validators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["networkAddress"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        published,
+        [
+            "validator0:26656",
+            "validator1:26656",
+            "validator2:26656",
+            "validator3:26656"
+        ]
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        let cfg: toml::Value =
+            toml::from_str(&std::fs::read_to_string(home(h).join("config.toml")).unwrap()).unwrap();
+        assert_eq!(cfg["p2p"]["listen"].as_str(), Some("0.0.0.0:26656"));
+        assert_eq!(cfg["rpc"]["listen"].as_str(), Some("0.0.0.0:8545"));
+        assert_eq!(
+            cfg["p2p"]["external_address"].as_str(),
+            Some(format!("{h}:26656").as_str())
+        );
+        assert!(
+            cfg["rpc"]["allowed_hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a.as_str() == Some(h)),
+            "its RPC answers to its host name"
+        );
+        let bootstrap: Vec<&str> = cfg["p2p"]["bootstrap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let want: Vec<String> = hosts[..4]
+            .iter()
+            .filter(|o| *o != h)
+            .map(|o| format!("{}@{o}:26656", id(o)))
+            .collect();
+        assert_eq!(bootstrap, want, "{h}");
+        assert_eq!(home(h).join("validator-key.json").exists(), i < 4);
+    }
+    let table = std::fs::read_to_string(out.join("nodes.tsv")).unwrap();
+    assert!(
+        table.starts_with("validator0\tvalidator0:8545\tvalidator0:26656\t"),
+        "{table}"
+    );
+
+    // Names must be host names, one per node.
+    let (exited, output) = run_at_most(
+        [
+            "testnet",
+            "--hosts",
+            "a,a",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(exited && !output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("named twice"));
 }

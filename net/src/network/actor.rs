@@ -115,7 +115,11 @@ pub(super) fn spawn(
         chain_id: cfg.chain_id,
         genesis_hash: cfg.genesis_hash,
         listen_port: listen_addr.port(),
+        external: std::sync::RwLock::new(None),
     });
+    if let Some(ext) = cfg.external_address.clone() {
+        tokio::spawn(advertise(ext, identity.clone(), stop.clone()));
+    }
     let book = AddressBook::load(cfg.address_book.clone());
     let persistent = cfg
         .bootstrap
@@ -149,6 +153,54 @@ pub(super) fn spawn(
     Inbox {
         consensus: node_rx,
         sync: sync_rx,
+    }
+}
+
+/// How often `[p2p] external_address` is resolved again: addresses of containers and
+/// cluster services change.
+const RESOLVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Keeps `identity.external` at what `ext` resolves to (its first address), until
+/// `stop`. A failure keeps the last good address and is logged (a warning while the
+/// node has none yet), and the name is tried again after [`RESOLVE_EVERY`], or after
+/// 5 s while it has never resolved.
+async fn advertise(
+    ext: crate::PeerAddr,
+    identity: Arc<LocalIdentity>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last: Option<SocketAddr> = None;
+    loop {
+        let lookup = tokio::net::lookup_host((ext.host.as_str(), ext.port));
+        let found = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "no address".to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("lookup timed out".to_string()),
+        };
+        match found {
+            Ok(addr) => {
+                if last != Some(addr) {
+                    tracing::info!(external_address = %ext, %addr, "advertising this address to peers");
+                    *identity.external.write().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                    last = Some(addr);
+                }
+            }
+            Err(e) if last.is_none() => {
+                tracing::warn!(external_address = %ext, error = %e, "cannot resolve external_address; advertising none until it resolves")
+            }
+            Err(e) => {
+                tracing::debug!(external_address = %ext, error = %e, "cannot resolve external_address; keeping the last address")
+            }
+        }
+        let wait = if last.is_some() {
+            RESOLVE_EVERY
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(&mut stop) => return,
+        }
     }
 }
 
@@ -347,7 +399,7 @@ impl Actor {
                 conn,
                 link_id,
                 addr,
-                listen_port,
+                listen_addr,
                 inbound,
                 queue,
                 queued,
@@ -394,8 +446,6 @@ impl Actor {
                 if accept.send(true).is_err() {
                     return;
                 }
-                let listen_addr =
-                    (listen_port != 0).then(|| SocketAddr::new(addr.ip(), listen_port));
                 if !inbound {
                     // Dialed and proved: a tried address.
                     self.book.connected(addr);

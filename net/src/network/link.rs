@@ -28,7 +28,9 @@ pub(super) enum LinkEvent {
         conn: ConnId,
         link_id: Address,
         addr: SocketAddr,
-        listen_port: u16,
+        /// Where the peer asks to be dialed: its advertised address, or the address it
+        /// is seen from with its listen port (`None`: it accepts no connections).
+        listen_addr: Option<SocketAddr>,
         inbound: bool,
         queue: mpsc::Sender<Bytes>,
         /// Bytes in `queue` not yet written.
@@ -212,7 +214,9 @@ pub(super) async fn run_link(
         conn,
         link_id: hello.node_key,
         addr,
-        listen_port: hello.listen_port,
+        listen_addr: hello
+            .external
+            .or((hello.listen_port != 0).then(|| SocketAddr::new(addr.ip(), hello.listen_port))),
         inbound,
         queue: queue_tx,
         queued,

@@ -81,6 +81,11 @@ pub struct NetConfig {
     /// Persistent peers: dialed at start and again whenever their link is down (with
     /// backoff, for ever), names resolved at every dial, and a pinned node id checked.
     pub bootstrap: Vec<crate::PeerAddr>,
+    /// The address peers are asked to dial this node at (sent in every hello), for
+    /// when the address it is seen from plus its listen port does not reach it. A name
+    /// is resolved by this node at start and again every minute; while it does not
+    /// resolve, the node advertises nothing and logs why.
+    pub external_address: Option<crate::PeerAddr>,
     /// Identity, chain and genesis proved and checked in handshakes.
     pub node_key: Keypair,
     /// Chain id peers must share.
@@ -146,6 +151,7 @@ impl NetConfig {
         NetConfig {
             listen,
             bootstrap: Vec::new(),
+            external_address: None,
             node_key,
             chain_id,
             genesis_hash,
@@ -261,6 +267,9 @@ pub struct PeerSummary {
     pub id: Address,
     /// Its socket address.
     pub address: SocketAddr,
+    /// Where it asks to be dialed: the address its hello advertised, or the one it is
+    /// seen from with its listen port (`None`: it accepts no connections).
+    pub listen_address: Option<SocketAddr>,
     /// Whether it dialed us.
     pub inbound: bool,
     /// Its score.

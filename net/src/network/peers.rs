@@ -436,6 +436,7 @@ impl PeerSet {
             .map(|p| PeerSummary {
                 id: p.id,
                 address: p.addr,
+                listen_address: p.listen_addr,
                 inbound: p.inbound,
                 score: p.score,
                 bytes_in: p.bytes_in,

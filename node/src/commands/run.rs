@@ -159,6 +159,11 @@ pub struct P2pSection {
     /// `host:port` or `NODEID@host:port` (the peer must prove that node id); names
     /// are resolved at every dial.
     pub bootstrap: Vec<grapevine_net::PeerAddr>,
+    /// The `host:port` peers are asked to dial this node at (for NAT, containers, a
+    /// proxy in front of it); a name is resolved by this node at start and every
+    /// minute. Unset: peers use the address they see it from, with `listen`'s port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_address: Option<grapevine_net::PeerAddr>,
     /// Outbound links to keep.
     pub target_outbound: usize,
     /// Most inbound links.
@@ -183,6 +188,7 @@ impl Default for P2pSection {
         P2pSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 26656)),
             bootstrap: Vec::new(),
+            external_address: None,
             target_outbound: grapevine_net::network::DEFAULT_TARGET_OUTBOUND,
             max_inbound: grapevine_net::network::DEFAULT_MAX_INBOUND,
             max_per_ip: grapevine_net::network::DEFAULT_MAX_PER_IP,
@@ -285,6 +291,14 @@ impl Config {
             "{}: consensus.min_block_interval_ms must be below base_timeout_ms, or rounds time out",
             path.display()
         );
+        anyhow::ensure!(
+            cfg.p2p
+                .external_address
+                .as_ref()
+                .is_none_or(|a| a.id.is_none()),
+            "{}: p2p.external_address is host:port, without a node id",
+            path.display()
+        );
         Ok(cfg)
     }
 
@@ -349,6 +363,38 @@ pub(crate) fn resolve(home: &Path, p: &Path) -> PathBuf {
     } else {
         home.join(p)
     }
+}
+
+/// The genesis validators' `networkAddress`es to keep linked besides `bootstrap`: all
+/// but this node's own (`me`) and those `bootstrap` names already (same host and
+/// port). One that does not parse is logged and skipped: a genesis is shared, and one
+/// validator's typo must not stop another's node.
+fn genesis_peers(
+    genesis: &Genesis,
+    me: Option<grapevine_ledger::Address>,
+    bootstrap: &[grapevine_net::PeerAddr],
+) -> Vec<grapevine_net::PeerAddr> {
+    let mut out: Vec<grapevine_net::PeerAddr> = Vec::new();
+    for v in &genesis.validators {
+        let Some(text) = &v.network_address else {
+            continue;
+        };
+        if Some(v.public_key) == me {
+            continue;
+        }
+        match text.parse::<grapevine_net::PeerAddr>() {
+            Ok(a) => {
+                let known = |b: &grapevine_net::PeerAddr| b.host == a.host && b.port == a.port;
+                if !bootstrap.iter().any(known) && !out.iter().any(known) {
+                    out.push(a);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(validator = %v.public_key, error = %e, "genesis networkAddress skipped")
+            }
+        }
+    }
+    out
 }
 
 /// Runs `grapevine run` until Ctrl-C or SIGTERM.
@@ -426,6 +472,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut net =
         grapevine_net::NetConfig::new(cfg.p2p.listen, node_key, genesis.chain_id, genesis.hash());
     net.bootstrap = cfg.p2p.bootstrap.clone();
+    if cfg.p2p.peer_exchange {
+        net.bootstrap.extend(genesis_peers(
+            &genesis,
+            validator_key
+                .as_ref()
+                .map(grapevine_ledger::Keypair::address),
+            &cfg.p2p.bootstrap,
+        ));
+    }
+    net.external_address = cfg.p2p.external_address.clone();
     net.target_outbound = cfg.p2p.target_outbound;
     net.max_inbound = cfg.p2p.max_inbound;
     net.max_per_ip = cfg.p2p.max_per_ip;
@@ -478,4 +534,39 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ledger.flush()?;
     tracing::info!(height = ledger.head().height, "stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grapevine_ledger::Keypair;
+    use grapevine_ledger::genesis::GenesisValidator;
+
+    #[test]
+    fn genesis_peers_skip_this_node_known_peers_and_bad_entries() {
+        let key = |s: u8| Keypair::from_seed(&[s; 32]).address();
+        let v = |s: u8, a: Option<&str>| GenesisValidator {
+            public_key: key(s),
+            network_address: a.map(String::from),
+        };
+        let genesis = Genesis {
+            chain_id: 1,
+            genesis_time_ms: 0,
+            accounts: Vec::new(),
+            validators: vec![
+                v(1, Some("validator1:26656")),
+                v(2, Some("validator2:26656")),
+                v(3, Some("validator3:26656")),
+                v(4, None),
+                v(5, Some("not an address")),
+                v(6, Some("10.0.0.6:26656")),
+            ],
+        };
+        let pinned: grapevine_net::PeerAddr =
+            format!("{}@validator2:26656", key(9)).parse().unwrap();
+        let got = genesis_peers(&genesis, Some(key(1)), &[pinned]);
+        let text: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["validator3:26656", "10.0.0.6:26656"]);
+        assert_eq!(genesis_peers(&genesis, None, &[]).len(), 4);
+    }
 }

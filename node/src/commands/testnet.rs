@@ -4,8 +4,14 @@
 //! - `genesis.json`: the chain (shared; a copy is in every home).
 //! - `accounts.json`: funded accounts, in the format of `dev-accounts.json`.
 //! - `keys/account-N.json`: each account's key file, for `grapevine transfer --key`.
-//! - `validatorN/`, `fullN/`: node homes for `grapevine run --home`.
+//! - `validatorN/`, `fullN/`: node homes for `grapevine run --home`; with `--hosts`,
+//!   one home per host, named after it.
 //! - `nodes.tsv`: one line per node: name, RPC address, P2P address, home.
+//!
+//! With `--hosts NAME,...` the nodes are meant for separate hosts (containers, VMs):
+//! each listens on all interfaces on the same ports, advertises `NAME:PORT`
+//! (`external_address`), and keeps links to the other validators by name, pinned to
+//! their node ids (`NODEID@NAME:PORT`).
 //! - with `--fault-proxy`, `proxies.tsv`: one route per line, `FROM>TO LISTEN TARGET`:
 //!   node FROM reaches validator TO only through LISTEN, which `gv-proxy` forwards to
 //!   TO's peer port (and can cut, for partition tests). Peer exchange is off, so no
@@ -17,6 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use grapevine_ledger::genesis::{GenesisAccount, GenesisValidator};
 use grapevine_ledger::{Genesis, Keypair};
+use grapevine_net::PeerAddr;
 
 use super::dev::DevAccount;
 use super::run::{Config, P2pSection, RpcSection};
@@ -25,9 +32,10 @@ use crate::keyfile;
 /// Flags of `grapevine testnet`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Number of validators (1 to 100).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
-    validators: u32,
+    /// Number of validators (1 to 100; default 4, or with --hosts the names left
+    /// after --full-nodes).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    validators: Option<u32>,
     /// Number of non-validating full nodes that follow the chain.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
     full_nodes: u32,
@@ -35,9 +43,21 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// First port: node i listens for RPC on base + 2i and for peers on base + 2i + 1,
-    /// all on 127.0.0.1.
+    /// all on 127.0.0.1 (not with --hosts).
     #[arg(long, default_value_t = 27_000)]
     base_port: u16,
+    /// One node per host, comma-separated names (DNS names, compose services): the
+    /// validators first, then --full-nodes full nodes. Each home is named after its
+    /// host, listens on all interfaces on --p2p-port and --rpc-port, advertises
+    /// NAME:P2P_PORT, and links to the validators by NODEID@NAME:P2P_PORT.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["fault_proxy", "base_port"])]
+    hosts: Vec<String>,
+    /// Peer port of every host (with --hosts).
+    #[arg(long, default_value_t = 26_656, requires = "hosts")]
+    p2p_port: u16,
+    /// JSON-RPC port of every host (with --hosts).
+    #[arg(long, default_value_t = 8_545, requires = "hosts")]
+    rpc_port: u16,
     /// Number of funded accounts (1 to 10,000).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     accounts: u32,
@@ -64,18 +84,47 @@ pub(super) fn random_key() -> anyhow::Result<Keypair> {
     Keypair::generate().context("the operating system's random source failed")
 }
 
-/// Writes the testnet and prints where its pieces are.
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let out = &args.out;
-    anyhow::ensure!(
-        !out.join("genesis.json").exists(),
-        "{} already holds a testnet; remove it first (rm -rf {})",
-        out.display(),
-        out.display()
-    );
-    let nodes = args.validators + args.full_nodes;
+/// Where one node of the testnet listens and how the others reach it.
+struct Place {
+    name: String,
+    rpc: SocketAddr,
+    p2p: SocketAddr,
+    /// How others reach its peer port (and what the genesis publishes).
+    reach: PeerAddr,
+    /// How clients reach its RPC, for nodes.tsv and the printout.
+    rpc_at: String,
+    /// With --hosts: its host name, advertised and accepted as an RPC `Host`.
+    host: Option<String>,
+}
+
+/// The nodes' places: loopback ports from `--base-port`, or one host each.
+fn places(args: &Args, validators: u32, nodes: u32) -> anyhow::Result<Vec<Place>> {
+    if !args.hosts.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        return args
+            .hosts
+            .iter()
+            .map(|h| {
+                let reach: PeerAddr = format!("{h}:{}", args.p2p_port)
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--hosts: {h:?} is not a host name"))?;
+                anyhow::ensure!(
+                    !h.contains(':') && seen.insert(h.clone()),
+                    "--hosts: {h:?} is not a host name, or named twice"
+                );
+                Ok(Place {
+                    name: h.clone(),
+                    rpc: SocketAddr::from(([0, 0, 0, 0], args.rpc_port)),
+                    p2p: SocketAddr::from(([0, 0, 0, 0], args.p2p_port)),
+                    reach,
+                    rpc_at: format!("{h}:{}", args.rpc_port),
+                    host: Some(h.clone()),
+                })
+            })
+            .collect();
+    }
     let routes = if args.fault_proxy {
-        nodes * args.validators
+        nodes * validators
     } else {
         0
     };
@@ -85,20 +134,65 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "--base-port {} leaves no room for {nodes} nodes (two ports each)",
         args.base_port
     );
-    std::fs::create_dir_all(out.join("keys"))
-        .with_context(|| format!("cannot create {}", out.display()))?;
-
-    let validator_keys: Vec<Keypair> = (0..args.validators)
-        .map(|_| random_key())
-        .collect::<anyhow::Result<_>>()?;
-    let account_keys: Vec<Keypair> = (0..args.accounts)
-        .map(|_| random_key())
-        .collect::<anyhow::Result<_>>()?;
     let port = |i: u32, which: u32| -> SocketAddr {
         // Checked above: fits in u16.
         let p = u16::try_from(u32::from(args.base_port) + 2 * i + which).unwrap_or(u16::MAX);
         SocketAddr::from(([127, 0, 0, 1], p))
     };
+    Ok((0..nodes)
+        .map(|i| Place {
+            name: if i < validators {
+                format!("validator{i}")
+            } else {
+                format!("full{}", i - validators)
+            },
+            rpc: port(i, 0),
+            p2p: port(i, 1),
+            reach: port(i, 1).into(),
+            rpc_at: port(i, 0).to_string(),
+            host: None,
+        })
+        .collect())
+}
+
+/// Writes the testnet and prints where its pieces are.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let out = &args.out;
+    anyhow::ensure!(
+        !out.join("genesis.json").exists(),
+        "{} already holds a testnet; remove it first (rm -rf {})",
+        out.display(),
+        out.display()
+    );
+    let validators = match (args.validators, args.hosts.len()) {
+        (Some(v), 0) => v,
+        (None, 0) => 4,
+        (v, hosts) => {
+            let hosts = u32::try_from(hosts).unwrap_or(u32::MAX);
+            let v = v.unwrap_or(hosts.saturating_sub(args.full_nodes));
+            anyhow::ensure!(
+                v >= 1 && v + args.full_nodes == hosts,
+                "--hosts names {hosts} hosts; it needs one per validator and full node \
+                 ({v} + {})",
+                args.full_nodes
+            );
+            v
+        }
+    };
+    let nodes = validators + args.full_nodes;
+    let places = places(args, validators, nodes)?;
+    std::fs::create_dir_all(out.join("keys"))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+
+    let validator_keys: Vec<Keypair> = (0..validators)
+        .map(|_| random_key())
+        .collect::<anyhow::Result<_>>()?;
+    let node_keys: Vec<Keypair> = (0..nodes)
+        .map(|_| random_key())
+        .collect::<anyhow::Result<_>>()?;
+    let account_keys: Vec<Keypair> = (0..args.accounts)
+        .map(|_| random_key())
+        .collect::<anyhow::Result<_>>()?;
     let genesis = Genesis {
         chain_id: args.chain_id,
         genesis_time_ms: std::time::SystemTime::now()
@@ -113,10 +207,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .collect(),
         validators: validator_keys
             .iter()
-            .enumerate()
-            .map(|(i, k)| GenesisValidator {
+            .zip(&places)
+            .map(|(k, p)| GenesisValidator {
                 public_key: k.address(),
-                network_address: Some(port(i as u32, 1).to_string()),
+                network_address: Some(p.reach.to_string()),
             })
             .collect(),
     };
@@ -135,78 +229,83 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &(serde_json::to_string_pretty(&accounts)? + "\n"),
     )?;
 
-    let validator_p2p: Vec<SocketAddr> = (0..args.validators).map(|i| port(i, 1)).collect();
-    let name_of = |i: u32| {
-        if i < args.validators {
-            format!("validator{i}")
-        } else {
-            format!("full{}", i - args.validators)
-        }
-    };
     // Route from node i to validator j listens on base + 2 x nodes + i x validators + j.
     let route_port = |i: u32, j: u32| {
-        let p = u32::from(args.base_port) + 2 * nodes + i * args.validators + j;
+        let p = u32::from(args.base_port) + 2 * nodes + i * validators + j;
         SocketAddr::from(([127, 0, 0, 1], u16::try_from(p).unwrap_or(u16::MAX)))
     };
     let mut proxies = String::new();
     let mut table = String::new();
-    for i in 0..nodes {
-        let is_validator = i < args.validators;
-        let name = name_of(i);
-        let home = out.join(&name);
+    for (i, place) in (0..nodes).zip(&places) {
+        let is_validator = i < validators;
+        let home = out.join(&place.name);
         std::fs::create_dir_all(&home)
             .with_context(|| format!("cannot create {}", home.display()))?;
         write(&home.join("genesis.json"), &genesis_json)?;
-        keyfile::write(&home.join("node-key.json"), &random_key()?)?;
+        keyfile::write(&home.join("node-key.json"), &node_keys[i as usize])?;
         if is_validator {
             keyfile::write(
                 &home.join("validator-key.json"),
                 &validator_keys[i as usize],
             )?;
         }
-        let (rpc, p2p) = (port(i, 0), port(i, 1));
+        let others = (0..validators).filter(|j| *j != i);
+        let p2p = if args.fault_proxy {
+            let mut bootstrap = Vec::new();
+            for j in others {
+                let listen = route_port(i, j);
+                proxies.push_str(&format!(
+                    "{}>{}\t{listen}\t{}\n",
+                    place.name, places[j as usize].name, places[j as usize].p2p
+                ));
+                bootstrap.push(listen.into());
+            }
+            P2pSection {
+                listen: place.p2p,
+                bootstrap,
+                peer_exchange: false,
+                ..P2pSection::default()
+            }
+        } else {
+            P2pSection {
+                listen: place.p2p,
+                // Pinned where the peer is named: a name is only as good as the DNS
+                // that answers for it.
+                bootstrap: others
+                    .map(|j| {
+                        let mut a = places[j as usize].reach.clone();
+                        if place.host.is_some() {
+                            a.id = Some(node_keys[j as usize].address());
+                        }
+                        a
+                    })
+                    .collect(),
+                external_address: place.host.is_some().then(|| place.reach.clone()),
+                ..P2pSection::default()
+            }
+        };
+        let mut allowed_hosts = RpcSection::default().allowed_hosts;
+        allowed_hosts.extend(place.host.clone());
         let cfg = Config::for_home(
             is_validator,
             RpcSection {
-                listen: rpc,
+                listen: place.rpc,
                 // Local benchmarks drive many requests from one address.
                 rate_limit: 0,
+                allowed_hosts,
                 ..RpcSection::default()
             },
-            if args.fault_proxy {
-                let mut bootstrap = Vec::new();
-                for j in (0..args.validators).filter(|j| *j != i) {
-                    let listen = route_port(i, j);
-                    proxies.push_str(&format!(
-                        "{}>{}\t{listen}\t{}\n",
-                        name_of(i),
-                        name_of(j),
-                        validator_p2p[j as usize]
-                    ));
-                    bootstrap.push(listen.into());
-                }
-                P2pSection {
-                    listen: p2p,
-                    bootstrap,
-                    peer_exchange: false,
-                    ..P2pSection::default()
-                }
-            } else {
-                P2pSection {
-                    listen: p2p,
-                    bootstrap: validator_p2p
-                        .iter()
-                        .copied()
-                        .filter(|a| *a != p2p)
-                        .map(Into::into)
-                        .collect(),
-                    ..P2pSection::default()
-                }
-            },
+            p2p,
         );
         write(&home.join("config.toml"), &cfg.to_toml()?)?;
         let abs = std::path::absolute(&home).unwrap_or(home);
-        table.push_str(&format!("{name}\t{rpc}\t{p2p}\t{}\n", abs.display()));
+        table.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            place.name,
+            place.rpc_at,
+            place.reach,
+            abs.display()
+        ));
     }
     if args.fault_proxy {
         write(&out.join("proxies.tsv"), &proxies)?;
@@ -216,9 +315,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     write(&out.join("genesis.json"), &genesis_json)?;
 
     println!(
-        "Testnet written to {} ({} validators, {} full nodes, chain id {})",
+        "Testnet written to {} ({validators} validators, {} full nodes, chain id {})",
         out.display(),
-        args.validators,
         args.full_nodes,
         args.chain_id
     );

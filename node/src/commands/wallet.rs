@@ -56,6 +56,18 @@ pub fn show(rpc: &Rpc, method: &str, params: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `grapevine health`: prints the node's `/health` answer; an error (exit status 1)
+/// unless it is 200.
+pub fn health(url: &str) -> anyhow::Result<()> {
+    let (status, body) = Client::new(url, Duration::from_secs(5)).get("/health")?;
+    let body = body.trim();
+    if status != 200 {
+        bail!("{url} is not healthy (HTTP {status}): {body}");
+    }
+    println!("{body}");
+    Ok(())
+}
+
 /// Flags of `grapevine transfer`.
 #[derive(Debug, clap::Args)]
 pub struct TransferArgs {

@@ -169,6 +169,7 @@ impl Node {
             .map(|p| PeerInfo {
                 id: p.id.to_string(),
                 address: p.address.to_string(),
+                listen_address: p.listen_address.map(|a| a.to_string()),
                 direction: if p.inbound { "inbound" } else { "outbound" }.into(),
                 score: p.score,
                 bytes_in: p.bytes_in,
