@@ -16,7 +16,8 @@
 # which the runtime image has.
 #
 # The runtime stages come first: the classic builder (no BuildKit) builds every stage
-# before the target, so `--target prebuilt` then never touches RUST_IMAGE.
+# before the target, so `--target prebuilt` then never touches RUST_IMAGE. BuildKit
+# builds only the stages the target needs.
 
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
@@ -49,7 +50,11 @@ CMD ["run", "--home", "/data"]
 
 # ---- prebuilt: copy a binary from the build context ------------------------------
 FROM runtime AS prebuilt
-COPY grapevine /usr/local/bin/grapevine
+# CONTEXT/grapevine. The second pattern is for the classic builder, which builds every
+# stage on its way to the default target, this one included, from the repository,
+# where there is no binary: a COPY that matches nothing would fail that build. There
+# it matches Cargo.toml instead, in a stage the default target does not use.
+COPY grapevin[e] Cargo.tom[l] /usr/local/bin/
 
 # ---- build: compile the node -----------------------------------------------------
 FROM ${RUST_IMAGE} AS build
