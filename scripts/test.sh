@@ -19,4 +19,11 @@ echo "== cargo test --release"
 # Every test bounds itself; this bounds the whole run too, so a hang fails fast
 # instead of eating CI's 90 minutes.
 timeout 2400 cargo test --release --locked --workspace
+# The container image and compose network (scripts/docker-test.sh), where Docker can run.
+if ensure_docker && ensure_base_image; then
+  echo "== docker test (scripts/docker-test.sh)"
+  timeout -k 60 900 scripts/docker-test.sh
+else
+  echo "== docker test: SKIPPED ($DOCKER_SKIP_REASON)"
+fi
 echo "== all checks passed in $(( $(date +%s) - start ))s"
