@@ -23,9 +23,10 @@
 //!     (at least 0), but data is never reordered: a chunk is delivered no earlier than
 //!     the one before it in the same direction.
 //!   - `loss=PCT`: each TCP segment (1448 bytes) of a chunk is lost with this
-//!     probability (percent); a chunk with a lost segment is delivered one
-//!     retransmission timeout late, max(200 ms, 2 x delay), like TCP's recovery on
-//!     Linux (minimum RTO 200 ms), holding back what follows it (TCP delivers in order).
+//!     probability (percent). A chunk whose first lost segment has 3 more behind it is
+//!     delivered one round trip (2 x delay) late, like TCP's fast retransmit; one lost
+//!     near its tail, one retransmission timeout late, max(200 ms, 2 x delay) (Linux's
+//!     minimum RTO is 200 ms). What follows waits too (TCP delivers in order).
 //!   - `rate=RATE`: bandwidth of the route in each direction, bytes per second, or with
 //!     a unit: `10mbit`, `512kbit`, `1gbit` (bits/s), `100kb`, `2mb` (bytes/s). A token
 //!     bucket of 16 KiB paces the chunks; connections of a route share it.
@@ -267,10 +268,17 @@ fn reader(
             due += Duration::from_secs_f64(d / 1000.0);
             let p = link.loss();
             if p > 0.0 && n > 0 {
-                let segments = n.div_ceil(SEGMENT) as i32;
-                let hit = 1.0 - (1.0 - p).powi(segments);
-                if rng.unit() < hit {
-                    due += MIN_RTO.max(Duration::from_secs_f64(2.0 * link.delay() / 1000.0));
+                // The first lost segment decides: with 3 more segments behind it, the
+                // receiver's duplicate ACKs trigger fast retransmit (about one round
+                // trip late); a loss near the tail waits for a retransmission timeout.
+                let segments = n.div_ceil(SEGMENT);
+                let rtt = Duration::from_secs_f64(2.0 * link.delay() / 1000.0);
+                if let Some(k) = (0..segments).find(|_| rng.unit() < p) {
+                    due += if segments - 1 - k >= 3 {
+                        rtt
+                    } else {
+                        MIN_RTO.max(rtt)
+                    };
                 }
             }
         }
