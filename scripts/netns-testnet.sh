@@ -388,6 +388,10 @@ cmd_up() {
   hosts="$(IFS=,; echo "${names[*]}")"
   "$GRAPEVINE_BIN" testnet --hosts "$hosts" --full-nodes "$FULL" --out "$DIR" >"$DIR/testnet.out" ||
     die "grapevine testnet --hosts failed (output in $DIR/testnet.out)"
+  # Each node is reached at another address by each peer (its proxy route), so no
+  # single advertised address is right: drop external_address, and peers record the
+  # address they see a node from (a proxy address of theirs) with its listen port.
+  sed -i '/^external_address = /d' "$DIR"/*/config.toml
 
   echo "$DIR" >"$STATE_FILE"
   for i in "${!names[@]}"; do
