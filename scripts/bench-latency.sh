@@ -7,9 +7,9 @@
 #   p50 finality <= 3 round trips + 150 ms; p99 <= 2 x p50; 1% loss costs <= 20% p50.
 #   scripts/bench-latency.sh                 # RTT 0, 50, 100, 200 ms; then 50 ms + 1% loss
 #   BENCH_LATENCY_RUNS="50:0 50:1" scripts/bench-latency.sh
-# Builds nothing: GRAPEVINE_BIN and GV_PROXY_BIN name the binaries (as for
-# scripts/netns-testnet.sh). Each bench's own report and its JSON line go to stderr
-# and to DIR/bench-RTT-LOSS.txt.
+# Builds the node and gv-proxy (release) first, unless GRAPEVINE_BIN names a binary to
+# use (GV_PROXY_BIN then defaults to the gv-proxy beside it). Each bench's own report
+# and its JSON line go to stderr and to DIR/bench-RTT-LOSS.txt.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 GRAPEVINE_BIN_ENV="${GRAPEVINE_BIN:-}"
@@ -40,8 +40,13 @@ case "${1:-}" in
   *) die "no arguments (settings are environment variables; see --help)" ;;
 esac
 [ "$(id -u)" = 0 ] || die "the testbed needs network namespaces: run as root"
+if [ -z "$GRAPEVINE_BIN_ENV" ]; then
+  ensure_build_deps
+  echo "== cargo build --release (node and gv-proxy)" >&2
+  build_release --bins >&2
+fi
 [ -x "$GRAPEVINE_BIN" ] || die "no node binary at $GRAPEVINE_BIN (set GRAPEVINE_BIN)"
-command -v jq >/dev/null 2>&1 || die "jq is missing: apt-get install -y jq"
+command -v jq >/dev/null 2>&1 || apt_install jq || die "jq is missing: apt-get install -y jq"
 mkdir -p "$OUT"
 
 # status_heights: the heights of the testbed's nodes, one a line (- when no answer).

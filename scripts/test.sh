@@ -19,6 +19,12 @@ echo "== cargo test --release"
 # Every test bounds itself; this bounds the whole run too, so a hang fails fast
 # instead of eating CI's 90 minutes.
 timeout 2400 cargo test --release --locked --workspace
+# tests/tests/netns.rs passes without running where it cannot make namespaces; say so.
+if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
+  echo "== netns testbed test (tests/tests/netns.rs): ran, as root"
+else
+  echo "== netns testbed test (tests/tests/netns.rs): SKIPPED (needs root and iproute2's ip netns)"
+fi
 # The container image and compose network (scripts/docker-test.sh), where Docker can run.
 if ensure_docker && ensure_base_image; then
   echo "== docker test (scripts/docker-test.sh)"

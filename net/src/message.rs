@@ -8,7 +8,8 @@ use grapevine_ledger::{Address, Hash, Keypair, Signature, SignedTx};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks; peers must match it, as no other version
-/// can share a chain with it: version 5's hello has no advertised address; version 4
+/// can share a chain with it: version 5's hello has no advertised address and it cannot
+/// decode `TxPush`; version 4
 /// cannot decode `SyncMsg::Proposal`, the answer
 /// to a block request sent to the requester alone; version 3 sends block sync as a
 /// consensus message, not as
@@ -133,6 +134,10 @@ pub enum Message {
     /// A block sync message between two peers (status, requests, answers; opaque to
     /// the network, never relayed). Encoded like `Consensus`.
     Sync(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Bodies of transactions submitted to the sender itself (over RPC), pushed to
+    /// each of its peers unasked: no peer can have them yet, so an announcement would
+    /// only add the round trip of a request. Relayed transactions are announced.
+    TxPush(Vec<SignedTx>),
 }
 
 /// Why a received message is refused.
@@ -163,7 +168,7 @@ impl Message {
         let (count, max) = match &m {
             Message::Peers(p) => (p.len(), MAX_PEERS_PER_MESSAGE),
             Message::TxAnnounce(h) | Message::TxRequest(h) => (h.len(), MAX_ITEMS_PER_MESSAGE),
-            Message::Txs(t) => (t.len(), MAX_ITEMS_PER_MESSAGE),
+            Message::Txs(t) | Message::TxPush(t) => (t.len(), MAX_ITEMS_PER_MESSAGE),
             _ => (0, 0),
         };
         if count > max {
@@ -187,6 +192,7 @@ impl Message {
             Message::ConsensusHave(_) => "consensusHave",
             Message::ConsensusWant(_) => "consensusWant",
             Message::Sync(_) => "sync",
+            Message::TxPush(_) => "txPush",
         }
     }
 }

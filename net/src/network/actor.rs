@@ -537,6 +537,24 @@ impl Actor {
         }
     }
 
+    /// Bodies from `conn`, requested (`pushed` false) or pushed as its own: an
+    /// unrequested answer is an offence; fresh bodies are queued for validation.
+    fn on_txs(&mut self, conn: ConnId, txs: Vec<SignedTx>, pushed: bool) {
+        let got = self.gossip.on_txs(conn, txs, pushed);
+        if got.unsolicited {
+            self.penalize(conn, Offence::Unsolicited, "transactions nobody asked for");
+        }
+        if got.fresh.is_empty() {
+            return;
+        }
+        let Some(origin) = self.peers.get(conn).map(|p| (p.id, p.addr.ip())) else {
+            return;
+        };
+        if self.gossip.enqueue(conn, origin, got.fresh) {
+            self.start_validations();
+        }
+    }
+
     fn on_message(&mut self, conn: ConnId, msg: Message) {
         match msg {
             Message::Hello(_) => self.penalize(conn, Offence::Malformed, "second hello"),
@@ -594,21 +612,8 @@ impl Actor {
                     );
                 }
             }
-            Message::Txs(txs) => {
-                let got = self.gossip.on_txs(conn, txs);
-                if got.unsolicited {
-                    self.penalize(conn, Offence::Unsolicited, "transactions nobody asked for");
-                }
-                if got.fresh.is_empty() {
-                    return;
-                }
-                let Some(origin) = self.peers.get(conn).map(|p| (p.id, p.addr.ip())) else {
-                    return;
-                };
-                if self.gossip.enqueue(conn, origin, got.fresh) {
-                    self.start_validations();
-                }
-            }
+            Message::Txs(txs) => self.on_txs(conn, txs, false),
+            Message::TxPush(txs) => self.on_txs(conn, txs, true),
             Message::ConsensusHave(h) => {
                 if let Some((c, want)) = self.relay.on_have(Instant::now(), conn, h) {
                     self.send(c, &want);
@@ -720,7 +725,7 @@ impl Actor {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::BroadcastTxs(txs) => self.gossip.accept(Instant::now(), txs, None),
+            Command::BroadcastTxs(txs) => self.gossip.accept_own(Instant::now(), txs),
             Command::Reannounce(txs) => self.gossip.reannounce(Instant::now(), txs),
             Command::BroadcastConsensus(payload) => {
                 let frame = self.relay.broadcast(Instant::now(), &payload);

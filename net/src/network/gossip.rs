@@ -112,6 +112,9 @@ pub(super) struct Gossip {
     alternates: FastMap<Hash, Vec<ConnId>>,
     /// Each connected peer's announcements not yet sent (see [`Gossip::flush`]).
     announce: FastMap<ConnId, Vec<Hash>>,
+    /// Bodies of this node's own transactions not yet pushed to every peer (see
+    /// [`Gossip::flush`]).
+    push: Vec<SignedTx>,
     /// Hashes of relayed transactions being validated or waiting for it.
     validating: FastSet<Hash>,
     /// Batches being validated now.
@@ -131,6 +134,7 @@ impl Gossip {
             inflight: FastMap::default(),
             alternates: FastMap::default(),
             announce: FastMap::default(),
+            push: Vec::new(),
             validating: FastSet::default(),
             validations: 0,
             waiting: VecDeque::new(),
@@ -213,10 +217,11 @@ impl Gossip {
         out
     }
 
-    /// `conn` sent bodies: settles their requests, counts bodies and duplicates, and
-    /// sorts out the fresh ones and whether any came unrequested.
+    /// `conn` sent bodies, in answer to requests (`pushed` false) or pushed as its own
+    /// (`pushed`): settles their requests, counts bodies and duplicates, and sorts out
+    /// the fresh ones and whether any came unrequested (pushed bodies never do).
     #[must_use]
-    pub(super) fn on_txs(&mut self, conn: ConnId, txs: Vec<SignedTx>) -> Received {
+    pub(super) fn on_txs(&mut self, conn: ConnId, txs: Vec<SignedTx>, pushed: bool) -> Received {
         let mut out = Received::default();
         let mut in_message = HashSet::new();
         for t in txs {
@@ -226,6 +231,9 @@ impl Gossip {
                 Some((c, _)) if *c == conn => {
                     self.inflight.remove(&h);
                 }
+                // Pushed while requested from another peer: that request is left to
+                // finish (its answer then counts as a duplicate).
+                _ if pushed => {}
                 _ => out.unsolicited = true,
             }
             if self.seen.contains(&h) || self.validating.contains(&h) || !in_message.insert(h) {
@@ -315,6 +323,25 @@ impl Gossip {
         out
     }
 
+    /// Records this node's own transactions (submitted to it) not seen before, keeps
+    /// their bodies, and queues the bodies to be pushed to every peer: none can have
+    /// them yet, and a push saves the round trip of an announcement and its request.
+    pub(super) fn accept_own(&mut self, now: Instant, txs: Vec<SignedTx>) {
+        for t in txs {
+            let h = t.hash();
+            if !self.seen.insert(h, ()) {
+                continue;
+            }
+            let stored = Stored {
+                tx: t,
+                from: None,
+                at: now,
+            };
+            self.store.insert(h, stored);
+            self.push.push(t);
+        }
+    }
+
     /// Records valid transactions not seen before, keeps their bodies, and queues their
     /// announcement (at `now`) to every peer but `except`.
     pub(super) fn accept(&mut self, now: Instant, txs: Vec<SignedTx>, except: Option<ConnId>) {
@@ -364,10 +391,17 @@ impl Gossip {
         }
     }
 
-    /// The queued announcements, at most [`MAX_ITEMS_PER_MESSAGE`] hashes a message.
+    /// The queued pushes and announcements, at most [`MAX_ITEMS_PER_MESSAGE`] items a
+    /// message.
     #[must_use]
     pub(super) fn flush(&mut self) -> Vec<(ConnId, Message)> {
         let mut out = Vec::new();
+        let push = std::mem::take(&mut self.push);
+        for chunk in push.chunks(MAX_ITEMS_PER_MESSAGE) {
+            for c in self.announce.keys() {
+                out.push((*c, Message::TxPush(chunk.to_vec())));
+            }
+        }
         for (c, queue) in self.announce.iter_mut() {
             let all = std::mem::take(queue);
             for chunk in all.chunks(MAX_ITEMS_PER_MESSAGE) {
@@ -512,15 +546,15 @@ mod tests {
         let [a, b] = txs(1, 2).try_into().unwrap();
         let _ = g.on_announce(t0, 1, vec![a.hash()]);
 
-        let got = g.on_txs(2, vec![a]);
+        let got = g.on_txs(2, vec![a], false);
         assert!(got.unsolicited, "requested of another peer");
         assert_eq!(hashes(&got.fresh), vec![a.hash()]);
 
-        let got = g.on_txs(1, vec![a]);
+        let got = g.on_txs(1, vec![a], false);
         assert!(!got.unsolicited, "requested of this peer");
         assert_eq!(hashes(&got.fresh), vec![a.hash()]);
 
-        let got = g.on_txs(1, vec![b, b]);
+        let got = g.on_txs(1, vec![b, b], false);
         assert!(got.unsolicited, "requested of nobody");
         assert_eq!(hashes(&got.fresh), vec![b.hash()], "once");
         assert_eq!(g.stats.tx_bodies.load(Ordering::Relaxed), 4);
@@ -534,7 +568,7 @@ mod tests {
         let batch = txs(1, 5);
         let all = hashes(&batch);
         let _ = g.on_announce(t0, 1, all.clone());
-        let got = g.on_txs(1, batch);
+        let got = g.on_txs(1, batch, false);
         assert!(g.enqueue(1, PEER, got.fresh));
         assert_eq!(g.on_announce(t0, 2, all.clone()), None, "being validated");
 
@@ -662,5 +696,45 @@ mod tests {
         let served = g.on_request(3, &[a.hash()]);
         assert!(served.answer.is_some());
         assert_eq!(served.unannounced, 0);
+    }
+
+    /// A node's own transactions go to every peer as bodies, at once; a receiver takes
+    /// pushed bodies without blame, even while it has them requested elsewhere, and
+    /// never pushes what it only relays.
+    #[test]
+    fn own_transactions_are_pushed_to_every_peer_and_taken_unasked() {
+        let mut g = gossip(&[1, 2]);
+        let now = Instant::now();
+        let own = txs(4, 3);
+        g.accept_own(now, own.clone());
+        g.accept_own(now, own.clone());
+        let flushed = g.flush();
+        let mut to: Vec<ConnId> = flushed.iter().map(|(c, _)| *c).collect();
+        to.sort_unstable();
+        assert_eq!(to, [1, 2], "one push to each peer, nothing announced");
+        for (_, m) in &flushed {
+            assert!(matches!(m, Message::TxPush(t) if *t == own), "{m:?}");
+        }
+        assert!(g.flush().is_empty(), "pushed once");
+        assert!(
+            g.on_request(1, &hashes(&own)).answer.is_some(),
+            "and served to a peer that asks"
+        );
+
+        let mut r = gossip(&[7, 8]);
+        let [a, b] = txs(5, 2).try_into().unwrap();
+        assert!(r.on_announce(now, 8, vec![a.hash()]).is_some());
+        let got = r.on_txs(7, vec![a, b], true);
+        assert!(!got.unsolicited);
+        assert_eq!(got.fresh.len(), 2);
+        let got = r.on_txs(7, vec![b], false);
+        assert!(got.unsolicited, "an unrequested answer is still an offence");
+        r.accept(now, vec![a, b], Some(7));
+        assert!(
+            r.flush()
+                .iter()
+                .all(|(c, m)| *c == 8 && matches!(m, Message::TxAnnounce(_))),
+            "relayed transactions are announced"
+        );
     }
 }

@@ -326,7 +326,8 @@ pub struct NetworkHandle {
 }
 
 impl NetworkHandle {
-    /// Announces transactions the node accepted (from a client) to every peer.
+    /// Sends transactions the node accepted from a client to every peer: their bodies,
+    /// pushed (`TxPush`), as no peer can have them yet.
     pub async fn broadcast_txs(&self, txs: Vec<SignedTx>) {
         let _ = self.commands.send(Command::BroadcastTxs(txs)).await;
     }
