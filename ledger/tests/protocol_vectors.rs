@@ -13,7 +13,10 @@ use grapevine_ledger::{
 
 /// The fenced `text` blocks of PROTOCOL.md that start with `kind:`, as key/value maps.
 fn vectors() -> Vec<BTreeMap<String, String>> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md"))
+    // Read when the test runs (cargo sets it), not built in: a binary built in another
+    // clone of the repository may be reused from a shared target directory.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    let doc = std::fs::read_to_string(std::path::Path::new(&crate_dir).join("../docs/PROTOCOL.md"))
         .expect("docs/PROTOCOL.md is readable");
     let mut out = Vec::new();
     let mut current: Option<BTreeMap<String, String>> = None;

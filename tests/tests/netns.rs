@@ -38,7 +38,10 @@ fn unavailable() -> Option<String> {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns-testnet.sh")
+    // Read when the test runs (cargo sets it), not built in: a binary built in another
+    // clone of the repository may be reused from a shared target directory.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    Path::new(&crate_dir).join("../scripts/netns-testnet.sh")
 }
 
 /// Runs `scripts/netns-testnet.sh ARGS` with this build's binaries; returns its
