@@ -88,9 +88,12 @@ for run in $RUNS; do
   fi
   urls="$("$NETNS" status 2>/dev/null | awk '{ print $2 }' | paste -sd,)"
   report="$OUT/bench-$rtt-$loss.txt"
+  # The report (stderr) and the JSON line (the last of stdout) apart, so that no log
+  # line can pass for the JSON.
   "$GRAPEVINE_BIN" bench --rpc "$urls" --accounts "$OUT/testbed/accounts.json" \
-    --rate "$RATE" --duration "$SECONDS_OF_LOAD" --json 2>&1 | tee "$report" >&2 || true
-  json="$(tail -n 1 "$report")"
+    --rate "$RATE" --duration "$SECONDS_OF_LOAD" --json 2> >(tee "$report" >&2) |
+    tee "$report.json" >&2 || true
+  json="$(tail -n 1 "$report.json")"
   "$NETNS" down >&2
   if ! jq -e .tps >/dev/null 2>&1 <<<"$json"; then
     echo "bench printed no JSON line (see $report)" >&2

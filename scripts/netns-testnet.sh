@@ -236,10 +236,16 @@ print_log_tail() {
 
 # wait_rpc NAME...: until every named node's RPC answers (NETNS_WAIT s), or fail.
 wait_rpc() {
-  local name h deadline=$((SECONDS + NETNS_WAIT)) ok
+  local name h deadline=$((SECONDS + NETNS_WAIT)) ok pid
   while :; do
     ok=1
     for name in "$@"; do
+      pid="$(pid_of "$name")"
+      if ! node_alive "$name" && alive "$pid" ""; then
+        # Forked but not yet the node: still this script's subshell, before its exec.
+        ok=0
+        continue
+      fi
       if ! node_alive "$name"; then
         echo "error: $name exited" >&2
         print_log_tail "$name" 30
@@ -392,6 +398,8 @@ cmd_up() {
   # single advertised address is right: drop external_address, and peers record the
   # address they see a node from (a proxy address of theirs) with its listen port.
   sed -i '/^external_address = /d' "$DIR"/*/config.toml
+  # Benchmarks load every node from one address (the root namespace's): no RPC rate limit.
+  sed -i 's/^rate_limit = .*/rate_limit = 0/' "$DIR"/*/config.toml
 
   echo "$DIR" >"$STATE_FILE"
   for i in "${!names[@]}"; do
@@ -457,7 +465,8 @@ cmd_up() {
   echo "$!" >"$DIR/pids/gv-proxy"
   local deadline=$((SECONDS + 10))
   while ! grep -qx 'gv-proxy ready' "$DIR/logs/gv-proxy.log"; do
-    if ! proxy_alive || [ "$SECONDS" -ge "$deadline" ]; then
+    # Before its exec the process is this script's subshell: only its exit counts.
+    if ! alive "$(pid_of gv-proxy)" "" || [ "$SECONDS" -ge "$deadline" ]; then
       echo "error: gv-proxy did not start" >&2
       tail -n 20 "$DIR/logs/gv-proxy.log" >&2
       exit 1

@@ -20,12 +20,16 @@ echo "== cargo test --release"
 # instead of eating CI's 90 minutes.
 timeout 2400 cargo test --release --locked --workspace
 # tests/tests/netns.rs passes without running where it cannot make namespaces; say so.
-if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
+if [ "$(id -u)" = 0 ] && ip netns add "gv-probe-$$" 2>/dev/null; then
+  ip netns del "gv-probe-$$"
   echo "== netns testbed test (tests/tests/netns.rs): ran, as root"
 else
   echo "== netns testbed test (tests/tests/netns.rs): SKIPPED (needs root and iproute2's ip netns)"
 fi
 # The container image and compose network (scripts/docker-test.sh), where Docker can run.
+# As root this installs docker.io and starts dockerd, which sets iptables' FORWARD
+# policy to DROP (docs/OPERATIONS.md, "Containers").
+echo "== docker test: needs Docker (as root, installs docker.io and starts dockerd when missing)"
 if ensure_docker && ensure_base_image; then
   echo "== docker test (scripts/docker-test.sh)"
   timeout -k 60 900 scripts/docker-test.sh

@@ -79,7 +79,7 @@ impl Hello {
     /// listen_port || external` (the fields in the codec's encoding: integers
     /// little-endian).
     pub fn signing_bytes(&self, handshake_hash: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HELLO_TAG.len() + handshake_hash.len() + 74);
+        let mut out = Vec::with_capacity(HELLO_TAG.len() + handshake_hash.len() + 96);
         out.extend_from_slice(HELLO_TAG);
         out.extend_from_slice(handshake_hash);
         out.extend_from_slice(&codec::encode(&(

@@ -1169,8 +1169,6 @@ async fn the_external_address_is_advertised_resolved_and_recorded() {
         c.external_address = Some("no-such-host.invalid:4568".parse().unwrap());
     })
     .await;
-    // Resolving localhost takes far less; the hub dials only after it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let hub = node(
         41,
         1,
@@ -1189,6 +1187,8 @@ async fn the_external_address_is_advertised_resolved_and_recorded() {
         }
     };
     let (named_id, lost_id) = (named.handle.local_id, lost.handle.local_id);
+    // A node starts linking once its external address resolved (or failed to): the
+    // first hello carries it.
     assert!(
         wait_until(Duration::from_secs(10), async || {
             listen_of(named_id).await.is_some() && listen_of(lost_id).await.is_some()

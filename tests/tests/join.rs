@@ -50,6 +50,10 @@ fn a_full_node_joins_with_init_and_run() {
     // The right one: a full node (its validator key is not in the genesis).
     let home = dir.path().join("joiner");
     let bootstrap = p2p_address(&out, &names[0]).to_string();
+    // Ports of its own (the defaults are the well-known ones).
+    let base = free_base_port(2);
+    // Another port than it listens on, so that only the advertised address has it.
+    let external = format!("localhost:{}", base + 7);
     let printed = grapevine_ok([
         "init",
         "--home",
@@ -60,13 +64,17 @@ fn a_full_node_joins_with_init_and_run() {
         &hash,
         "--bootstrap",
         &bootstrap,
+        "--external-address",
+        &external,
     ]);
     assert!(printed.contains("a full node"), "{printed}");
     let node_id = grapevine_ok(["show-node-id", "--home", home.to_str().unwrap()]);
     assert!(printed.contains(node_id.trim()), "{printed}");
-    // Ports of its own (the defaults are the well-known ones).
-    let base = free_base_port(2);
     let cfg = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert!(
+        cfg.contains(&format!("external_address = \"{external}\"")),
+        "{cfg}"
+    );
     let cfg = cfg
         .replace("127.0.0.1:8545", &format!("127.0.0.1:{base}"))
         .replace("0.0.0.0:26656", &format!("127.0.0.1:{}", base + 1));
@@ -82,6 +90,17 @@ fn a_full_node_joins_with_init_and_run() {
     assert_eq!(
         joined.result("getStatus", json!([]))["genesisHash"],
         hash.as_str()
+    );
+    // The validator records the address the joiner advertises, resolved by the joiner.
+    let port = format!(":{}", base + 7);
+    assert!(
+        eventually(Duration::from_secs(30), || validator
+            .result("getPeers", json!([]))
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["listenAddress"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(&port))))),
+        "the validator records the joiner's external address (port {port})"
     );
     let healthy = grapevine_ok(["health", "--rpc", &joined.rpc]);
     assert!(healthy.contains("ok"), "{healthy}");
@@ -190,4 +209,15 @@ fn testnet_for_hosts_names_every_peer_and_pins_its_id() {
     );
     assert!(exited && !output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("named twice"));
+    let (exited, output) = run_at_most(
+        [
+            "testnet",
+            "--hosts",
+            "a,..",
+            "--out",
+            dir.path().join("y").to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(exited && !output.status.success(), "a name that is a path");
 }

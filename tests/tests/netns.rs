@@ -30,12 +30,23 @@ fn unavailable() -> Option<String> {
     if !root {
         return Some("not root".into());
     }
-    let ip = Command::new("ip").args(["netns", "list"]).output();
-    if !ip.is_ok_and(|o| o.status.success()) {
-        return Some("`ip netns` does not work here".into());
+    // Root in a container may still be refused namespaces: make one to know.
+    let probe = format!("gv-probe-{}", std::process::id());
+    let made = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made {
+        return Some("`ip netns add` does not work here".into());
     }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
     None
 }
+
+/// Where a running testbed records its directory (scripts/netns-testnet.sh).
+const STATE_FILE: &str = "/run/grapevine-netns.dir";
+/// The prefix of this test's testbed directories.
+const PREFIX: &str = "grapevine-netns-test";
 
 fn script() -> PathBuf {
     // Read when the test runs (cargo sets it), not built in: a binary built in another
@@ -149,9 +160,17 @@ fn validators_on_namespaced_hosts_over_lossy_links_agree_and_a_killed_one_catche
         eprintln!("netns test SKIPPED: {why}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    // A testbed left by an earlier run that was itself killed would refuse `up`.
-    drop(Down);
+    // A testbed left by an earlier run of this test that was itself killed would refuse
+    // `up`: taken down. Anyone else's (a benchmark's, an operator's) is left alone.
+    if let Ok(running) = std::fs::read_to_string(STATE_FILE) {
+        assert!(
+            running.contains(PREFIX),
+            "a netns testbed is up ({}): run scripts/netns-testnet.sh down first",
+            running.trim()
+        );
+        drop(Down);
+    }
+    let dir = tempfile::Builder::new().prefix(PREFIX).tempdir().unwrap();
     let _down = Down;
     let up = testbed(&[
         "up",

@@ -117,8 +117,21 @@ pub(super) fn spawn(
         listen_port: listen_addr.port(),
         external: std::sync::RwLock::new(None),
     });
-    if let Some(ext) = cfg.external_address.clone() {
-        tokio::spawn(advertise(ext, identity.clone(), stop.clone()));
+    let (resolved_tx, resolved) = tokio::sync::oneshot::channel();
+    match cfg.external_address.clone() {
+        Some(ext) => {
+            let local = listen_addr.ip().is_loopback();
+            tokio::spawn(advertise(
+                ext,
+                local,
+                identity.clone(),
+                resolved_tx,
+                stop.clone(),
+            ));
+        }
+        None => {
+            let _ = resolved_tx.send(());
+        }
     }
     let book = AddressBook::load(cfg.address_book.clone());
     let persistent = cfg
@@ -149,7 +162,11 @@ pub(super) fn spawn(
         stats,
         cfg,
     };
-    tokio::spawn(actor.run(listener, commands, ev_rx, stop));
+    tokio::spawn(async move {
+        // The first hellos carry the advertised address: links made at start last.
+        let _ = tokio::time::timeout(Duration::from_secs(5), resolved).await;
+        actor.run(listener, commands, ev_rx, stop).await;
+    });
     Inbox {
         consensus: node_rx,
         sync: sync_rx,
@@ -160,20 +177,27 @@ pub(super) fn spawn(
 /// cluster services change.
 const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 
-/// Keeps `identity.external` at what `ext` resolves to (its first address), until
-/// `stop`. A failure keeps the last good address and is logged (a warning while the
-/// node has none yet), and the name is tried again after [`RESOLVE_EVERY`], or after
-/// 5 s while it has never resolved.
+/// Keeps `identity.external` at what `ext` resolves to (its first address that is not
+/// loopback, unless the node listens on loopback: Debian maps a host's own name to
+/// 127.0.1.1), until `stop`; `first` fires after the first attempt. A failure keeps
+/// the last good address and is logged (a warning while the node has none yet), and
+/// the name is tried again after [`RESOLVE_EVERY`], or after 5 s while it has never
+/// resolved.
 async fn advertise(
     ext: crate::PeerAddr,
+    local: bool,
     identity: Arc<LocalIdentity>,
+    first: tokio::sync::oneshot::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last: Option<SocketAddr> = None;
+    let mut first = Some(first);
     loop {
         let lookup = tokio::net::lookup_host((ext.host.as_str(), ext.port));
         let found = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "no address".to_string()),
+            Ok(Ok(mut addrs)) => addrs
+                .find(|a| local || !a.ip().is_loopback())
+                .ok_or_else(|| "no address but loopback ones".to_string()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("lookup timed out".to_string()),
         };
@@ -191,6 +215,9 @@ async fn advertise(
             Err(e) => {
                 tracing::debug!(external_address = %ext, error = %e, "cannot resolve external_address; keeping the last address")
             }
+        }
+        if let Some(f) = first.take() {
+            let _ = f.send(());
         }
         let wait = if last.is_some() {
             RESOLVE_EVERY

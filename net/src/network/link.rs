@@ -59,6 +59,22 @@ pub(super) enum LinkEvent {
     },
 }
 
+/// Whether `advertised`, the address a peer seen at `seen` asks to be dialed at, is one
+/// to take: a port, a unicast address that is not unspecified, and loopback only from a
+/// peer on loopback (a remote peer cannot mean this machine). Another is ignored, and
+/// the address the peer is seen from is used.
+pub(super) fn dialable(advertised: SocketAddr, seen: SocketAddr) -> bool {
+    let ip = advertised.ip();
+    let unicast = match ip {
+        std::net::IpAddr::V4(v4) => !v4.is_broadcast() && !v4.is_multicast(),
+        std::net::IpAddr::V6(v6) => !v6.is_multicast(),
+    };
+    advertised.port() != 0
+        && unicast
+        && !ip.is_unspecified()
+        && (!ip.is_loopback() || seen.ip().is_loopback())
+}
+
 /// What a link task needs from the actor.
 #[derive(Clone)]
 pub(super) struct LinkCtx {
@@ -216,6 +232,7 @@ pub(super) async fn run_link(
         addr,
         listen_addr: hello
             .external
+            .filter(|e| dialable(*e, addr))
             .or((hello.listen_port != 0).then(|| SocketAddr::new(addr.ip(), hello.listen_port))),
         inbound,
         queue: queue_tx,
@@ -259,5 +276,28 @@ pub(super) async fn run_link(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dialable;
+
+    #[test]
+    fn only_dialable_advertised_addresses_are_taken() {
+        let a = |s: &str| s.parse().unwrap();
+        let remote = a("203.0.113.7:40000");
+        assert!(dialable(a("198.51.100.1:26656"), remote));
+        assert!(dialable(a("[2001:db8::1]:26656"), remote));
+        assert!(!dialable(a("198.51.100.1:0"), remote), "no port");
+        assert!(!dialable(a("0.0.0.0:26656"), remote), "unspecified");
+        assert!(!dialable(a("255.255.255.255:26656"), remote), "broadcast");
+        assert!(!dialable(a("224.0.0.1:26656"), remote), "multicast");
+        assert!(!dialable(a("[ff02::1]:26656"), remote), "multicast");
+        assert!(
+            !dialable(a("127.0.1.1:26656"), remote),
+            "a remote peer's loopback is not ours"
+        );
+        assert!(dialable(a("127.0.0.1:26656"), a("127.0.0.1:40000")));
     }
 }

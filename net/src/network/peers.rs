@@ -275,11 +275,19 @@ impl PeerSet {
         self.peers.values().filter(|p| !p.inbound).count()
     }
 
-    /// The addresses connected peers use and listen on (not to be dialed again).
+    /// The addresses connected peers use and listen on (not to be dialed again). A
+    /// listen address on another IP than the peer's is only its claim: left out, so
+    /// that a peer cannot keep this node from dialing an address by claiming it (a
+    /// second link to the same node is refused at the handshake anyway).
     pub(super) fn addresses(&self) -> HashSet<SocketAddr> {
         self.peers
             .values()
-            .flat_map(|p| [Some(p.addr), p.listen_addr])
+            .flat_map(|p| {
+                [
+                    Some(p.addr),
+                    p.listen_addr.filter(|l| l.ip() == p.addr.ip()),
+                ]
+            })
             .flatten()
             .collect()
     }

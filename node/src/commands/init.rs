@@ -36,6 +36,10 @@ pub struct Args {
     /// bootstrap`).
     #[arg(long, value_delimiter = ',')]
     bootstrap: Vec<grapevine_net::PeerAddr>,
+    /// The host:port other nodes are to dial this one at (`[p2p] external_address`),
+    /// when the address it is seen from does not reach it (NAT, containers).
+    #[arg(long)]
+    external_address: Option<grapevine_net::PeerAddr>,
 }
 
 /// The genesis a node fetched from `url` (`getGenesis`), if its hash is `want`.
@@ -57,6 +61,12 @@ fn fetch_genesis(url: &str, want: &Hash) -> anyhow::Result<Genesis> {
 /// Runs `grapevine init`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let home = &args.home;
+    anyhow::ensure!(
+        args.external_address
+            .as_ref()
+            .is_none_or(|a| a.id.is_none()),
+        "--external-address is host:port, without a node id"
+    );
     anyhow::ensure!(
         !home.join("config.toml").exists(),
         "{} already holds a node (config.toml); choose another --home",
@@ -85,6 +95,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         RpcSection::default(),
         P2pSection {
             bootstrap: args.bootstrap.clone(),
+            external_address: args.external_address.clone(),
             ..P2pSection::default()
         },
     );

@@ -108,8 +108,14 @@ fn places(args: &Args, validators: u32, nodes: u32) -> anyhow::Result<Vec<Place>
                 let reach: PeerAddr = format!("{h}:{}", args.p2p_port)
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--hosts: {h:?} is not a host name"))?;
+                // Labels of letters, digits and hyphens: a name is also a directory.
+                let label = |l: &str| {
+                    !l.is_empty()
+                        && !l.starts_with('-')
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                };
                 anyhow::ensure!(
-                    !h.contains(':') && seen.insert(h.clone()),
+                    h.split('.').all(label) && seen.insert(h.clone()),
                     "--hosts: {h:?} is not a host name, or named twice"
                 );
                 Ok(Place {
@@ -290,8 +296,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             is_validator,
             RpcSection {
                 listen: place.rpc,
-                // Local benchmarks drive many requests from one address.
-                rate_limit: 0,
+                // Local benchmarks drive many requests from one address; homes for
+                // hosts keep the default, as they may be deployed as they are.
+                rate_limit: if place.host.is_some() {
+                    RpcSection::default().rate_limit
+                } else {
+                    0
+                },
                 allowed_hosts,
                 ..RpcSection::default()
             },
