@@ -13,7 +13,9 @@
 #   the 4-validator testnet also at 10,000 tx/s (BENCH_TARGET_RATE), after the sweep
 #   and on a fresh testnet;
 #   (c) 7- and 10-validator testnets at one rate (BENCH_SCALE_VALIDATORS="7 10",
-#   BENCH_SCALE_RATE=4000).
+#   BENCH_SCALE_RATE=4000);
+#   (d) validators down: 4 validators all up, then with one killed, and 7 all up, then
+#   with two killed, at one rate offered to the live ones (BENCH_DOWN_RATE=5000).
 #   scripts/bench.sh                  # about 5 minutes
 #   BENCH_SECONDS=30 scripts/bench.sh # longer runs
 # Numbers are measurements of this machine; nothing here passes or fails.
@@ -229,6 +231,23 @@ for n in ${BENCH_SCALE_VALIDATORS:-7 10}; do
   echo "== (c) $n-validator testnet at ${SCALE_RATE} tx/s"
   start_testnet "$n" "$((BASE_PORT + 100 * (n / 2)))"
   run_load "$n validators" "$n" "$SCALE_RATE" "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
+  stop_testnet
+done
+
+# (d) Finality with validators down, beside the same testnet all up: leaders rotate, so
+# the rounds a dead validator leads wait out a timeout. The killed ones are the last
+# (SIGKILL, after the all-up load); the load goes to the live ones.
+DOWN_RATE="${BENCH_DOWN_RATE:-5000}"
+for spec in 4:1 7:2; do
+  n="${spec%:*}" down="${spec#*:}"
+  echo "== (d) $n-validator testnet at ${DOWN_RATE} tx/s: all up, then $down killed"
+  start_testnet "$n" "$((BASE_PORT + 600 + 100 * (n / 2)))"
+  run_load "$n validators, all up" "$n" "$DOWN_RATE" "$URLS" "$NET/accounts.json" "${NET_PIDS[@]}"
+  live=$((n - down))
+  kill -9 "${NET_PIDS[@]:live}"
+  LIVE_URLS="$(tr ',' '\n' <<<"$URLS" | head -n "$live" | paste -sd,)"
+  sleep 2
+  run_load "$n validators, $down killed" "$live" "$DOWN_RATE" "$LIVE_URLS" "$NET/accounts.json" "${NET_PIDS[@]:0:live}"
   stop_testnet
 done
 
