@@ -69,6 +69,34 @@ build_release() {
   (cd "$REPO_ROOT" && cargo build --release --locked --workspace "$@")
 }
 
+# ---- processes (scripts/testnet.sh, scripts/netns-testnet.sh) -----------------------
+
+is_uint() {
+  [[ "$1" =~ ^[0-9]+$ ]]
+}
+
+# proc_state PID: the one-letter state of /proc/PID/stat (R, S, T for stopped, Z, ...).
+proc_state() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  stat="${stat##*) }"
+  printf '%s\n' "${stat%% *}"
+}
+
+# process_alive PID PATTERN: the process exists, is no zombie and (where /proc tells)
+# its command line holds PATTERN, so a recycled pid is not taken for ours. An empty
+# PATTERN asks only whether the process exists.
+process_alive() {
+  local pid="$1" pattern="$2"
+  is_uint "$pid" || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  if [ -r "/proc/$pid/stat" ]; then
+    [ "$(proc_state "$pid")" != Z ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pattern" || return 1
+  fi
+  return 0
+}
+
 # ---- Docker (scripts/docker-test.sh, docs/OPERATIONS.md "Containers") -------------
 
 GRAPEVINE_BASE_IMAGE="${GRAPEVINE_BASE_IMAGE:-grapevine-base:bookworm}"

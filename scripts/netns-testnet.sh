@@ -89,10 +89,6 @@ die() {
   exit 1
 }
 
-is_uint() {
-  [[ "$1" =~ ^[0-9]+$ ]]
-}
-
 is_num() {
   [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]
 }
@@ -134,40 +130,23 @@ pid_of() {
   return 0
 }
 
-proc_state() {
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
-  stat="${stat##*) }"
-  printf '%s\n' "${stat%% *}"
-}
-
-# alive PID PATTERN: the process exists, is no zombie and its command line holds
-# PATTERN (so a recycled pid is not taken for ours).
-alive() {
-  local pid="$1" pattern="$2"
-  is_uint "$pid" || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  [ "$(proc_state "$pid")" != Z ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pattern"
-}
-
 node_pattern() {
   printf '%s' "run --home $DIR/$1 "
 }
 
 node_alive() {
-  alive "$(pid_of "$1")" "$(node_pattern "$1")"
+  process_alive "$(pid_of "$1")" "$(node_pattern "$1")"
 }
 
 proxy_alive() {
-  alive "$(pid_of gv-proxy)" "$DIR/routes.tsv "
+  process_alive "$(pid_of gv-proxy)" "$DIR/routes.tsv "
 }
 
 # stop_pid NAME PATTERN: SIGTERM, wait up to NETNS_STOP_WAIT s, SIGKILL; one line.
 stop_pid() {
   local name="$1" pattern="$2" pid deadline
   pid="$(pid_of "$name")"
-  if ! alive "$pid" "$pattern"; then
+  if ! process_alive "$pid" "$pattern"; then
     echo "  $name: not running"
     rm -f "$DIR/pids/$name"
     return 0
@@ -175,10 +154,10 @@ stop_pid() {
   kill -TERM "$pid" 2>/dev/null || true
   kill -CONT "$pid" 2>/dev/null || true
   deadline=$((SECONDS + NETNS_STOP_WAIT))
-  while alive "$pid" "$pattern" && [ "$SECONDS" -lt "$deadline" ]; do
+  while process_alive "$pid" "$pattern" && [ "$SECONDS" -lt "$deadline" ]; do
     sleep 0.1
   done
-  if alive "$pid" "$pattern"; then
+  if process_alive "$pid" "$pattern"; then
     kill -KILL "$pid" 2>/dev/null || true
     echo "  $name: still running after ${NETNS_STOP_WAIT} s, killed (pid $pid)"
   else
@@ -241,7 +220,7 @@ wait_rpc() {
     ok=1
     for name in "$@"; do
       pid="$(pid_of "$name")"
-      if ! node_alive "$name" && alive "$pid" ""; then
+      if ! node_alive "$name" && process_alive "$pid" ""; then
         # Forked but not yet the node: still this script's subshell, before its exec.
         ok=0
         continue
@@ -466,7 +445,7 @@ cmd_up() {
   local deadline=$((SECONDS + 10))
   while ! grep -qx 'gv-proxy ready' "$DIR/logs/gv-proxy.log"; do
     # Before its exec the process is this script's subshell: only its exit counts.
-    if ! alive "$(pid_of gv-proxy)" "" || [ "$SECONDS" -ge "$deadline" ]; then
+    if ! process_alive "$(pid_of gv-proxy)" "" || [ "$SECONDS" -ge "$deadline" ]; then
       echo "error: gv-proxy did not start" >&2
       tail -n 20 "$DIR/logs/gv-proxy.log" >&2
       exit 1

@@ -103,10 +103,6 @@ need_testnet() {
   [ -f "$NODES_TSV" ] || die "no testnet in $TESTNET_DIR (run: scripts/testnet.sh start)"
 }
 
-is_uint() {
-  [[ "$1" =~ ^[0-9]+$ ]]
-}
-
 # ---- nodes.tsv: name, rpc host:port, p2p host:port, home --------------------------
 
 node_names() {
@@ -129,25 +125,9 @@ pid_of() {
   return 0
 }
 
-# alive PID HOME: the process exists, is no zombie, and (where /proc tells) is the node
-# of HOME, so a recycled pid is not taken for a node.
+# alive PID HOME: the node of HOME runs as PID (lib.sh's process_alive).
 alive() {
-  local pid="$1" home="$2"
-  is_uint "$pid" || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  if [ -r "/proc/$pid/stat" ]; then
-    [ "$(proc_state "$pid")" != Z ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--home $home " || return 1
-  fi
-  return 0
-}
-
-# proc_state PID: the one-letter state of /proc/PID/stat (R, S, T for stopped, Z, ...).
-proc_state() {
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
-  stat="${stat##*) }"
-  printf '%s\n' "${stat%% *}"
+  process_alive "$1" "--home $2 "
 }
 
 node_alive() {
@@ -295,18 +275,11 @@ abs_path() {
   printf '%s/%s\n' "$d" "$(basename "$1")"
 }
 
-# proxy_alive PID: the process exists, is no zombie, and (where /proc tells) is the
-# gv-proxy of this testnet's proxies.tsv.
+# proxy_alive PID: the gv-proxy of this testnet's proxies.tsv runs as PID.
 proxy_alive() {
-  local pid="$1" routes
-  is_uint "$pid" || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  if [ -r "/proc/$pid/stat" ]; then
-    [ "$(proc_state "$pid")" != Z ] || return 1
-    routes="$(abs_path "$PROXIES_TSV")" || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "gv-proxy $routes " || return 1
-  fi
-  return 0
+  local routes
+  routes="$(abs_path "$PROXIES_TSV")" || return 1
+  process_alive "$1" "gv-proxy $routes "
 }
 
 # route_count: how many routes proxies.tsv holds (0 without the file).

@@ -193,14 +193,10 @@ async fn advertise(
     let mut last: Option<SocketAddr> = None;
     let mut first = Some(first);
     loop {
-        let lookup = tokio::net::lookup_host((ext.host.as_str(), ext.port));
-        let found = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-            Ok(Ok(mut addrs)) => addrs
-                .find(|a| local || !a.ip().is_loopback())
-                .ok_or_else(|| "no address but loopback ones".to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("lookup timed out".to_string()),
-        };
+        let found = link::resolve(&ext.host, ext.port, Duration::from_secs(5), |a| {
+            local || !a.ip().is_loopback()
+        })
+        .await;
         match found {
             Ok(addr) => {
                 if last != Some(addr) {

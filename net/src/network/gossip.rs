@@ -323,42 +323,41 @@ impl Gossip {
         out
     }
 
+    /// Marks `txs` seen and keeps the bodies of those not seen before, as sent by `from`
+    /// at `now` (see [`Stored`]); returns those, with their hashes.
+    fn keep(
+        &mut self,
+        now: Instant,
+        txs: Vec<SignedTx>,
+        from: Option<ConnId>,
+    ) -> Vec<(SignedTx, Hash)> {
+        let mut fresh = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let h = tx.hash();
+            if self.seen.insert(h, ()) {
+                self.store.insert(h, Stored { tx, from, at: now });
+                fresh.push((tx, h));
+            }
+        }
+        fresh
+    }
+
     /// Records this node's own transactions (submitted to it) not seen before, keeps
     /// their bodies, and queues the bodies to be pushed to every peer: none can have
     /// them yet, and a push saves the round trip of an announcement and its request.
     pub(super) fn accept_own(&mut self, now: Instant, txs: Vec<SignedTx>) {
-        for t in txs {
-            let h = t.hash();
-            if !self.seen.insert(h, ()) {
-                continue;
-            }
-            let stored = Stored {
-                tx: t,
-                from: None,
-                at: now,
-            };
-            self.store.insert(h, stored);
-            self.push.push(t);
-        }
+        let fresh = self.keep(now, txs, None);
+        self.push.extend(fresh.into_iter().map(|(t, _)| t));
     }
 
     /// Records valid transactions not seen before, keeps their bodies, and queues their
     /// announcement (at `now`) to every peer but `except`.
     pub(super) fn accept(&mut self, now: Instant, txs: Vec<SignedTx>, except: Option<ConnId>) {
-        let mut hashes = Vec::with_capacity(txs.len());
-        for t in txs {
-            let h = t.hash();
-            if !self.seen.insert(h, ()) {
-                continue;
-            }
-            let stored = Stored {
-                tx: t,
-                from: except,
-                at: now,
-            };
-            self.store.insert(h, stored);
-            hashes.push(h);
-        }
+        let hashes: Vec<Hash> = self
+            .keep(now, txs, except)
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect();
         for (c, queue) in self.announce.iter_mut() {
             if Some(*c) != except {
                 queue.extend_from_slice(&hashes);

@@ -59,6 +59,23 @@ pub(super) enum LinkEvent {
     },
 }
 
+/// The first address `host` (a name or an IP address) resolves to, now, that `keep`
+/// takes, within `limit`; otherwise why not.
+pub(super) async fn resolve(
+    host: &str,
+    port: u16,
+    limit: Duration,
+    keep: impl Fn(&SocketAddr) -> bool,
+) -> Result<SocketAddr, String> {
+    match tokio::time::timeout(limit, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(mut addrs)) => addrs
+            .find(|a| keep(a))
+            .ok_or_else(|| "no address to use".to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("lookup timed out".to_string()),
+    }
+}
+
 /// Whether `advertised`, the address a peer seen at `seen` asks to be dialed at, is one
 /// to take: a port, a unicast address that is not unspecified, and loopback only from a
 /// peer on loopback (a remote peer cannot mean this machine). Another is ignored, and
@@ -99,13 +116,7 @@ pub(super) fn dial(addr: SocketAddr, conn: ConnId, ctx: LinkCtx) -> JoinHandle<(
 /// [`LinkEvent::DialFailed`] for `0.0.0.0:port`.
 pub(super) fn dial_named(host: String, port: u16, conn: ConnId, ctx: LinkCtx) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let lookup = tokio::net::lookup_host((host.as_str(), port));
-        let resolved = match tokio::time::timeout(ctx.handshake_timeout, lookup).await {
-            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "no address".to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("lookup timed out".to_string()),
-        };
-        match resolved {
+        match resolve(&host, port, ctx.handshake_timeout, |_| true).await {
             Ok(addr) => dial_addr(addr, conn, ctx).await,
             Err(e) => {
                 let _ = ctx

@@ -290,24 +290,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 ..P2pSection::default()
             }
         };
-        let mut allowed_hosts = RpcSection::default().allowed_hosts;
-        allowed_hosts.extend(place.host.clone());
-        let cfg = Config::for_home(
-            is_validator,
-            RpcSection {
-                listen: place.rpc,
-                // Local benchmarks drive many requests from one address; homes for
-                // hosts keep the default, as they may be deployed as they are.
-                rate_limit: if place.host.is_some() {
-                    RpcSection::default().rate_limit
-                } else {
-                    0
-                },
-                allowed_hosts,
-                ..RpcSection::default()
-            },
-            p2p,
-        );
+        let mut rpc = RpcSection {
+            listen: place.rpc,
+            ..RpcSection::default()
+        };
+        rpc.allowed_hosts.extend(place.host.clone());
+        // Local benchmarks drive many requests from one address; homes for hosts keep
+        // the default, as they may be deployed as they are.
+        if place.host.is_none() {
+            rpc.rate_limit = 0;
+        }
+        let cfg = Config::for_home(is_validator, rpc, p2p);
         write(&home.join("config.toml"), &cfg.to_toml()?)?;
         let abs = std::path::absolute(&home).unwrap_or(home);
         table.push_str(&format!(
