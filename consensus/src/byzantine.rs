@@ -42,6 +42,7 @@ impl Net {
                 high_qc: QuorumCert::genesis(self.genesis.hash()),
             },
             Timing::default(),
+            crate::leader::History::new(self.set.clone(), &self.genesis.header),
         );
         e.start(0);
         drain(&mut e);
@@ -54,7 +55,7 @@ impl Net {
                 height,
                 round,
                 parent_hash: parent.hash(),
-                proposer: self.keys[usize::from(self.set.leader(round))].address(),
+                proposer: self.keys[usize::from(self.set.round_robin(round))].address(),
                 timestamp_ms: round,
                 tx_count: 0,
                 tx_root: Hash::ZERO,
@@ -66,7 +67,7 @@ impl Net {
 
     /// Round `round`'s leader's proposal of `block` on the genesis QC.
     fn proposal(&self, block: Block, qc: QuorumCert, tc: Option<TimeoutCert>) -> Proposal {
-        let leader = usize::from(self.set.leader(block.header.round));
+        let leader = usize::from(self.set.round_robin(block.header.round));
         Proposal::new(block, qc, tc, &self.keys[leader], CHAIN)
     }
 

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use grapevine_ledger::{Block, Hash, Keypair, Signature};
 
+use super::leader::History;
 use super::types::{
     Certificate, ConsensusMsg, Proposal, QuorumCert, SafetyState, Timeout, TimeoutCert,
     ValidatorIndex, ValidatorSet, Vote, timeout_bytes, vote_bytes,
@@ -40,10 +41,12 @@ pub const MAX_WAITING: usize = 256;
 /// Encoded bytes of the proposals waiting for their parent, at most.
 pub const MAX_WAITING_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Distinct proposals taken per round (an honest leader sends one). A Byzantine leader's
-/// second is still taken, since the other honest nodes may certify it and this node then
-/// needs its block (a copy asked for again would be dropped as a duplicate by the
-/// network for a while); further ones are dropped.
+/// Distinct proposals taken per round from one proposer (an honest leader sends one). A
+/// Byzantine leader's second is still taken, since the other honest nodes may certify it
+/// and this node then needs its block (a copy asked for again would be dropped as a
+/// duplicate by the network for a while); further ones are dropped. Counted per
+/// proposer because whether a proposer leads is known only once its proposal's parent
+/// is (docs/CONSENSUS.md, "Leaders").
 pub const MAX_PROPOSALS_PER_ROUND: usize = 2;
 
 /// Rounds behind the current one whose messages are still relayed and counted.
@@ -151,6 +154,19 @@ pub struct Held {
     pub timeouts: usize,
 }
 
+/// Where a proposal given to `on_proposal` comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Arrived just now (from the network, or this node's builder): it must pass the
+    /// per-round bounds and the leader check.
+    Network,
+    /// Released from `waiting` once its parent came: it passed the bounds, and its
+    /// leader is checked now.
+    Released,
+    /// Kept on disk before a restart: it passed both.
+    Replayed,
+}
+
 struct Stored {
     block: Block,
     proposal: Option<Proposal>,
@@ -190,9 +206,11 @@ pub struct Engine {
     /// The block each validator voted for, by round: one vote per (round, voter) is
     /// counted, so a Byzantine voter's votes for random hashes cost nothing to hold.
     voted: HashMap<(u64, ValidatorIndex), Hash>,
-    /// The blocks of the proposals taken in each round since the final block's, in
-    /// order.
-    proposed: BTreeMap<u64, Vec<Hash>>,
+    /// The (proposer, block) of the proposals taken in each round since the final
+    /// block's, in order.
+    proposed: BTreeMap<u64, Vec<(ValidatorIndex, Hash)>>,
+    /// The recent final chain, from which leaders are drawn.
+    history: History,
     /// (round, validator) already shown to equivocate: further conflicts are dropped
     /// without checking their signatures.
     equivocated: HashSet<(u64, ValidatorIndex)>,
@@ -225,6 +243,9 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine that resumes from `safety` (persisted) with `committed` as its last
     /// final block. `me` is this node's validator index and key (`None`: a follower).
+    /// `history` holds the final chain up to `committed` (at least
+    /// [`History::wanted`] blocks of it, where there are that many), so that leaders
+    /// are known from the start.
     pub fn new(
         set: ValidatorSet,
         me: Option<(ValidatorIndex, Keypair)>,
@@ -232,6 +253,7 @@ impl Engine {
         committed: Block,
         safety: SafetyState,
         timing: Timing,
+        history: History,
     ) -> Engine {
         let committed_ref = (committed.hash(), committed.header.height);
         let mut blocks = HashMap::new();
@@ -264,6 +286,7 @@ impl Engine {
             votes: HashMap::new(),
             voted: HashMap::new(),
             proposed: BTreeMap::new(),
+            history,
             equivocated: HashSet::new(),
             timeouts: HashMap::new(),
             my_timeout: None,
@@ -284,6 +307,13 @@ impl Engine {
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// A block that became final without this engine (block sync wrote it), with its
+    /// certificate: call for each such block in height order, before
+    /// [`Engine::synced_to`] with the last, so that leaders stay known.
+    pub fn record_final(&mut self, header: &grapevine_ledger::BlockHeader, cert: &Certificate) {
+        self.history.push(header, Some(cert), None);
     }
 
     /// `block` became final without this engine (block sync wrote it, with `qc` the
@@ -365,10 +395,56 @@ impl Engine {
         self.enter_round(now, r, None);
     }
 
-    fn is_leader(&self, round: u64) -> bool {
-        self.me
-            .as_ref()
-            .is_some_and(|(i, _)| self.set.leader(round) == *i)
+    /// The height of the anchor of the chain ending at the known block `hash`: the
+    /// newest block on it whose child on it is of the next round, which the chain's
+    /// certificates therefore prove final (docs/CONSENSUS.md, "Leaders"). `None` if a
+    /// block of the chain is missing.
+    fn anchor_of(&self, hash: &Hash) -> Option<u64> {
+        let mut cur_hash = *hash;
+        let mut cur = &self.blocks.get(hash)?.block.header;
+        loop {
+            if self.history.is_final(cur.height, &cur_hash) {
+                return self.history.anchor_below(cur.height);
+            }
+            let parent = &self.blocks.get(&cur.parent_hash)?.block.header;
+            if parent.round.checked_add(1) == Some(cur.round) {
+                return Some(parent.height);
+            }
+            cur_hash = cur.parent_hash;
+            cur = parent;
+        }
+    }
+
+    /// The leader of `round` for a proposal carrying `qc` (the same function for
+    /// building and for checking): drawn from the final chain `qc`'s block proves.
+    /// `None` when it cannot be told (a block of the chain, or the history below the
+    /// anchor, is missing).
+    pub fn leader_for(&self, round: u64, qc: &QuorumCert) -> Option<ValidatorIndex> {
+        let anchor = self.anchor_of(&qc.block_hash)?;
+        self.history.leader(round, anchor)
+    }
+
+    /// Each validator's leader weight over the window ending at the newest final block
+    /// (metrics: 0 means it is not chosen).
+    pub fn leader_weights(&self) -> Vec<u64> {
+        self.history.current_weights()
+    }
+
+    /// Whether this node leads the current round with its highest QC, and can justify a
+    /// proposal there (the QC is of the previous round, or it holds the previous
+    /// round's TC).
+    fn leads_now(&self) -> bool {
+        let round = self.round;
+        let justified = self.safety.high_qc.round.checked_add(1) == Some(round)
+            || self
+                .last_tc
+                .as_ref()
+                .is_some_and(|tc| tc.round.checked_add(1) == Some(round));
+        justified
+            && self
+                .me
+                .as_ref()
+                .is_some_and(|(i, _)| self.leader_for(round, &self.safety.high_qc) == Some(*i))
     }
 
     fn enter_round(&mut self, now: u64, round: u64, tc: Option<TimeoutCert>) {
@@ -384,19 +460,20 @@ impl Engine {
         self.equivocated.retain(|(r, _)| !past(*r));
         self.timeouts.retain(|r, _| !past(*r));
         // A round this node already signed in (as leader it voted for its own
-        // proposal) gets no second proposal: that would be equivocation.
-        // A build wanted in an earlier round (its parent was missing) is void here:
-        // building it now would propose in a round this node does not lead.
-        self.want_build = self.is_leader(round) && round > self.safety.last_voted_round;
+        // proposal) gets no second proposal: that would be equivocation. Whether it
+        // leads is decided when it builds: that depends on its highest QC's chain,
+        // which may still be arriving.
+        self.want_build = self.me.is_some() && round > self.safety.last_voted_round;
         self.try_build();
     }
 
     fn try_build(&mut self) {
-        if !self.want_build || self.built_round >= self.round || !self.is_leader(self.round) {
+        if !self.want_build || self.built_round >= self.round {
             return;
         }
         let parent_hash = self.safety.high_qc.block_hash;
         match self.blocks.get(&parent_hash) {
+            Some(_) if !self.leads_now() => {}
             Some(s) => {
                 self.want_build = false;
                 self.built_round = self.round;
@@ -438,6 +515,7 @@ impl Engine {
         };
         if block.header.round != self.round
             || block.header.parent_hash != self.safety.high_qc.block_hash
+            || !self.leads_now()
         {
             return; // the round moved on while building
         }
@@ -447,7 +525,7 @@ impl Engine {
             .filter(|tc| tc.round.checked_add(1) == Some(self.round));
         let p = Proposal::new(
             block,
-            self.safety.high_qc.clone(),
+            self.with_late_votes(&self.safety.high_qc),
             tc,
             key,
             self.set.chain_id(),
@@ -467,7 +545,7 @@ impl Engine {
         self.actions
             .push_back(Action::Broadcast(ConsensusMsg::Vote(vote.clone())));
         self.on_vote(now, vote);
-        self.on_proposal(now, p, None, true);
+        self.on_proposal(now, p, None, Origin::Network);
     }
 
     /// A message from validator `from` (if known).
@@ -484,7 +562,7 @@ impl Engine {
                     && self.qc_ok(&p.qc)
                     && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
                 {
-                    self.on_proposal(now, *p, from, true);
+                    self.on_proposal(now, *p, from, Origin::Network);
                 }
             }
             ConsensusMsg::Vote(v) => self.on_vote(now, v),
@@ -534,7 +612,7 @@ impl Engine {
             && self.qc_ok(&p.qc)
             && p.tc.as_ref().is_none_or(|tc| self.tc_ok(tc))
         {
-            self.on_proposal(now, p, None, false);
+            self.on_proposal(now, p, None, Origin::Replayed);
         }
     }
 
@@ -564,11 +642,18 @@ impl Engine {
         match msg {
             ConsensusMsg::Proposal(p) => {
                 let hash = p.block.hash();
+                let proposer = self.set.index_of(&p.block.header.proposer);
                 self.in_window(p.round())
                     && p.block.header.height > self.committed.1
                     && p.block.header.height <= self.committed.1.saturating_add(MAX_HEIGHTS_AHEAD)
+                    && proposer.is_some()
+                    // Only what this node can tell comes from the round's leader: a
+                    // proposal on a parent it lacks reaches others from their peers.
+                    && self.leader_for(p.round(), &p.qc) == proposer
                     && self.proposed.get(&p.round()).is_none_or(|taken| {
-                        taken.len() < MAX_PROPOSALS_PER_ROUND || taken.contains(&hash)
+                        let mine = taken.iter().filter(|(v, _)| Some(*v) == proposer);
+                        mine.clone().count() < MAX_PROPOSALS_PER_ROUND
+                            || mine.into_iter().any(|(_, h)| *h == hash)
                     })
             }
             ConsensusMsg::Vote(v) => {
@@ -700,7 +785,12 @@ impl Engine {
         if qc.round >= self.round
             && let Some(next) = qc.round.checked_add(1)
         {
+            // Progress: the round timer returns to its base.
+            self.consecutive_timeouts = 0;
             self.enter_round(now, next, None);
+        } else {
+            // New final blocks may make this node the leader of the current round.
+            self.try_build();
         }
     }
 
@@ -712,10 +802,7 @@ impl Engine {
         }
     }
 
-    /// `fresh`: it arrived just now (from the network or this node's builder) and must
-    /// pass the per-round bounds; a proposal released from `waiting`, or replayed from
-    /// disk, passed them already.
-    fn on_proposal(&mut self, now: u64, p: Proposal, from: Option<ValidatorIndex>, fresh: bool) {
+    fn on_proposal(&mut self, now: u64, p: Proposal, from: Option<ValidatorIndex>, origin: Origin) {
         let qc = p.qc.clone();
         self.process_qc(now, &qc);
         if let Some(tc) = p.tc.clone() {
@@ -725,7 +812,7 @@ impl Engine {
             return; // at or below what is final: only its certificates mattered
         }
         let hash = p.block.hash();
-        if fresh && !self.take_proposal(&p, &hash) {
+        if origin == Origin::Network && !self.take_proposal(&p, &hash) {
             return;
         }
         let parent_hash = p.block.header.parent_hash;
@@ -735,6 +822,18 @@ impl Engine {
                 self.request(parent_hash, from);
             }
             self.wait(p, &hash);
+            return;
+        }
+        // The leader is known once the parent is: its chain decides it. A block this
+        // node asked for is needed whoever proposed it (a certificate or a child
+        // refers to it); one it kept passed this check before it was kept.
+        if origin != Origin::Replayed
+            && !self.requested.contains_key(&hash)
+            && !self.blocks.contains_key(&hash)
+            && self
+                .leader_for(p.round(), &p.qc)
+                .is_some_and(|l| self.set.key(l) != Some(&p.block.header.proposer))
+        {
             return;
         }
         if !self.blocks.contains_key(&hash) {
@@ -755,9 +854,10 @@ impl Engine {
     }
 
     /// Whether `p` (of block `hash`) may be taken: one of the first
-    /// [`MAX_PROPOSALS_PER_ROUND`] of its round, or a block this node asked for. A
-    /// second proposal of a round's leader is recorded as evidence, so equivocation
-    /// is seen and cannot grow the blocks held beyond that bound.
+    /// [`MAX_PROPOSALS_PER_ROUND`] of its round by its proposer, or a block this node
+    /// asked for. A second proposal of one proposer in a round is recorded as
+    /// evidence, so equivocation is seen and cannot grow the blocks held beyond that
+    /// bound.
     fn take_proposal(&mut self, p: &Proposal, hash: &Hash) -> bool {
         let round = p.round();
         if round < self.committed_round() {
@@ -768,25 +868,28 @@ impl Engine {
         // Counted per round from the final block's round on (a proposal that arrives
         // after its round ended may still be certified), so a leader of any such round
         // gets at most the bound taken.
+        // The proposer (a validator: checked with its signature).
+        let Some(leader) = self.set.index_of(&p.block.header.proposer) else {
+            return false;
+        };
         let taken = self.proposed.entry(round).or_default();
-        if taken.contains(hash) {
+        if taken.contains(&(leader, *hash)) {
             return true;
         }
-        let first = taken.first().copied();
-        let room = taken.len() < MAX_PROPOSALS_PER_ROUND;
+        let first = taken.iter().find(|(v, _)| *v == leader).map(|(_, h)| *h);
+        let room = taken.iter().filter(|(v, _)| *v == leader).count() < MAX_PROPOSALS_PER_ROUND;
         if room {
-            taken.push(*hash);
+            taken.push((leader, *hash));
         }
-        if let Some(first) = first {
-            let leader = self.set.leader(round);
-            if self.equivocated.insert((round, leader)) {
-                self.actions.push_back(Action::Evidence(Evidence::Proposal {
-                    round,
-                    leader,
-                    first,
-                    second: *hash,
-                }));
-            }
+        if let Some(first) = first
+            && self.equivocated.insert((round, leader))
+        {
+            self.actions.push_back(Action::Evidence(Evidence::Proposal {
+                round,
+                leader,
+                first,
+                second: *hash,
+            }));
         }
         room || self.requested.contains_key(hash) || self.blocks.contains_key(hash)
     }
@@ -851,7 +954,7 @@ impl Engine {
             r
         };
         for (w, _) in ready {
-            self.on_proposal(now, w, from, false);
+            self.on_proposal(now, w, from, Origin::Released);
         }
         let hq = self.safety.high_qc.clone();
         self.try_commit(&hq);
@@ -924,14 +1027,11 @@ impl Engine {
             }
             None => {}
         }
-        // Check a signature only if the vote can still count (no QC yet).
-        let quorum = self.set.quorum();
-        if self
-            .votes
-            .get(&(v.round, v.block_hash))
-            .is_some_and(|e| e.len() >= quorum)
-            || !v.verify(&self.set)
-        {
+        // Counted after the quorum too: the next leader's proposal carries every vote
+        // it has, so the final chain records who took part (docs/CONSENSUS.md,
+        // "Leaders"). The driver checked the signature before relaying it, so this
+        // check mostly hits the set's cache.
+        if !v.verify(&self.set) {
             return;
         }
         self.voted.insert((v.round, v.voter), v.block_hash);
@@ -944,15 +1044,35 @@ impl Engine {
     fn collect_vote(&mut self, v: Vote) -> Option<QuorumCert> {
         let quorum = self.set.quorum();
         let entry = self.votes.entry((v.round, v.block_hash)).or_default();
-        if entry.len() >= quorum {
-            return None; // QC already formed
+        if entry.insert(v.voter, v.signature).is_some() {
+            return None;
         }
-        entry.insert(v.voter, v.signature);
         (entry.len() == quorum).then(|| QuorumCert {
             round: v.round,
             block_hash: v.block_hash,
             votes: entry.iter().map(|(i, s)| (*i, *s)).collect(),
         })
+    }
+
+    /// `qc` with every other valid vote this node counted for its block, so that a
+    /// proposal's certificate names every validator that voted in time for it, not
+    /// only the first quorum (leader reputation reads the signers).
+    fn with_late_votes(&self, qc: &QuorumCert) -> QuorumCert {
+        let Some(counted) = self.votes.get(&(qc.round, qc.block_hash)) else {
+            return qc.clone();
+        };
+        let mut all: BTreeMap<ValidatorIndex, Signature> = qc.votes.iter().copied().collect();
+        for (v, sig) in counted {
+            all.entry(*v).or_insert(*sig);
+        }
+        if all.len() == qc.votes.len() {
+            return qc.clone();
+        }
+        QuorumCert {
+            round: qc.round,
+            block_hash: qc.block_hash,
+            votes: all.into_iter().collect(),
+        }
     }
 
     fn on_timeout(&mut self, now: u64, t: Timeout) {
@@ -997,25 +1117,34 @@ impl Engine {
         }
     }
 
-    /// Applies the two-chain rule to `qc`: if it certifies B' whose parent B is of the
-    /// previous round, B and its ancestors become final.
+    /// Applies the two-chain rule along the chain `qc` certifies: every block of it is
+    /// certified (the newest by `qc`, each other by the QC in its child's proposal),
+    /// so the newest block B on it whose child B' is of the next round is final, with
+    /// its ancestors.
     fn try_commit(&mut self, qc: &QuorumCert) {
-        let Some(child) = self.blocks.get(&qc.block_hash) else {
-            return;
+        let mut child_hash = qc.block_hash;
+        let mut child_qc = qc.clone();
+        let (child, child_p, b_hash) = loop {
+            let Some(child) = self.blocks.get(&child_hash) else {
+                return;
+            };
+            let Some(child_p) = child.proposal.as_ref() else {
+                return; // the last final block
+            };
+            let b_hash = child.block.header.parent_hash;
+            let Some(b) = self.blocks.get(&b_hash) else {
+                return;
+            };
+            if b.block.header.height <= self.committed.1 {
+                return;
+            }
+            if b.block.header.round.checked_add(1) == Some(child.block.header.round) {
+                break (child, child_p, b_hash);
+            }
+            child_qc = child_p.qc.clone();
+            child_hash = b_hash;
         };
-        let Some(child_p) = child.proposal.as_ref() else {
-            return;
-        };
-        let b_hash = child.block.header.parent_hash;
-        let Some(b) = self.blocks.get(&b_hash) else {
-            return;
-        };
-        if b.block.header.round.checked_add(1) != Some(child.block.header.round)
-            || b.block.header.height <= self.committed.1
-        {
-            return;
-        }
-        let mut proof = Some((child.block.header, qc.clone()));
+        let mut proof = Some((child.block.header, child_qc));
         // Each block's QC is in its child's proposal.
         let mut cert_qc = child_p.qc.clone();
         // Walk back to the last final block; every ancestor must be known.
@@ -1051,6 +1180,14 @@ impl Engine {
         self.committed = (last.hash(), last.header.height);
         self.proposed = self.proposed.split_off(&last.header.round);
         self.consecutive_timeouts = 0;
+        for (b, cert) in &chain {
+            let parent_qc = self
+                .blocks
+                .get(&b.hash())
+                .and_then(|s| s.proposal.as_ref())
+                .map(|p| &p.qc);
+            self.history.push(&b.header, Some(cert), parent_qc);
+        }
         let floor = self.committed.1;
         self.blocks
             .retain(|_, s| s.block.header.height + 64 >= floor);

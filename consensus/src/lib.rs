@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`types`]: messages, certificates, the validator set, each with its verification.
 //! - [`engine`]: the sans-IO state machine.
+//! - [`leader`]: leader election by reputation over the recent final chain.
 //! - [`sync`]: the block sync state machine (which ranges to ask of whom, which
 //!   answers to believe) and its messages.
 //! - `sim` (tests): a seeded, deterministic simulator running many engines over a
@@ -14,6 +15,7 @@
 //!   liveness on every run.
 
 pub mod engine;
+pub mod leader;
 pub mod sync;
 pub mod types;
 

@@ -11,12 +11,13 @@
 //! two tests); `GRAPEVINE_SIM_SEED=S` replays one.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use grapevine_ledger::seeded::SeededRng as Rng;
 use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair};
 
 use super::engine::{Action, Engine, Timing};
+use super::leader::History;
 use super::types::{
     Certificate, ConsensusMsg, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet,
 };
@@ -79,15 +80,19 @@ struct Node {
     validator: ValidatorIndex,
     honest: bool,
     engine: Option<Engine>,
-    /// Survives crashes: the persisted safety state and the final chain.
+    /// Survives crashes: the persisted safety state and the final chain (with the
+    /// history of it that leaders are drawn from, kept by the simulator itself).
     disk: SafetyState,
     finalized: Vec<Block>,
+    history: History,
     timer_generation: u64,
     /// Hashes of the messages its network took, and when (lost in a crash, like the
     /// process).
     seen: HashMap<Hash, u64>,
     /// Virtual times during which its queue is full and drops what arrives.
     overloaded: Vec<(u64, u64)>,
+    /// Added to the latency of everything it sends (a slow validator).
+    extra_latency: u64,
 }
 
 struct Sim {
@@ -111,9 +116,12 @@ struct Sim {
     signed: HashMap<(ValidatorIndex, u8, u64), Hash>,
     /// The highest QC round of the last timeout an honest validator signed per round.
     timeouts_signed: HashMap<(ValidatorIndex, u64), u64>,
+    /// When an honest validator first timed out each round: (time, validator, round).
+    timed_out: Vec<(u64, ValidatorIndex, u64)>,
     /// Certificates already found valid, by hash of block and certificate.
     checked_certs: std::collections::HashSet<Hash>,
-    proposed: HashSet<Hash>,
+    /// The QC each proposed block's proposal carried.
+    proposed: HashMap<Hash, QuorumCert>,
     violations: Vec<String>,
     builds: HashMap<usize, (u64, Block)>,
 }
@@ -131,6 +139,13 @@ impl Sim {
     }
 
     fn with_rule(seed: u64, n: usize, twin: bool, seen_rule: SeenRule) -> Sim {
+        Sim::create(seed, n, twin, seen_rule, true)
+    }
+
+    /// `faults`: partitions, loss, crashes and overload bursts until a random heal
+    /// time; without, a network that only delays (5-65 ms) from the start, for
+    /// scenarios that add their own faults.
+    fn create(seed: u64, n: usize, twin: bool, seen_rule: SeenRule, faults: bool) -> Sim {
         let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let keys: Vec<Keypair> = (0..n)
             .map(|i| Keypair::from_seed(&[u8::try_from(i + 1).unwrap_or(255); 32]))
@@ -147,9 +162,11 @@ impl Sim {
                     high_qc: QuorumCert::genesis(genesis.hash()),
                 },
                 finalized: vec![],
+                history: History::new(set.clone(), &genesis.header),
                 timer_generation: 0,
                 seen: HashMap::new(),
                 overloaded: vec![],
+                extra_latency: 0,
             })
             .collect();
         if twin {
@@ -161,13 +178,15 @@ impl Sim {
                 engine: None,
                 disk: nodes[0].disk.clone(),
                 finalized: vec![],
+                history: nodes[0].history.clone(),
                 timer_generation: 0,
                 seen: HashMap::new(),
                 overloaded: vec![],
+                extra_latency: 0,
             });
         }
-        let heal_at = 1_000 + rng.below(5_000);
-        let loss_percent = rng.below(15);
+        let heal_at = if faults { 1_000 + rng.below(5_000) } else { 0 };
+        let loss_percent = if faults { rng.below(15) } else { 0 };
         let mut sim = Sim {
             rng,
             set,
@@ -185,11 +204,18 @@ impl Sim {
             heal_at,
             signed: HashMap::new(),
             timeouts_signed: HashMap::new(),
+            timed_out: vec![],
             checked_certs: std::collections::HashSet::new(),
-            proposed: HashSet::new(),
+            proposed: HashMap::new(),
             violations: vec![],
             builds: HashMap::new(),
         };
+        if !faults {
+            for i in 0..sim.nodes.len() {
+                sim.boot(i);
+            }
+            return sim;
+        }
         // A partition from the start until heal_at, in half the runs.
         if sim.rng.chance(50) {
             let sides: Vec<u8> = (0..sim.nodes.len())
@@ -251,6 +277,7 @@ impl Sim {
             committed,
             node.disk.clone(),
             timing(),
+            node.history.clone(),
         );
         e.start(self.now);
         self.nodes[i].engine = Some(e);
@@ -281,7 +308,7 @@ impl Sim {
         {
             return;
         }
-        let latency = 5 + self.rng.below(60);
+        let latency = 5 + self.rng.below(60) + self.nodes[from].extra_latency;
         let id = self.messages.len();
         self.origins.push((from, hash));
         self.messages.push((Some(self.nodes[from].validator), msg));
@@ -314,7 +341,7 @@ impl Sim {
                     _ => {}
                 }
             }
-            ConsensusMsg::Proposal(p) if self.set.leader(p.round()) == v => {
+            ConsensusMsg::Proposal(p) if self.set.key(v) == Some(&p.block.header.proposer) => {
                 let hash = p.block.hash();
                 match self.signed.insert((v, 1, p.round()), hash) {
                     Some(old) if old != hash => self.violations.push(format!(
@@ -329,6 +356,9 @@ impl Sim {
             // reported before: that could let a TC justify a block below a lock.
             ConsensusMsg::Timeout(t) if t.voter == v => {
                 let hq = t.high_qc.round;
+                if !self.timeouts_signed.contains_key(&(v, t.round)) {
+                    self.timed_out.push((self.now, v, t.round));
+                }
                 match self.timeouts_signed.insert((v, t.round), hq) {
                     Some(old) if old > hq => self.violations.push(format!(
                         "validator {v} signed a timeout in round {} with a lower highest QC ({hq}) than before ({old})",
@@ -363,7 +393,7 @@ impl Sim {
                 Action::Broadcast(msg) => {
                     self.record_signature(i, &msg);
                     if let ConsensusMsg::Proposal(p) = &msg {
-                        self.proposed.insert(p.block.hash());
+                        self.proposed.insert(p.block.hash(), p.qc.clone());
                     }
                     let to: Vec<usize> = (0..self.nodes.len()).filter(|to| *to != i).collect();
                     self.send(i, &to, msg);
@@ -399,17 +429,32 @@ impl Sim {
                                 b.header.height
                             ));
                         }
-                        let leader = self.set.key(self.set.leader(b.header.round)).copied();
+                        // The leader as the rule draws it from this node's final chain:
+                        // the block's parent is final, so the chain its proposal's QC
+                        // proves is this node's (the history the simulator keeps).
+                        let history = &self.nodes[i].history;
+                        let leader = b
+                            .header
+                            .height
+                            .checked_sub(1)
+                            .and_then(|h| history.anchor_below(h))
+                            .and_then(|a| history.leader(b.header.round, a))
+                            .and_then(|l| self.set.key(l).copied());
                         if leader != Some(b.header.proposer) {
                             self.violations.push(format!(
                                 "node {i} finalized block {} whose proposer is not round {}'s leader",
                                 b.header.height, b.header.round
                             ));
                         }
-                        if !self.proposed.contains(&b.hash()) {
+                        if !self.proposed.contains_key(&b.hash()) {
                             self.violations
                                 .push(format!("node {i} finalized a block nobody proposed"));
                         }
+                        self.nodes[i].history.push(
+                            &b.header,
+                            Some(&cert),
+                            self.proposed.get(&b.hash()),
+                        );
                         self.nodes[i].finalized.push(b);
                     }
                 }
@@ -743,4 +788,141 @@ fn a_single_validator_commits_every_block() {
         "{}",
         sim.nodes[0].finalized.len()
     );
+}
+
+/// What a fault scenario does to the last f validators once the chain has run past the
+/// reputation window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// They crash for good.
+    Crash,
+    /// Everything they send takes 450 ms longer: beyond the 400 ms round timeout.
+    Slow,
+}
+
+/// When the fault starts: by then every size has more final blocks than its window.
+const FAULT_AT_MS: u64 = 8_000;
+/// Virtual time the election gets to stop choosing the faulty validators.
+const ELECTION_REACTS_MS: u64 = 10_000;
+/// Virtual time then watched for timeouts.
+const WATCHED_MS: u64 = 10_000;
+
+/// Runs `n` validators (validator 0 a twin if `twin`) on a network that only delays,
+/// applies `fault` to the last f (less the twin) at [`FAULT_AT_MS`], and runs on
+/// until the watched time ends. Returns the simulator and the faulty validators.
+fn run_fault(seed: u64, n: usize, fault: Fault, twin: bool) -> (Sim, Vec<ValidatorIndex>) {
+    let mut sim = Sim::create(seed, n, twin, SeenRule::WhenQueued, false);
+    sim.run(FAULT_AT_MS);
+    let f = (n - 1) / 3 - usize::from(twin);
+    let faulty: Vec<usize> = (n - f..n).collect();
+    for &i in &faulty {
+        match fault {
+            Fault::Crash => sim.schedule(FAULT_AT_MS, Event::Crash { node: i }),
+            Fault::Slow => sim.nodes[i].extra_latency = 450,
+        }
+    }
+    sim.run(FAULT_AT_MS + ELECTION_REACTS_MS + WATCHED_MS);
+    sim.check_agreement();
+    let faulty = faulty.into_iter().map(|i| sim.nodes[i].validator).collect();
+    (sim, faulty)
+}
+
+/// Honest timeouts signed after the election had time to react: each is a round that
+/// waited for its leader.
+fn late_timeouts(sim: &Sim) -> Vec<(u64, ValidatorIndex, u64)> {
+    sim.timed_out
+        .iter()
+        .copied()
+        .filter(|(t, _, _)| *t >= FAULT_AT_MS + ELECTION_REACTS_MS)
+        .collect()
+}
+
+/// The blocks an honest, non-faulty node finalized in the watched time, fewest.
+fn watched_progress(sim: &Sim, faulty: &[ValidatorIndex]) -> usize {
+    let watch_from = FAULT_AT_MS + ELECTION_REACTS_MS;
+    sim.nodes
+        .iter()
+        .filter(|n| n.honest && !faulty.contains(&n.validator))
+        .map(|n| {
+            n.finalized
+                .iter()
+                .filter(|b| b.header.timestamp_ms >= watch_from)
+                .count()
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+#[test]
+fn after_the_window_no_round_waits_for_a_crashed_or_slow_leader() {
+    for fault in [Fault::Crash, Fault::Slow] {
+        for n in [4usize, 7, 10] {
+            for seed in 0..6u64 {
+                let (sim, faulty) = run_fault(seed, n, fault, false);
+                assert!(
+                    sim.violations.is_empty(),
+                    "{fault:?} n={n} seed {seed}: {:#?}",
+                    sim.violations
+                );
+                let late = late_timeouts(&sim);
+                assert!(
+                    late.is_empty(),
+                    "{fault:?} n={n} seed {seed}: rounds timed out {} s after the fault: {late:?}",
+                    ELECTION_REACTS_MS / 1000
+                );
+                // 10 s at a round every 60-200 ms.
+                let progress = watched_progress(&sim, &faulty);
+                assert!(
+                    progress >= 40,
+                    "{fault:?} n={n} seed {seed}: {progress} blocks finalized in the watched time"
+                );
+                // And the honest engines weigh the faulty validators at zero.
+                for node in sim.nodes.iter().filter(|x| !faulty.contains(&x.validator)) {
+                    let w = node.engine.as_ref().map(Engine::leader_weights);
+                    for v in &faulty {
+                        assert_eq!(
+                            w.as_ref().map(|w| w[usize::from(*v)]),
+                            Some(0),
+                            "{fault:?} n={n} seed {seed}: weights {w:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The check above can fail: with round-robin leaders the same scenario times out
+/// whenever a crashed validator's turn comes.
+#[test]
+fn with_round_robin_leaders_rounds_wait_for_the_crashed() {
+    crate::leader::round_robin_only(true);
+    let (sim, _) = run_fault(1, 4, Fault::Crash, false);
+    crate::leader::round_robin_only(false);
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    let late = late_timeouts(&sim);
+    assert!(late.len() >= 3, "round-robin timed out only {late:?}");
+}
+
+/// Byzantine twins (validator 0's key in two engines, equivocating) with reputation on,
+/// besides crashed or slow validators: agreement, validity and progress hold.
+#[test]
+fn twins_with_reputation_keep_agreement_and_progress() {
+    for fault in [Fault::Crash, Fault::Slow] {
+        for n in [4usize, 7, 10] {
+            for seed in 0..4u64 {
+                let (sim, faulty) = run_fault(100 + seed, n, fault, true);
+                assert!(
+                    sim.violations.is_empty(),
+                    "twin, {fault:?} n={n} seed {seed}: {:#?}",
+                    sim.violations
+                );
+                let progress = watched_progress(&sim, &faulty);
+                assert!(
+                    progress >= 20,
+                    "twin, {fault:?} n={n} seed {seed}: {progress} blocks in the watched time"
+                );
+            }
+        }
+    }
 }

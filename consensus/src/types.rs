@@ -69,9 +69,10 @@ impl ValidatorSet {
         2 * ((self.keys.len().saturating_sub(1)) / 3) + 1
     }
 
-    /// Leader of `round`.
-    pub fn leader(&self, round: u64) -> ValidatorIndex {
-        (round % self.keys.len().max(1) as u64) as ValidatorIndex
+    /// Round-robin leader of `round`: the leader while the chain is shorter than the
+    /// reputation window ([`crate::leader`]), and the one tests script against.
+    pub fn round_robin(&self, round: u64) -> ValidatorIndex {
+        crate::leader::round_robin(self, round)
     }
 
     /// Key of validator `i`.
@@ -258,14 +259,14 @@ impl Proposal {
         }
     }
 
-    /// Signed by the round's leader, the leader is the block's proposer, and the block
-    /// extends the QC's block. The certificates' signatures are checked separately.
+    /// Signed by the block's proposer, a validator, and the block extends the QC's
+    /// block. Whether the proposer leads the round is the engine's check
+    /// (`Engine::leader_for`: it needs the chain); the certificates' signatures are
+    /// checked separately.
     pub fn verify_signed(&self, set: &ValidatorSet) -> bool {
         let r = self.round();
-        let Some(key) = set.key(set.leader(r)) else {
-            return false;
-        };
-        self.block.header.proposer == *key
+        let key = &self.block.header.proposer;
+        set.index_of(key).is_some()
             && r > self.qc.round
             && self.block.header.parent_hash == self.qc.block_hash
             && self

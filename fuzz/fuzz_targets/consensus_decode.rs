@@ -14,7 +14,8 @@
 //! Random bytes never carry a valid signature, so each decoded message is also checked
 //! once more with every signature replaced by the fixed validator's real one: then the
 //! verdict depends only on the message's structure, and is compared with what
-//! docs/CONSENSUS.md promises (a quorum of distinct known voters, the round's leader).
+//! docs/CONSENSUS.md promises (a quorum of distinct known voters, a proposal signed by
+//! its proposer, a validator).
 #![no_main]
 
 use std::collections::HashSet;
@@ -120,8 +121,7 @@ fn check_consensus_oracle(m: &ConsensusMsg, set: &ValidatorSet) {
     match m {
         ConsensusMsg::Proposal(p) => {
             let r = p.round();
-            let leader = set.key(set.leader(r)).copied();
-            let want = leader == Some(p.block.header.proposer)
+            let want = set.index_of(&p.block.header.proposer).is_some()
                 && r > p.qc.round
                 && p.block.header.parent_hash == p.qc.block_hash
                 && p.tc.as_ref().is_none_or(|tc| tc.round.checked_add(1) == Some(r));
@@ -216,9 +216,11 @@ fn resign_certificate(c: &mut Certificate, budget: &mut usize) {
 fn resign_consensus(m: &mut ConsensusMsg, budget: &mut usize) {
     match m {
         ConsensusMsg::Proposal(p) => {
-            let r = p.round();
-            let leader = SET.leader(r);
-            if let Some(sig) = sign(leader, &proposal_bytes(CHAIN_ID, &p.block.hash()), budget) {
+            // Signed by its proposer when that is a validator (whether it leads the
+            // round is the engine's check, not the message's).
+            if let Some(proposer) = SET.index_of(&p.block.header.proposer)
+                && let Some(sig) = sign(proposer, &proposal_bytes(CHAIN_ID, &p.block.hash()), budget)
+            {
                 p.signature = sig;
             }
             resign_qc(&mut p.qc, budget);

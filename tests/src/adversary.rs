@@ -227,7 +227,7 @@ impl Byzantine {
         max_height: u64,
     ) -> Message {
         let mut round = from_round + self.rng.below(rounds.max(1));
-        while self.set.leader(round) != self.index {
+        while self.set.round_robin(round) != self.index {
             round += 1;
         }
         let block = Block {

@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use grapevine_ledger::state::validate_block;
-use grapevine_ledger::{Address, Block, Hash, Keypair, Ledger, codec};
+use grapevine_ledger::{Address, Block, BlockHeader, Hash, Keypair, Ledger, codec};
 use grapevine_net::network::MAX_CONSENSUS_BYTES;
 use grapevine_net::{NetEvent, NetworkHandle, Offence};
 use tokio::sync::{mpsc, watch};
 
 use crate::consensus::engine::{Action, Engine, Evidence, MAX_HEIGHTS_AHEAD, Timing};
+use crate::consensus::leader::History;
 use crate::consensus::sync::{Progress, SyncMsg, Syncer};
 use crate::consensus::types::{
     Certificate, ConsensusMsg, Proposal, QuorumCert, SafetyState, ValidatorIndex, ValidatorSet,
@@ -201,6 +202,7 @@ pub async fn run(
         node: node.clone(),
         cache: cache.clone(),
     };
+    let history = tokio::task::block_in_place(|| load_history(&ledger, &setup.set, head.height))?;
     let engine = Engine::new(
         setup.set.clone(),
         me.zip(setup.validator_key),
@@ -208,6 +210,7 @@ pub async fn run(
         committed,
         safety,
         setup.config.timing,
+        history,
     );
     tracing::info!(
         safety_state = ?setup.safety_file.as_ref().map(|f| f.path().display().to_string()),
@@ -241,6 +244,7 @@ pub async fn run(
         status_nonce: 0,
         was_syncing: false,
     };
+    d.node.set_leader_weights(&d.engine.leader_weights());
     let now = d.now();
     d.engine.start(now);
     d.drain().await?;
@@ -561,6 +565,7 @@ impl Driver {
             self.node
                 .commit_block(&block, &cert.to_bytes(), &exec, false)
                 .with_context(|| format!("cannot write synced block {}", block.header.height))?;
+            self.engine.record_final(&block.header, &cert);
             last = Some((block, cert));
         }
         if let Some((block, cert)) = last {
@@ -618,6 +623,7 @@ impl Driver {
             Action::Evidence(e) => self.on_evidence(&e),
             Action::Commit { blocks } => {
                 tokio::task::block_in_place(|| self.commit(blocks))?;
+                self.node.set_leader_weights(&self.engine.leader_weights());
             }
             Action::SetTimer(at) => self.timer = Some(at),
             Action::CheckBlock { block, parent } => {
@@ -733,4 +739,29 @@ fn log_progress(p: &Progress) {
         ),
         None => tracing::info!(height = p.current, target = p.target, "syncing"),
     }
+}
+
+/// The final chain's last [`History::wanted`] blocks up to `head` (or all of it from
+/// genesis), with their certificates, for the leader election.
+fn load_history(ledger: &Ledger, set: &ValidatorSet, head: u64) -> anyhow::Result<History> {
+    let from = head.saturating_sub(History::wanted(set));
+    let read = |h: u64| -> anyhow::Result<(BlockHeader, Option<Certificate>)> {
+        let b = ledger
+            .block(h)?
+            .with_context(|| format!("final block {h} is missing from the ledger"))?;
+        // Genesis and a dev chain's blocks have no certificate.
+        let cert = Certificate::from_bytes(&b.certificate).ok();
+        Ok((b.block.header, cert))
+    };
+    let (first, cert) = read(from)?;
+    let mut history = if from == 0 {
+        History::new(set.clone(), &first)
+    } else {
+        History::starting_at(set.clone(), &first, cert.as_ref())
+    };
+    for h in from + 1..=head {
+        let (header, cert) = read(h)?;
+        history.push(&header, cert.as_ref(), None);
+    }
+    Ok(history)
 }

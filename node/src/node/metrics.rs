@@ -30,6 +30,7 @@ pub(super) struct Metrics {
     pub(super) equivocations: Family<Vec<(String, String)>, Counter>,
     pub(super) kept_proposals: Gauge,
     pub(super) kept_proposal_bytes: Gauge,
+    pub(super) leader_weight: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Metrics {
@@ -84,6 +85,11 @@ impl Metrics {
             "grapevine_consensus_kept_proposal_bytes",
             "Encoded bytes of the proposals kept on disk for a restart",
             self.kept_proposal_bytes.clone(),
+        );
+        r.register(
+            "grapevine_consensus_leader_weight",
+            "Each validator's weight in the leader election over the recent final blocks (validator: its index in genesis; 0: not chosen)",
+            self.leader_weight.clone(),
         );
         r.register(
             "grapevine_sync_target_height",

@@ -455,6 +455,16 @@ impl Node {
             .inc();
     }
 
+    /// Publishes each validator's leader weight (index = position in genesis).
+    pub fn set_leader_weights(&self, weights: &[u64]) {
+        for (i, w) in weights.iter().enumerate() {
+            self.metrics
+                .leader_weight
+                .get_or_create(&vec![("validator".to_string(), i.to_string())])
+                .set(i64::try_from(*w).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Records what the proposals kept for a restart hold.
     pub fn set_kept_proposals(&self, count: usize, bytes: u64) {
         self.metrics

@@ -1,0 +1,473 @@
+//! Leader election by reputation (docs/CONSENSUS.md, "Leaders").
+//!
+//! The leader of a round is drawn, with weights, from the recent final chain as the
+//! round's proposal sees it: the blocks its certificate proves final, up to the
+//! newest *anchor* (a block whose child on that chain is of the next round, so that
+//! a two-chain commits it). Each weight says how a validator took part over a window
+//! of final blocks ending at the anchor: proposing blocks, signing their
+//! certificates, or failing to propose when it led. A validator that has not signed
+//! or proposed lately, or that failed its last turn to lead and has not taken part
+//! since, weighs nothing, so a crashed validator stops being chosen until its votes
+//! appear in certificates again. The draw is seeded by the anchor's hash and the
+//! round, so it is known only once the anchor is final.
+//!
+//! Safety never depends on this: honest validators vote at most once per round, for
+//! whichever proposal of that round they take first, and the two-chain rule does not
+//! look at who proposed. Two honest nodes that disagree on a leader lose that round
+//! (a timeout), nothing else.
+
+use std::collections::VecDeque;
+
+use grapevine_ledger::crypto::sha256;
+use grapevine_ledger::{BlockHeader, Hash};
+
+use crate::types::{Certificate, ValidatorIndex, ValidatorSet};
+
+/// Domain tag of the draw's seed.
+const SEED_TAG: &[u8] = b"grapevine/leader/v1";
+
+/// Weight of a validator in good standing.
+pub const ACTIVE_WEIGHT: u64 = 1_000;
+/// Weight of a validator that failed more than [`FAILED_PERCENT`] of its turns to
+/// lead within the window but has taken part since its last failure.
+pub const FAILING_WEIGHT: u64 = 1;
+/// Share of failed turns (percent of turns, proposed or failed, in the window) above
+/// which a validator weighs [`FAILING_WEIGHT`].
+pub const FAILED_PERCENT: u64 = 10;
+/// Skipped rounds before a final block whose leaders are counted as failed, at most
+/// this many times the validator count (the latest ones): after a long stall, the
+/// leaders of the last rounds before progress resumed.
+const FAILED_ROUNDS_PER_VALIDATOR: u64 = 2;
+
+/// Final blocks the weights look at: proposals and failures over the last
+/// `5 * n`, with `n` the validator count.
+pub fn window(n: usize) -> u64 {
+    5 * n as u64
+}
+
+/// Final blocks in which a validator must have proposed or signed the certificate to
+/// be chosen: the last `2 * n` (at least 4).
+pub fn recent_window(n: usize) -> u64 {
+    (2 * n as u64).max(4)
+}
+
+/// The leader while the chain is shorter than the window, and in a one-validator set.
+pub fn round_robin(set: &ValidatorSet, round: u64) -> ValidatorIndex {
+    (round % set.len().max(1) as u64) as ValidatorIndex
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    height: u64,
+    round: u64,
+    hash: Hash,
+    proposer: Option<ValidatorIndex>,
+    /// Signers of the QC on this block that the next final block's proposal carries
+    /// (the same for every node); until that block is final, those of this node's
+    /// certificate, which are not counted (see [`History::push`]).
+    signers: Vec<ValidatorIndex>,
+    /// (round, leader) of the rounds skipped just before this block: they led and no
+    /// block of theirs made it into the final chain.
+    failed: Vec<(u64, ValidatorIndex)>,
+    /// Whether the next final block is of the next round (so this block is an anchor
+    /// for the chains through its child).
+    direct_child: bool,
+}
+
+/// The recent final chain, enough of it to compute leaders: at least [`window`]
+/// blocks below every anchor still in use.
+#[derive(Clone, Debug)]
+pub struct History {
+    set: ValidatorSet,
+    entries: VecDeque<Entry>,
+    capacity: usize,
+}
+
+/// Final blocks kept beyond the window, for anchors below the newest final block.
+const SLACK: usize = 32;
+
+impl History {
+    /// A history holding only `genesis` (height 0).
+    pub fn new(set: ValidatorSet, genesis: &BlockHeader) -> History {
+        let capacity = usize::try_from(window(set.len())).unwrap_or(usize::MAX) + SLACK;
+        let mut entries = VecDeque::new();
+        entries.push_back(Entry {
+            height: genesis.height,
+            round: genesis.round,
+            hash: genesis.hash(),
+            proposer: None,
+            signers: vec![],
+            failed: vec![],
+            direct_child: false,
+        });
+        History {
+            set,
+            entries,
+            capacity,
+        }
+    }
+
+    /// How many final blocks before a block the caller should pass to [`Self::push`]
+    /// after [`Self::new`] (or a block from which to start over) so that leaders are
+    /// known at once.
+    pub fn wanted(set: &ValidatorSet) -> u64 {
+        window(set.len()) + SLACK as u64
+    }
+
+    /// A history starting at `first`, a final block at any height (the blocks before
+    /// it unknown; leaders whose window reaches below it are unknown).
+    pub fn starting_at(
+        set: ValidatorSet,
+        first: &BlockHeader,
+        cert: Option<&Certificate>,
+    ) -> History {
+        let mut h = History::new(set, first);
+        if let Some(e) = h.entries.back_mut() {
+            e.proposer = h.set.index_of(&first.proposer).filter(|_| first.height > 0);
+            e.signers = signers(cert);
+        }
+        h
+    }
+
+    /// The newest final block: (height, hash).
+    pub fn tip(&self) -> (u64, Hash) {
+        self.entries
+            .back()
+            .map_or((0, Hash::ZERO), |e| (e.height, e.hash))
+    }
+
+    /// Records the final block after the newest one (a block at or below the newest is
+    /// ignored; one further ahead starts the history over from it). `cert` is its
+    /// finality certificate (`None` where there is none, as for a dev chain's blocks);
+    /// `parent_qc` the QC its proposal carries, on the newest block, when known.
+    ///
+    /// Signers are read from `parent_qc`, not from the certificates: a block's
+    /// certificate holds the QC of whichever child this node committed it through,
+    /// and that child may be a certified block the chain then left, so two nodes can
+    /// store different signers for one final block. The QC in the next final block's
+    /// proposal is one for everybody. Block sync has no proposals, so a synced block's
+    /// signers are its certificate's.
+    pub fn push(
+        &mut self,
+        header: &BlockHeader,
+        cert: Option<&Certificate>,
+        parent_qc: Option<&crate::types::QuorumCert>,
+    ) {
+        let (tip, _) = self.tip();
+        if header.height <= tip && !self.entries.is_empty() {
+            return;
+        }
+        if header.height != tip + 1 {
+            *self = History::starting_at(self.set.clone(), header, cert);
+            return;
+        }
+        if let (Some(prev), Some(qc)) = (self.entries.back_mut(), parent_qc)
+            && qc.block_hash == prev.hash
+        {
+            prev.signers = qc.votes.iter().map(|(v, _)| *v).collect();
+        }
+        let failed = self.failed_before(header.round);
+        if let Some(prev) = self.entries.back_mut() {
+            prev.direct_child = prev.round.checked_add(1) == Some(header.round);
+        }
+        self.entries.push_back(Entry {
+            height: header.height,
+            round: header.round,
+            hash: header.hash(),
+            proposer: self.set.index_of(&header.proposer),
+            signers: signers(cert),
+            failed,
+            direct_child: false,
+        });
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The leaders of the rounds skipped between the newest final block and a new
+    /// one of round `round` (the latest [`FAILED_ROUNDS_PER_VALIDATOR`] x n of them).
+    /// A proposal in any of those rounds would have extended the newest final block
+    /// (or, entering by a timeout certificate, a block certified before it), so its
+    /// leader is drawn from the newest block's anchor.
+    fn failed_before(&self, round: u64) -> Vec<(u64, ValidatorIndex)> {
+        let Some(prev) = self.entries.back() else {
+            return vec![];
+        };
+        let cap = FAILED_ROUNDS_PER_VALIDATOR * self.set.len() as u64;
+        let from = prev.round.saturating_add(1).max(round.saturating_sub(cap));
+        let Some(anchor) = self.anchor_below(prev.height) else {
+            return vec![];
+        };
+        (from..round)
+            .filter_map(|r| self.leader(r, anchor).map(|l| (r, l)))
+            .collect()
+    }
+
+    fn index(&self, height: u64) -> Option<usize> {
+        let first = self.entries.front()?.height;
+        let i = usize::try_from(height.checked_sub(first)?).ok()?;
+        (i < self.entries.len()).then_some(i)
+    }
+
+    /// The anchor of a chain that passes through the final block at `height`: the
+    /// newest final block below it whose child is of the next round. `None` if the
+    /// history does not reach it.
+    pub fn anchor_below(&self, height: u64) -> Option<u64> {
+        let i = self.index(height)?;
+        self.entries
+            .range(..i)
+            .rev()
+            .find(|e| e.direct_child)
+            .map(|e| e.height)
+            // A chain with no two-chain since genesis: the window is empty.
+            .or_else(|| (self.entries.front()?.height == 0).then_some(0))
+    }
+
+    /// Whether the final block at `height` is `hash` (the chain being walked is the
+    /// final one there).
+    pub fn is_final(&self, height: u64, hash: &Hash) -> bool {
+        self.index(height)
+            .is_some_and(|i| self.entries[i].hash == *hash)
+    }
+
+    /// The leader of `round` for a proposal whose chain has the final block at height
+    /// `anchor` as its anchor; `None` when the history does not hold the window.
+    pub fn leader(&self, round: u64, anchor: u64) -> Option<ValidatorIndex> {
+        let n = self.set.len();
+        if n <= 1 || anchor < window(n) || forced_round_robin() {
+            return Some(round_robin(&self.set, round));
+        }
+        let i = self.index(anchor)?;
+        let w = usize::try_from(window(n)).ok()?;
+        if i + 1 < w {
+            return None; // the window reaches below the history
+        }
+        let weights = self.weights_at(i);
+        let total: u64 = weights.iter().sum();
+        if total == 0 {
+            return Some(round_robin(&self.set, round));
+        }
+        let seed = sha256(&[SEED_TAG, &self.entries[i].hash.0, &round.to_le_bytes()]);
+        let mut draw = u64::from_le_bytes(seed.0[..8].try_into().ok()?) % total;
+        for (v, w) in weights.iter().enumerate() {
+            if draw < *w {
+                return ValidatorIndex::try_from(v).ok();
+            }
+            draw -= w;
+        }
+        None
+    }
+
+    /// Each validator's weight over the window ending at entry `i`.
+    fn weights_at(&self, i: usize) -> Vec<u64> {
+        let n = self.set.len();
+        let w = usize::try_from(window(n)).unwrap_or(usize::MAX);
+        let recent = usize::try_from(recent_window(n)).unwrap_or(usize::MAX);
+        let start = (i + 1).saturating_sub(w);
+        let recent_start = (i + 1).saturating_sub(recent);
+        let mut proposed = vec![0u64; n];
+        let mut failed = vec![0u64; n];
+        let mut last_seen = vec![None::<u64>; n];
+        let mut last_failed = vec![None::<u64>; n];
+        let mut is_recent = vec![false; n];
+        for (k, e) in self.entries.range(start..=i).enumerate() {
+            let in_recent = start + k >= recent_start;
+            let mut seen = |v: ValidatorIndex| {
+                if let Some(s) = last_seen.get_mut(usize::from(v)) {
+                    *s = Some(s.map_or(e.round, |r: u64| r.max(e.round)));
+                    if in_recent {
+                        is_recent[usize::from(v)] = true;
+                    }
+                }
+            };
+            if let Some(p) = e.proposer {
+                seen(p);
+                if let Some(c) = proposed.get_mut(usize::from(p)) {
+                    *c += 1;
+                }
+            }
+            // The anchor's signers are not settled yet (its child is not final).
+            if start + k < i {
+                for s in &e.signers {
+                    seen(*s);
+                }
+            }
+            for (r, v) in &e.failed {
+                if let Some(c) = failed.get_mut(usize::from(*v)) {
+                    *c += 1;
+                    last_failed[usize::from(*v)] = Some(*r);
+                }
+            }
+        }
+        (0..n)
+            .map(|v| {
+                let back_since_failure = match (last_failed[v], last_seen[v]) {
+                    (Some(f), Some(s)) => s > f,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                if !is_recent[v] || !back_since_failure {
+                    0
+                } else if failed[v] * 100 > FAILED_PERCENT * (proposed[v] + failed[v]) {
+                    FAILING_WEIGHT
+                } else {
+                    ACTIVE_WEIGHT
+                }
+            })
+            .collect()
+    }
+
+    /// Each validator's weight as the next round after the newest final block would
+    /// draw it if that block were the anchor (for metrics and logs).
+    pub fn current_weights(&self) -> Vec<u64> {
+        let n = self.set.len();
+        let (tip, _) = self.tip();
+        let held = self.entries.len() as u64;
+        if n <= 1 || tip < window(n) || held < window(n) {
+            return vec![ACTIVE_WEIGHT; n];
+        }
+        self.weights_at(self.entries.len() - 1)
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static ROUND_ROBIN_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Tests: makes this thread's elections round-robin (to show what reputation avoids).
+#[cfg(test)]
+pub(crate) fn round_robin_only(on: bool) {
+    ROUND_ROBIN_ONLY.with(|c| c.set(on));
+}
+
+#[cfg(test)]
+fn forced_round_robin() -> bool {
+    ROUND_ROBIN_ONLY.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+fn forced_round_robin() -> bool {
+    false
+}
+
+fn signers(cert: Option<&Certificate>) -> Vec<ValidatorIndex> {
+    cert.map(|c| c.qc.votes.iter().map(|(v, _)| *v).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use grapevine_ledger::Keypair;
+
+    use super::*;
+    use crate::types::QuorumCert;
+
+    fn set(n: u8) -> ValidatorSet {
+        let keys = (1..=n)
+            .map(|i| Keypair::from_seed(&[i; 32]).address())
+            .collect();
+        ValidatorSet::new(keys, 1)
+    }
+
+    fn header(
+        set: &ValidatorSet,
+        height: u64,
+        round: u64,
+        proposer: ValidatorIndex,
+        parent: Hash,
+    ) -> BlockHeader {
+        BlockHeader {
+            height,
+            round,
+            parent_hash: parent,
+            proposer: set.key(proposer).copied().unwrap_or_default(),
+            timestamp_ms: height,
+            tx_count: 0,
+            tx_root: Hash::ZERO,
+            state_root: Hash::ZERO,
+        }
+    }
+
+    /// A chain of `blocks` blocks on top of `h`, one per round from `round`, proposed
+    /// and signed (unsigned QCs: only the signer indices matter here) by `active`.
+    fn grow(
+        h: &mut History,
+        s: &ValidatorSet,
+        mut round: u64,
+        blocks: u64,
+        active: &[ValidatorIndex],
+    ) -> u64 {
+        for k in 0..blocks {
+            let (height, parent) = h.tip();
+            let p = active[(k as usize) % active.len()];
+            let qc = QuorumCert {
+                round: round - 1,
+                block_hash: parent,
+                votes: active
+                    .iter()
+                    .map(|v| (*v, grapevine_ledger::Signature([0; 64])))
+                    .collect(),
+            };
+            h.push(&header(s, height + 1, round, p, parent), None, Some(&qc));
+            round += 1;
+        }
+        round
+    }
+
+    #[test]
+    fn a_young_chain_is_round_robin_and_a_silent_validator_weighs_nothing() {
+        let s = set(4);
+        let mut h = History::new(s.clone(), &header(&s, 0, 0, 0, Hash::ZERO));
+        let r = grow(&mut h, &s, 1, 10, &[0, 1, 2, 3]);
+        let (tip, _) = h.tip();
+        assert!(tip < window(4));
+        assert_eq!(h.leader(r, tip - 1), Some(round_robin(&s, r)));
+        let r = grow(&mut h, &s, r, 30, &[0, 1, 2, 3]);
+        assert_eq!(h.current_weights(), vec![ACTIVE_WEIGHT; 4]);
+        // Validator 3 falls silent: after the recent window it weighs 0 and is never
+        // drawn.
+        let r = grow(&mut h, &s, r, recent_window(4) + 1, &[0, 1, 2]);
+        assert_eq!(h.current_weights()[3], 0);
+        let (tip, _) = h.tip();
+        let anchor = h.anchor_below(tip).unwrap_or(0);
+        for round in r..r + 200 {
+            assert_ne!(h.leader(round, anchor), Some(3));
+        }
+    }
+
+    #[test]
+    fn a_failed_leader_weighs_nothing_until_it_takes_part_again() {
+        let s = set(4);
+        let mut h = History::new(s.clone(), &header(&s, 0, 0, 0, Hash::ZERO));
+        let mut r = grow(&mut h, &s, 1, 40, &[0, 1, 2, 3]);
+        // Skip rounds until one whose leader is validator 2, then a block after it
+        // signed by 0, 1, 3 only.
+        let (tip, _) = h.tip();
+        let anchor = h.anchor_below(tip).unwrap_or(0);
+        while h.leader(r, anchor) != Some(2) {
+            r += 1;
+        }
+        let r = grow(&mut h, &s, r + 1, 1, &[0, 1, 3]);
+        assert_eq!(h.current_weights()[2], 0, "failed at its turn");
+        // Its votes in the next blocks bring it back.
+        grow(&mut h, &s, r, 3, &[0, 1, 2, 3]);
+        assert!(h.current_weights()[2] > 0);
+    }
+
+    #[test]
+    fn the_draw_is_deterministic_and_spread() {
+        let s = set(4);
+        let mut h = History::new(s.clone(), &header(&s, 0, 0, 0, Hash::ZERO));
+        let r = grow(&mut h, &s, 1, 60, &[0, 1, 2, 3]);
+        let (tip, _) = h.tip();
+        let anchor = h.anchor_below(tip).unwrap_or(0);
+        let mut counts = [0u32; 4];
+        for round in r..r + 400 {
+            let l = h.leader(round, anchor);
+            assert_eq!(l, h.clone().leader(round, anchor));
+            counts[usize::from(l.unwrap_or(0))] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 60), "{counts:?}");
+    }
+}
