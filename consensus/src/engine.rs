@@ -421,7 +421,7 @@ impl Engine {
     /// anchor, is missing).
     pub fn leader_for(&self, round: u64, qc: &QuorumCert) -> Option<ValidatorIndex> {
         let anchor = self.anchor_of(&qc.block_hash)?;
-        self.history.leader(round, anchor)
+        self.history.leader(round, anchor, qc.round)
     }
 
     /// Each validator's leader weight over the window ending at the newest final block
@@ -824,15 +824,17 @@ impl Engine {
             self.wait(p, &hash);
             return;
         }
-        // The leader is known once the parent is: its chain decides it. A block this
-        // node asked for is needed whoever proposed it (a certificate or a child
-        // refers to it); one it kept passed this check before it was kept.
+        // The leader is known once the parent is: its chain decides it (a node that
+        // cannot tell, its history too short, takes no proposal but those it asks
+        // for). A block this node asked for is needed whoever proposed it (a
+        // certificate or a child refers to it); one it kept passed this check before
+        // it was kept.
         if origin != Origin::Replayed
             && !self.requested.contains_key(&hash)
             && !self.blocks.contains_key(&hash)
             && self
                 .leader_for(p.round(), &p.qc)
-                .is_some_and(|l| self.set.key(l) != Some(&p.block.header.proposer))
+                .is_none_or(|l| self.set.key(l) != Some(&p.block.header.proposer))
         {
             return;
         }

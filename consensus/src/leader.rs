@@ -69,6 +69,9 @@ struct Entry {
     /// (round, leader) of the rounds skipped just before this block: they led and no
     /// block of theirs made it into the final chain.
     failed: Vec<(u64, ValidatorIndex)>,
+    /// Whether `failed` is what every node holds: false where the history did not
+    /// reach far enough below this block to draw those leaders.
+    exact: bool,
     /// Whether the next final block is of the next round (so this block is an anchor
     /// for the chains through its child).
     direct_child: bool,
@@ -89,7 +92,7 @@ const SLACK: usize = 32;
 impl History {
     /// A history holding only `genesis` (height 0).
     pub fn new(set: ValidatorSet, genesis: &BlockHeader) -> History {
-        let capacity = usize::try_from(window(set.len())).unwrap_or(usize::MAX) + SLACK;
+        let capacity = usize::try_from(History::wanted(&set)).unwrap_or(usize::MAX);
         let mut entries = VecDeque::new();
         entries.push_back(Entry {
             height: genesis.height,
@@ -98,6 +101,7 @@ impl History {
             proposer: None,
             signers: vec![],
             failed: vec![],
+            exact: genesis.height == 0,
             direct_child: false,
         });
         History {
@@ -108,10 +112,11 @@ impl History {
     }
 
     /// How many final blocks before a block the caller should pass to [`Self::push`]
-    /// after [`Self::new`] (or a block from which to start over) so that leaders are
-    /// known at once.
+    /// after [`Self::starting_at`] so that leaders are known at once: two windows (the
+    /// failures recorded in the window are drawn from the window before it) and some
+    /// slack for anchors below the newest block.
     pub fn wanted(set: &ValidatorSet) -> u64 {
-        window(set.len()) + SLACK as u64
+        2 * window(set.len()) + SLACK as u64
     }
 
     /// A history starting at `first`, a final block at any height (the blocks before
@@ -166,7 +171,7 @@ impl History {
         {
             prev.signers = qc.votes.iter().map(|(v, _)| *v).collect();
         }
-        let failed = self.failed_before(header.round);
+        let (failed, exact) = self.failed_before(header.round);
         if let Some(prev) = self.entries.back_mut() {
             prev.direct_child = prev.round.checked_add(1) == Some(header.round);
         }
@@ -177,6 +182,7 @@ impl History {
             proposer: self.set.index_of(&header.proposer),
             signers: signers(cert),
             failed,
+            exact,
             direct_child: false,
         });
         while self.entries.len() > self.capacity {
@@ -188,19 +194,29 @@ impl History {
     /// one of round `round` (the latest [`FAILED_ROUNDS_PER_VALIDATOR`] x n of them).
     /// A proposal in any of those rounds would have extended the newest final block
     /// (or, entering by a timeout certificate, a block certified before it), so its
-    /// leader is drawn from the newest block's anchor.
-    fn failed_before(&self, round: u64) -> Vec<(u64, ValidatorIndex)> {
+    /// leader is drawn from the newest block's anchor, by the participation weights
+    /// alone (failures left out): so the failures recorded are a function of the
+    /// window's blocks, which a restarted node that loaded two windows recomputes
+    /// exactly. Where the window holds failures already, the leader drawn this way
+    /// may not be the one that led; the one blamed instead is back once it signs a
+    /// final block, and a crashed one is caught by the recent window anyway.
+    /// Also returns whether every one of those leaders could be drawn here.
+    fn failed_before(&self, round: u64) -> (Vec<(u64, ValidatorIndex)>, bool) {
         let Some(prev) = self.entries.back() else {
-            return vec![];
+            return (vec![], false);
         };
         let cap = FAILED_ROUNDS_PER_VALIDATOR * self.set.len() as u64;
         let from = prev.round.saturating_add(1).max(round.saturating_sub(cap));
+        if from >= round {
+            return (vec![], true);
+        }
         let Some(anchor) = self.anchor_below(prev.height) else {
-            return vec![];
+            return (vec![], false);
         };
-        (from..round)
-            .filter_map(|r| self.leader(r, anchor).map(|l| (r, l)))
-            .collect()
+        match self.drawer(anchor, false) {
+            Some(d) => (d.skipped(from, round), true),
+            None => (vec![], false),
+        }
     }
 
     fn index(&self, height: u64) -> Option<usize> {
@@ -231,35 +247,47 @@ impl History {
     }
 
     /// The leader of `round` for a proposal whose chain has the final block at height
-    /// `anchor` as its anchor; `None` when the history does not hold the window.
-    pub fn leader(&self, round: u64, anchor: u64) -> Option<ValidatorIndex> {
+    /// `anchor` as its anchor and whose QC is of round `qc_round`; `None` when the
+    /// history does not hold the window. The rounds between the QC's and `round`
+    /// passed without a certified block on this chain: their leaders (drawn the same
+    /// way, the latest 2n of them) are left out of the draw, so that after a round
+    /// times out, the next one is not drawn for the same leader again.
+    pub fn leader(&self, round: u64, anchor: u64, qc_round: u64) -> Option<ValidatorIndex> {
+        let d = self.drawer(anchor, true)?;
+        let cap = FAILED_ROUNDS_PER_VALIDATOR * self.set.len() as u64;
+        let from = qc_round.saturating_add(1).max(round.saturating_sub(cap));
+        let skipped: Vec<ValidatorIndex> =
+            d.skipped(from, round).into_iter().map(|(_, l)| l).collect();
+        Some(d.pick(round, &skipped))
+    }
+
+    /// What draws leaders from `anchor` (`failures`: whether the weights count them);
+    /// `None` when the history does not hold the window, or holds failures this node
+    /// could not draw.
+    fn drawer(&self, anchor: u64, failures: bool) -> Option<Drawer<'_>> {
         let n = self.set.len();
         if n <= 1 || anchor < window(n) || forced_round_robin() {
-            return Some(round_robin(&self.set, round));
+            return Some(Drawer {
+                set: &self.set,
+                seed: None,
+                weights: vec![],
+            });
         }
         let i = self.index(anchor)?;
         let w = usize::try_from(window(n)).ok()?;
-        if i + 1 < w {
-            return None; // the window reaches below the history
+        if i + 1 < w || (failures && self.entries.range(i + 1 - w..=i).any(|e| !e.exact)) {
+            return None;
         }
-        let weights = self.weights_at(i);
-        let total: u64 = weights.iter().sum();
-        if total == 0 {
-            return Some(round_robin(&self.set, round));
-        }
-        let seed = sha256(&[SEED_TAG, &self.entries[i].hash.0, &round.to_le_bytes()]);
-        let mut draw = u64::from_le_bytes(seed.0[..8].try_into().ok()?) % total;
-        for (v, w) in weights.iter().enumerate() {
-            if draw < *w {
-                return ValidatorIndex::try_from(v).ok();
-            }
-            draw -= w;
-        }
-        None
+        Some(Drawer {
+            set: &self.set,
+            seed: Some(self.entries[i].hash),
+            weights: self.weights_at(i, failures),
+        })
     }
 
-    /// Each validator's weight over the window ending at entry `i`.
-    fn weights_at(&self, i: usize) -> Vec<u64> {
+    /// Each validator's weight over the window ending at entry `i` (`failures`: with
+    /// the failed turns counted).
+    fn weights_at(&self, i: usize, failures: bool) -> Vec<u64> {
         let n = self.set.len();
         let w = usize::try_from(window(n)).unwrap_or(usize::MAX);
         let recent = usize::try_from(recent_window(n)).unwrap_or(usize::MAX);
@@ -292,7 +320,7 @@ impl History {
                     seen(*s);
                 }
             }
-            for (r, v) in &e.failed {
+            for (r, v) in e.failed.iter().filter(|_| failures) {
                 if let Some(c) = failed.get_mut(usize::from(*v)) {
                     *c += 1;
                     last_failed[usize::from(*v)] = Some(*r);
@@ -326,7 +354,7 @@ impl History {
         if n <= 1 || tip < window(n) || held < window(n) {
             return vec![ACTIVE_WEIGHT; n];
         }
-        self.weights_at(self.entries.len() - 1)
+        self.weights_at(self.entries.len() - 1, true)
     }
 }
 
@@ -349,6 +377,65 @@ fn forced_round_robin() -> bool {
 #[cfg(not(test))]
 fn forced_round_robin() -> bool {
     false
+}
+
+/// Draws the leaders of rounds from one anchor's weights.
+struct Drawer<'a> {
+    set: &'a ValidatorSet,
+    /// The anchor's hash; `None`: round-robin (a young chain).
+    seed: Option<Hash>,
+    weights: Vec<u64>,
+}
+
+impl Drawer<'_> {
+    /// The leader of `round` with the validators in `skip` left out: of the
+    /// validators of the highest weight present, the one whose score
+    /// `SHA-256(tag ‖ anchor ‖ u64le(round) ‖ u16le(v))` (its first 8 bytes,
+    /// little-endian) is highest. Leaving a validator out changes the result only
+    /// when it was the one chosen, so the leaders drawn without the failures (to
+    /// record them) are the leaders drawn with them, except where a validator already
+    /// left out for failing would have been chosen: it is blamed again, harmlessly.
+    fn pick(&self, round: u64, skip: &[ValidatorIndex]) -> ValidatorIndex {
+        let Some(anchor) = self.seed else {
+            return round_robin(self.set, round);
+        };
+        let eligible = |v: usize| !skip.iter().any(|s| usize::from(*s) == v);
+        let top = (0..self.weights.len())
+            .filter(|v| eligible(*v))
+            .map(|v| self.weights[v])
+            .max()
+            .unwrap_or(0);
+        if top == 0 {
+            return round_robin(self.set, round);
+        }
+        let score = |v: usize| {
+            let index = u16::try_from(v).unwrap_or(u16::MAX);
+            let h = sha256(&[
+                SEED_TAG,
+                &anchor.0,
+                &round.to_le_bytes(),
+                &index.to_le_bytes(),
+            ]);
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&h.0[..8]);
+            u64::from_le_bytes(first)
+        };
+        (0..self.weights.len())
+            .filter(|v| eligible(*v) && self.weights[*v] == top)
+            .max_by_key(|v| score(*v))
+            .and_then(|v| ValidatorIndex::try_from(v).ok())
+            .unwrap_or_else(|| round_robin(self.set, round))
+    }
+
+    /// (round, leader) of rounds `from..to`, each drawn without the ones before it.
+    fn skipped(&self, from: u64, to: u64) -> Vec<(u64, ValidatorIndex)> {
+        let mut out: Vec<(u64, ValidatorIndex)> = Vec::new();
+        for r in from..to {
+            let skip: Vec<ValidatorIndex> = out.iter().map(|(_, l)| *l).collect();
+            out.push((r, self.pick(r, &skip)));
+        }
+        out
+    }
 }
 
 fn signers(cert: Option<&Certificate>) -> Vec<ValidatorIndex> {
@@ -422,7 +509,7 @@ mod tests {
         let r = grow(&mut h, &s, 1, 10, &[0, 1, 2, 3]);
         let (tip, _) = h.tip();
         assert!(tip < window(4));
-        assert_eq!(h.leader(r, tip - 1), Some(round_robin(&s, r)));
+        assert_eq!(h.leader(r, tip - 1, r - 1), Some(round_robin(&s, r)));
         let r = grow(&mut h, &s, r, 30, &[0, 1, 2, 3]);
         assert_eq!(h.current_weights(), vec![ACTIVE_WEIGHT; 4]);
         // Validator 3 falls silent: after the recent window it weighs 0 and is never
@@ -432,7 +519,7 @@ mod tests {
         let (tip, _) = h.tip();
         let anchor = h.anchor_below(tip).unwrap_or(0);
         for round in r..r + 200 {
-            assert_ne!(h.leader(round, anchor), Some(3));
+            assert_ne!(h.leader(round, anchor, round - 1), Some(3));
         }
     }
 
@@ -441,12 +528,15 @@ mod tests {
         let s = set(4);
         let mut h = History::new(s.clone(), &header(&s, 0, 0, 0, Hash::ZERO));
         let mut r = grow(&mut h, &s, 1, 40, &[0, 1, 2, 3]);
-        // Skip rounds until one whose leader is validator 2, then a block after it
-        // signed by 0, 1, 3 only.
-        let (tip, _) = h.tip();
-        let anchor = h.anchor_below(tip).unwrap_or(0);
-        while h.leader(r, anchor) != Some(2) {
-            r += 1;
+        // Grow until validator 2 leads the next round, then skip that round: the
+        // next block, signed by 0, 1 and 3 only, records its failure.
+        loop {
+            let (tip, _) = h.tip();
+            let anchor = h.anchor_below(tip).unwrap_or(0);
+            if h.leader(r, anchor, r - 1) == Some(2) {
+                break;
+            }
+            r = grow(&mut h, &s, r, 1, &[0, 1, 2, 3]);
         }
         let r = grow(&mut h, &s, r + 1, 1, &[0, 1, 3]);
         assert_eq!(h.current_weights()[2], 0, "failed at its turn");
@@ -464,10 +554,92 @@ mod tests {
         let anchor = h.anchor_below(tip).unwrap_or(0);
         let mut counts = [0u32; 4];
         for round in r..r + 400 {
-            let l = h.leader(round, anchor);
-            assert_eq!(l, h.clone().leader(round, anchor));
+            let l = h.leader(round, anchor, round - 1);
+            assert_eq!(l, h.clone().leader(round, anchor, round - 1));
             counts[usize::from(l.unwrap_or(0))] += 1;
         }
         assert!(counts.iter().all(|c| *c > 60), "{counts:?}");
+    }
+
+    #[test]
+    fn a_node_that_loads_two_windows_draws_what_a_node_from_genesis_draws() {
+        for n in [4, 7, 10] {
+            for seed in 0..5 {
+                restart_draws_the_same(n, seed);
+            }
+        }
+    }
+
+    fn restart_draws_the_same(n: u8, seed: u64) {
+        use grapevine_ledger::seeded::SeededRng;
+        let s = set(n);
+        let all: Vec<ValidatorIndex> = (0..u16::from(n)).collect();
+        let genesis = header(&s, 0, 0, 0, Hash::ZERO);
+        let mut full = History::new(s.clone(), &genesis);
+        let mut rng = SeededRng::new(seed + 1);
+        let mut chain: Vec<(BlockHeader, QuorumCert)> = vec![];
+        let mut round = 1;
+        for height in 1..=400u64 {
+            // Rounds skipped now and then; validator 6 silent for a while.
+            if rng.chance(15) {
+                round += 1 + rng.below(3);
+            }
+            let active: Vec<ValidatorIndex> = if (150..250).contains(&height) {
+                all[1..].to_vec()
+            } else {
+                all.clone()
+            };
+            let (_, parent) = full.tip();
+            let parent_qc = QuorumCert {
+                round: round - 1,
+                block_hash: parent,
+                votes: active
+                    .iter()
+                    .map(|v| (*v, grapevine_ledger::Signature([0; 64])))
+                    .collect(),
+            };
+            let proposer = active[rng.below(active.len() as u64) as usize];
+            let h = header(&s, height, round, proposer, parent);
+            full.push(&h, None, Some(&parent_qc));
+            chain.push((h, parent_qc));
+            round += 1;
+        }
+        // The restarted node reads blocks with their certificates: the QC on block k
+        // is the one block k + 1's proposal carried.
+        let from = 400 - History::wanted(&s) as usize;
+        let cert = |k: usize| Certificate {
+            qc: chain
+                .get(k + 1)
+                .map(|c| c.1.clone())
+                .unwrap_or_else(|| chain[k].1.clone()),
+            commit: None,
+        };
+        let mut restarted =
+            History::starting_at(s.clone(), &chain[from - 1].0, Some(&cert(from - 1)));
+        for k in from..400 {
+            restarted.push(&chain[k].0, Some(&cert(k)), None);
+        }
+        let (tip, _) = full.tip();
+        let anchor = full.anchor_below(tip).unwrap_or(0);
+        assert_eq!(restarted.anchor_below(tip), Some(anchor));
+        for r in round..round + 100 {
+            let l = full.leader(r, anchor, round - 1);
+            assert!(l.is_some());
+            assert_eq!(
+                l,
+                restarted.leader(r, anchor, round - 1),
+                "n={n} seed {seed} round {r}"
+            );
+        }
+        // Lower anchors: the restarted node draws the same leader or cannot tell, never
+        // another one.
+        for a in (from as u64 + 1)..tip {
+            let r = chain[a as usize - 1].0.round + 1;
+            let (f, g) = (full.leader(r, a, r - 1), restarted.leader(r, a, r - 1));
+            assert!(
+                g.is_none() || g == f,
+                "n={n} seed {seed} anchor {a}: {f:?} {g:?}"
+            );
+        }
     }
 }

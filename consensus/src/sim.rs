@@ -438,7 +438,7 @@ impl Sim {
                             .height
                             .checked_sub(1)
                             .and_then(|h| history.anchor_below(h))
-                            .and_then(|a| history.leader(b.header.round, a))
+                            .and_then(|a| history.leader(b.header.round, a, prev.header.round))
                             .and_then(|l| self.set.key(l).copied());
                         if leader != Some(b.header.proposer) {
                             self.violations.push(format!(
