@@ -476,6 +476,19 @@ mod tests {
         }
     }
 
+    /// A QC on `block` signed (with blank signatures: only the signers matter here) by
+    /// `signers`.
+    fn unsigned_qc(round: u64, block: Hash, signers: &[ValidatorIndex]) -> QuorumCert {
+        QuorumCert {
+            round,
+            block_hash: block,
+            votes: signers
+                .iter()
+                .map(|v| (*v, grapevine_ledger::Signature([0; 64])))
+                .collect(),
+        }
+    }
+
     /// A chain of `blocks` blocks on top of `h`, one per round from `round`, proposed
     /// and signed (unsigned QCs: only the signer indices matter here) by `active`.
     fn grow(
@@ -488,14 +501,7 @@ mod tests {
         for k in 0..blocks {
             let (height, parent) = h.tip();
             let p = active[(k as usize) % active.len()];
-            let qc = QuorumCert {
-                round: round - 1,
-                block_hash: parent,
-                votes: active
-                    .iter()
-                    .map(|v| (*v, grapevine_ledger::Signature([0; 64])))
-                    .collect(),
-            };
+            let qc = unsigned_qc(round - 1, parent, active);
             h.push(&header(s, height + 1, round, p, parent), None, Some(&qc));
             round += 1;
         }
@@ -590,14 +596,7 @@ mod tests {
                 all.clone()
             };
             let (_, parent) = full.tip();
-            let parent_qc = QuorumCert {
-                round: round - 1,
-                block_hash: parent,
-                votes: active
-                    .iter()
-                    .map(|v| (*v, grapevine_ledger::Signature([0; 64])))
-                    .collect(),
-            };
+            let parent_qc = unsigned_qc(round - 1, parent, &active);
             let proposer = active[rng.below(active.len() as u64) as usize];
             let h = header(&s, height, round, proposer, parent);
             full.push(&h, None, Some(&parent_qc));
@@ -616,8 +615,8 @@ mod tests {
         };
         let mut restarted =
             History::starting_at(s.clone(), &chain[from - 1].0, Some(&cert(from - 1)));
-        for k in from..400 {
-            restarted.push(&chain[k].0, Some(&cert(k)), None);
+        for (k, (header, _)) in chain.iter().enumerate().skip(from) {
+            restarted.push(header, Some(&cert(k)), None);
         }
         let (tip, _) = full.tip();
         let anchor = full.anchor_below(tip).unwrap_or(0);
