@@ -240,9 +240,10 @@ pub struct MempoolSection {
     pub max_per_sender: usize,
     /// Seconds a transaction may wait for a block before it is dropped.
     pub ttl_secs: u64,
-    /// Admission backpressure: while the pool holds more than this many milliseconds of
-    /// the recent finalized throughput (and at least 20,000 transactions), new
-    /// transactions are refused as `busy`. 0 turns it off.
+    /// Admission backpressure, the finality a transaction admitted under overload should
+    /// get: while the pool holds more than half this many milliseconds of the recent
+    /// finalized throughput (and at least 20,000 transactions; the other half is for
+    /// inclusion and finality), new transactions are refused as `busy`. 0 turns it off.
     pub max_backlog_ms: u64,
     /// The least fee admitted (0 admits free transactions).
     pub min_fee: u64,

@@ -14,11 +14,12 @@ pub struct MempoolConfig {
     pub max_per_sender: usize,
     /// A transaction not included within this long is dropped as expired.
     pub ttl: Duration,
-    /// Admission backpressure: new transactions are turned away as
-    /// [`Refusal::Busy`] while the pool holds more than this long's worth of the
-    /// recent finalized throughput (and at least `min_backlog_txs`), so a node under
-    /// more load than it can finalize refuses the excess at once instead of queueing it
-    /// for ever longer. Zero turns it off.
+    /// Admission backpressure, the finality a transaction admitted under overload
+    /// should get: new transactions are turned away as [`Refusal::Busy`] while the
+    /// pool holds more than half this long's worth of the recent finalized throughput
+    /// (and at least `min_backlog_txs`; the other half is for inclusion and finality),
+    /// so a node under more load than it can finalize refuses the excess at once
+    /// instead of queueing it for ever longer. Zero turns it off.
     pub max_backlog: Duration,
     /// The pool never counts as busy below this many transactions (20,000: two full
     /// blocks; an idle chain has no recent throughput to size the backlog by).

@@ -31,8 +31,8 @@ pub(super) fn refusal_error(r: &Refusal, hash: Option<Hash>) -> ApiError {
 }
 
 impl Node {
-    /// `Some(refusal)` while the pool holds more than [`MempoolConfig::max_backlog`] of
-    /// the recent finalized throughput: checked before any signature work, so refusing
+    /// `Some(refusal)` while the pool holds more than half [`MempoolConfig::max_backlog`]
+    /// of the recent finalized throughput: checked before any signature work, so refusing
     /// the excess of an overload costs almost nothing. Even then a transaction paying
     /// more than the lowest pooled fee is admitted ([`Refusal::Busy`]'s `min_fee`), so
     /// free transactions cannot keep paying ones out.
@@ -72,10 +72,14 @@ impl Node {
             let txs: usize = f.iter().map(|(_, n)| n).sum();
             txs as f64 / THROUGHPUT_WINDOW.as_secs_f64()
         };
-        let limit = (per_s * backlog.as_secs_f64()) as usize;
+        // Half the bound waits in the pool; the other half is for the block, the two
+        // certified blocks after it that make it final, and a client's retries, so
+        // that a transaction admitted under overload is final within the bound.
+        let allowance = backlog / 2;
+        let limit = (per_s * allowance.as_secs_f64()) as usize;
         (pooled >= limit.max(floor)).then(|| Refusal::Busy {
             pooled,
-            backlog_ms: u64::try_from(backlog.as_millis()).unwrap_or(u64::MAX),
+            backlog_ms: u64::try_from(allowance.as_millis()).unwrap_or(u64::MAX),
             min_fee: lowest.saturating_add(1),
         })
     }
