@@ -464,6 +464,7 @@ impl Engine {
         // leads is decided when it builds: that depends on its highest QC's chain,
         // which may still be arriving.
         self.want_build = self.me.is_some() && round > self.safety.last_voted_round;
+        self.ask_missing();
         self.try_build();
     }
 
@@ -724,20 +725,32 @@ impl Engine {
         ok
     }
 
+    /// Asks again (each at most every [`REQUEST_RETRY_MS`]) for the blocks that
+    /// waiting proposals lack and nobody has sent yet: requests and answers may be
+    /// lost, and a node behind that follows rounds through certificates never lets
+    /// its round timer fire, so this runs on every new round too.
+    fn ask_missing(&mut self) {
+        let held: HashSet<Hash> = self.waiting.iter().map(|(w, _)| w.block.hash()).collect();
+        let mut missing: Vec<Hash> = self
+            .waiting
+            .iter()
+            .map(|(w, _)| w.block.header.parent_hash)
+            .filter(|h| {
+                !self.blocks.contains_key(h) && !self.checking.contains_key(h) && !held.contains(h)
+            })
+            .collect();
+        missing.sort_unstable_by_key(|h| h.0);
+        missing.dedup();
+        for h in missing {
+            self.request(h, None);
+        }
+    }
+
     /// The round timer fired: time out the round (again, with the same signature, if
     /// it already did).
     pub fn handle_timer(&mut self, now: u64) {
         self.now = now;
-        // Requests may have been lost: ask again for every block still missing.
-        let missing: Vec<Hash> = self
-            .waiting
-            .iter()
-            .map(|(w, _)| w.block.header.parent_hash)
-            .filter(|h| !self.blocks.contains_key(h) && !self.checking.contains_key(h))
-            .collect();
-        for h in missing {
-            self.request(h, None);
-        }
+        self.ask_missing();
         if self.me.is_none() {
             self.actions
                 .push_back(Action::SetTimer(now + self.timeout_ms()));
@@ -824,17 +837,16 @@ impl Engine {
             self.wait(p, &hash);
             return;
         }
-        // The leader is known once the parent is: its chain decides it (a node that
-        // cannot tell, its history too short, takes no proposal but those it asks
-        // for). A block this node asked for is needed whoever proposed it (a
-        // certificate or a child refers to it); one it kept passed this check before
-        // it was kept.
+        // The leader is known once the parent is: its chain decides it. A block this
+        // node asked for is needed whoever proposed it (a certificate or a child
+        // refers to it); one it kept passed this check before it was kept. Where the
+        // leader cannot be told yet (a node catching up, whose final chain is behind
+        // the anchor), the block is checked and kept, since others may certify it,
+        // but not voted for (`maybe_vote`).
         if origin != Origin::Replayed
             && !self.requested.contains_key(&hash)
             && !self.blocks.contains_key(&hash)
-            && self
-                .leader_for(p.round(), &p.qc)
-                .is_none_or(|l| self.set.key(l) != Some(&p.block.header.proposer))
+            && !self.from_leader(&p, true)
         {
             return;
         }
@@ -963,8 +975,19 @@ impl Engine {
         self.try_build();
     }
 
-    /// Votes for `p` if the rules allow.
+    /// Whether `p` comes from the leader of its round for its QC; `unknown` is the
+    /// answer where that cannot be told.
+    fn from_leader(&self, p: &Proposal, unknown: bool) -> bool {
+        self.leader_for(p.round(), &p.qc).map_or(unknown, |l| {
+            self.set.key(l) == Some(&p.block.header.proposer)
+        })
+    }
+
+    /// Votes for `p` if the rules allow, and only for the round's leader's proposal.
     fn maybe_vote(&mut self, p: &Proposal) {
+        if !self.from_leader(p, false) {
+            return;
+        }
         let Some(v) = self.sign_vote(p) else {
             return;
         };

@@ -1,15 +1,15 @@
 //! Leader election by reputation (docs/CONSENSUS.md, "Leaders").
 //!
-//! The leader of a round is drawn, with weights, from the recent final chain as the
-//! round's proposal sees it: the blocks its certificate proves final, up to the
-//! newest *anchor* (a block whose child on that chain is of the next round, so that
-//! a two-chain commits it). Each weight says how a validator took part over a window
+//! The leader of a round is drawn from the recent final chain as the round's
+//! proposal sees it: the blocks its certificate proves final, up to the newest
+//! *anchor* (a block whose child on that chain is of the next round, so that a
+//! two-chain commits it). Each validator's weight says how it took part over a window
 //! of final blocks ending at the anchor: proposing blocks, signing their
 //! certificates, or failing to propose when it led. A validator that has not signed
 //! or proposed lately, or that failed its last turn to lead and has not taken part
 //! since, weighs nothing, so a crashed validator stops being chosen until its votes
-//! appear in certificates again. The draw is seeded by the anchor's hash and the
-//! round, so it is known only once the anchor is final.
+//! appear in certificates again. Among the validators of the highest weight, the
+//! highest score, a hash of the anchor, the round and the validator, wins.
 //!
 //! Safety never depends on this: honest validators vote at most once per round, for
 //! whichever proposal of that round they take first, and the two-chain rule does not
@@ -77,8 +77,8 @@ struct Entry {
     direct_child: bool,
 }
 
-/// The recent final chain, enough of it to compute leaders: at least [`window`]
-/// blocks below every anchor still in use.
+/// The recent final chain, enough of it to compute leaders: [`History::wanted`]
+/// blocks, two windows and some slack.
 #[derive(Clone, Debug)]
 pub struct History {
     set: ValidatorSet,

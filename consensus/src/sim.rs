@@ -798,6 +798,8 @@ enum Fault {
     Crash,
     /// Everything they send takes 450 ms longer: beyond the 400 ms round timeout.
     Slow,
+    /// They crash, and restart 3 s later from their persisted state.
+    Restart,
 }
 
 /// When the fault starts: by then every size has more final blocks than its window.
@@ -819,6 +821,10 @@ fn run_fault(seed: u64, n: usize, fault: Fault, twin: bool) -> (Sim, Vec<Validat
         match fault {
             Fault::Crash => sim.schedule(FAULT_AT_MS, Event::Crash { node: i }),
             Fault::Slow => sim.nodes[i].extra_latency = 450,
+            Fault::Restart => {
+                sim.schedule(FAULT_AT_MS, Event::Crash { node: i });
+                sim.schedule(FAULT_AT_MS + 3_000, Event::Restart { node: i });
+            }
         }
     }
     sim.run(FAULT_AT_MS + ELECTION_REACTS_MS + WATCHED_MS);
@@ -922,6 +928,43 @@ fn twins_with_reputation_keep_agreement_and_progress() {
                     progress >= 20,
                     "twin, {fault:?} n={n} seed {seed}: {progress} blocks in the watched time"
                 );
+            }
+        }
+    }
+}
+
+/// Validators that crash and restart 3 s later catch up without making rounds time
+/// out, and are chosen again once they take part: after they are back, no honest
+/// validator times out a round, every node (the restarted ones too) keeps
+/// finalizing, and every engine weighs them above 0 again.
+#[test]
+fn restarted_validators_catch_up_without_timeouts_and_lead_again() {
+    for n in [4usize, 7, 10] {
+        for seed in 0..6u64 {
+            let (sim, restarted) = run_fault(200 + seed, n, Fault::Restart, false);
+            assert!(
+                sim.violations.is_empty(),
+                "n={n} seed {seed}: {:#?}",
+                sim.violations
+            );
+            let late = late_timeouts(&sim);
+            assert!(
+                late.is_empty(),
+                "n={n} seed {seed}: rounds timed out after the restart: {late:?}"
+            );
+            let progress = watched_progress(&sim, &[]);
+            assert!(
+                progress >= 40,
+                "n={n} seed {seed}: {progress} blocks finalized in the watched time"
+            );
+            for node in &sim.nodes {
+                let w = node.engine.as_ref().map(Engine::leader_weights);
+                for v in &restarted {
+                    assert!(
+                        w.as_ref().is_some_and(|w| w[usize::from(*v)] > 0),
+                        "n={n} seed {seed}: weights {w:?}"
+                    );
+                }
             }
         }
     }
