@@ -846,7 +846,7 @@ impl Engine {
         if origin != Origin::Replayed
             && !self.requested.contains_key(&hash)
             && !self.blocks.contains_key(&hash)
-            && !self.from_leader(&p, true)
+            && !self.by_leader(&p, true)
         {
             return;
         }
@@ -977,7 +977,7 @@ impl Engine {
 
     /// Whether `p` comes from the leader of its round for its QC; `unknown` is the
     /// answer where that cannot be told.
-    fn from_leader(&self, p: &Proposal, unknown: bool) -> bool {
+    fn by_leader(&self, p: &Proposal, unknown: bool) -> bool {
         self.leader_for(p.round(), &p.qc).map_or(unknown, |l| {
             self.set.key(l) == Some(&p.block.header.proposer)
         })
@@ -985,7 +985,7 @@ impl Engine {
 
     /// Votes for `p` if the rules allow, and only for the round's leader's proposal.
     fn maybe_vote(&mut self, p: &Proposal) {
-        if !self.from_leader(p, false) {
+        if !self.by_leader(p, false) {
             return;
         }
         let Some(v) = self.sign_vote(p) else {
