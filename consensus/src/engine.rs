@@ -1205,6 +1205,17 @@ impl Engine {
         self.committed = (last.hash(), last.header.height);
         self.proposed = self.proposed.split_off(&last.header.round);
         self.consecutive_timeouts = 0;
+        // Proposals waiting for a parent at or below the final height wait for good
+        // (peers drop such blocks), and asking for their parents at every round
+        // would flood the network.
+        let final_height = last.header.height;
+        let waiting = std::mem::take(&mut self.waiting);
+        self.set_waiting(
+            waiting
+                .into_iter()
+                .filter(|(w, _)| w.block.header.height > final_height)
+                .collect(),
+        );
         for (b, cert) in &chain {
             let parent_qc = self
                 .blocks

@@ -743,8 +743,31 @@ fn log_progress(p: &Progress) {
 
 /// The final chain's last [`History::wanted`] blocks up to `head` (or all of it from
 /// genesis), with their certificates, for the leader election.
+/// Reads further back (up to eight times as far, or from genesis) while the next
+/// round's leader cannot be told from what was read: a run of rounds without two-chains
+/// can put the anchor below the usual reach, and a node that cannot tell does not vote.
 fn load_history(ledger: &Ledger, set: &ValidatorSet, head: u64) -> anyhow::Result<History> {
-    let from = head.saturating_sub(History::wanted(set));
+    let mut reach = History::wanted(set);
+    loop {
+        let history = load_history_from(ledger, set, head, head.saturating_sub(reach))?;
+        let round = ledger.head().round;
+        let known = history
+            .anchor_below(head)
+            .and_then(|a| history.leader(round.saturating_add(1), a, round))
+            .is_some();
+        if known || reach >= head || reach >= 8 * History::wanted(set) {
+            return Ok(history);
+        }
+        reach *= 2;
+    }
+}
+
+fn load_history_from(
+    ledger: &Ledger,
+    set: &ValidatorSet,
+    head: u64,
+    from: u64,
+) -> anyhow::Result<History> {
     let read = |h: u64| -> anyhow::Result<(BlockHeader, Option<Certificate>)> {
         let b = ledger
             .block(h)?

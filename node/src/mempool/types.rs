@@ -134,7 +134,7 @@ pub enum Refusal {
         /// The contested nonce.
         nonce: u64,
     },
-    /// The node holds more waiting transactions than it finalizes in
+    /// The node holds more waiting transactions than it finalizes in half
     /// [`MempoolConfig::max_backlog`]: retry in a moment.
     #[error(
         "node busy: {pooled} transactions are waiting, more than it finalizes in {backlog_ms} ms; retry in a moment, or pay a fee of at least {min_fee}"
@@ -142,7 +142,8 @@ pub enum Refusal {
     Busy {
         /// Pending transactions in the pool.
         pooled: usize,
-        /// The backlog limit in milliseconds of recent throughput.
+        /// The pool's allowance (half the backlog bound) in milliseconds of recent
+        /// throughput.
         backlog_ms: u64,
         /// The fee that is admitted even now: one more than the lowest pooled.
         min_fee: u64,
